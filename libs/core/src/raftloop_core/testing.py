@@ -1,0 +1,189 @@
+"""Pytest plugin shared by every package's tests: one real broker per session, sample events.
+
+Loaded from the root `conftest.py`. The broker is the embedded Tansu binary on a free port,
+unless `RAFTLOOP_TEST_KAFKA` names an external cluster.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from uuid import uuid4
+
+import pytest
+
+from raftloop_core import events as ev
+from raftloop_core.embedded import EmbeddedBroker, free_port
+from raftloop_core.settings import KafkaSettings
+from raftloop_core.topics import Topic
+
+ADAPTER = "a" * 64
+
+
+def test_kafka_settings(bootstrap_servers: str) -> KafkaSettings:
+    """Settings tuned for tests: short group joins (Tansu takes about half the session timeout)."""
+    return KafkaSettings(
+        bootstrap_servers=bootstrap_servers,
+        session_timeout_ms=3_000,
+        heartbeat_interval_ms=1_000,
+        retry_backoff_s=0.05,
+        retry_backoff_max_s=0.5,
+        retry_max_attempts=4,
+    )
+
+
+@pytest.fixture(scope="session")
+def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Bootstrap address of the session's real Kafka-protocol broker."""
+    external = os.environ.get("RAFTLOOP_TEST_KAFKA")
+    if external:
+        yield external
+        return
+    log = tmp_path_factory.mktemp("broker") / "tansu.log"
+    with EmbeddedBroker(port=free_port(), log_path=log) as broker:
+        yield broker.bootstrap_servers
+
+
+@pytest.fixture(scope="session")
+def kafka_settings(kafka_broker: str) -> KafkaSettings:
+    """KafkaSettings pointing at the session broker."""
+    return test_kafka_settings(kafka_broker)
+
+
+@pytest.fixture
+def unique() -> Callable[[str], str]:
+    """Make unique topic, group and collection names so tests never share state."""
+
+    def make(prefix: str) -> str:
+        return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+    return make
+
+
+def sample_events() -> dict[Topic, ev.Event]:
+    """One realistic event of every type, keyed by its topic."""
+    interaction_id = uuid4()
+    chunk = ev.RetrievedChunk(
+        chunk_id="doc-1#0",
+        document_id="doc-1",
+        text="Refunds take 5 days.",
+        score=0.81,
+        title="Refunds",
+        source="kb/refunds.md",
+        chunk_index=0,
+    )
+    messages = [
+        ev.ChatMessage(role="system", content="You are helpful."),
+        ev.ChatMessage(role="user", content="How long do refunds take?"),
+    ]
+    feedback = ev.Feedback(feedback_id=uuid4(), rating=-1, correction="Five business days.")
+    interaction = ev.Interaction(
+        interaction_id=interaction_id,
+        conversation_id="conv-1",
+        key_id="key-1",
+        model="smollm2",
+        base_model="smollm2-135m",
+        adapter_id=ADAPTER,
+        messages=messages,
+        answer="About a week.",
+        retrieved=[chunk],
+        feedback=feedback,
+        pii_types=["EMAIL"],
+        flags=[ev.Flag(code="prompt_injection", reason="asks to ignore instructions")],
+        question_hash="h1",
+        answered_at=datetime.now(UTC),
+    )
+    judgement = ev.Judgement(
+        judge_version="rubric-v1",
+        overall=3.5,
+        uncertainty=0.4,
+        approval_probability=0.6,
+        scores=[ev.CriterionScore(criterion="correctness", score=3.0, spread=0.5)],
+    )
+    return {
+        Topic.CHAT_COMPLETED: ev.ChatCompleted(
+            interaction_id=interaction_id,
+            conversation_id="conv-1",
+            key_id="key-1",
+            model="smollm2",
+            base_model="smollm2-135m",
+            adapter_id=ADAPTER,
+            messages=messages,
+            answer="About a week.",
+            finish_reason="stop",
+            retrieved=[chunk],
+            params=ev.GenerationParams(max_tokens=64, temperature=0.0, stop=["\n\n"]),
+            usage=ev.TokenUsage(prompt_tokens=20, completion_tokens=5),
+            latency_ms=120.5,
+            metadata={"app": "support"},
+        ),
+        Topic.CHAT_FEEDBACK: ev.FeedbackReceived(
+            interaction_id=interaction_id, key_id="key-1", feedback=feedback
+        ),
+        Topic.INTERACTION_INGESTED: ev.InteractionIngested(
+            interaction=interaction, source_event_id=uuid4()
+        ),
+        Topic.INTERACTION_JUDGED: ev.InteractionJudged(
+            interaction=interaction, judgement=judgement, ingested_event_id=uuid4()
+        ),
+        Topic.REVIEW_COMPLETED: ev.ReviewCompleted(
+            review_id=uuid4(),
+            interaction_id=interaction_id,
+            reviewer="reviewer",
+            action="corrected",
+            final_answer="Five business days.",
+            oracle_chunk_ids=["doc-1#0"],
+            criterion_labels=[ev.CriterionLabel(criterion="correctness", passed=False)],
+        ),
+        Topic.EXAMPLE_CURATED: ev.ExampleCurated(
+            example_id=uuid4(),
+            interaction_id=interaction_id,
+            review_id=uuid4(),
+            source="corrected",
+            messages=messages,
+            question="How long do refunds take?",
+            answer="Five business days.",
+            oracle_chunks=[chunk],
+            reviewer="reviewer",
+            judge_version="rubric-v1",
+            base_model="smollm2-135m",
+        ),
+        Topic.KB_DOCUMENT: ev.DocumentSubmitted(
+            document_id="doc-1",
+            source="kb/refunds.md",
+            title="Refunds",
+            text="# Refunds\nRefunds take 5 days.",
+            content_hash="c" * 64,
+            format="md",
+        ),
+        Topic.TRAINING_RUN_FINISHED: ev.TrainingRunFinished(
+            run_id="run-1",
+            base_model="smollm2-135m",
+            dataset_version="d" * 64,
+            status="succeeded",
+            adapter_id=ADAPTER,
+            train_examples=120,
+            holdout_examples=30,
+            metrics={"token_f1": 0.41},
+        ),
+        Topic.ADAPTER_PROMOTED: ev.AdapterPromoted(
+            adapter_id=ADAPTER,
+            base_model="smollm2-135m",
+            run_id="run-1",
+            revision=2,
+            metrics={"token_f1_gain": 0.08},
+        ),
+        Topic.ADAPTER_REJECTED: ev.AdapterRejected(
+            adapter_id=ADAPTER,
+            base_model="smollm2-135m",
+            reasons=["token_f1 gain CI below 0"],
+        ),
+        Topic.ADAPTER_ROLLED_BACK: ev.AdapterRolledBack(
+            from_adapter_id=ADAPTER,
+            to_adapter_id=None,
+            base_model="smollm2-135m",
+            revision=3,
+        ),
+    }
