@@ -1,0 +1,234 @@
+"""HTTP conventions shared by every service: the OpenAI error envelope and API-key callers.
+
+Errors: `{"error": {"message", "type", "param", "code"}}` with the matching status, so the
+official `openai` client raises its matching exception class. Domain code raises `ApiError`
+subclasses (or plain domain errors mapped by the service), never `HTTPException`.
+
+Callers: every route checks who is calling. A key (`Authorization: Bearer <key>` or
+`x-api-key`) is looked up by its sha256 in the `KeyStore`; it carries a tenant and a role.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from raftloop_core.credentials import ensure_dev_credentials, hash_key
+from raftloop_core.events import DEFAULT_TENANT, Tenant
+from raftloop_core.settings import RuntimeSettings, SettingsError
+
+log = logging.getLogger(__name__)
+
+Role = Literal["client", "internal", "admin"]
+
+_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    409: "conflict_error",
+    413: "invalid_request_error",
+    422: "invalid_request_error",
+    429: "rate_limit_error",
+    503: "service_unavailable",
+}
+
+
+class ApiError(Exception):
+    """An error with an HTTP status, rendered in the OpenAI envelope."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        code: str | None = None,
+        param: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.code = code
+        self.param = param
+        self.headers = headers or {}
+
+
+def error_body(
+    status: int, message: str, *, code: str | None = None, param: str | None = None
+) -> dict[str, dict[str, str | None]]:
+    """The OpenAI error envelope."""
+    return {
+        "error": {
+            "message": message,
+            "type": _TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error"),
+            "param": param,
+            "code": code,
+        }
+    }
+
+
+def error_response(exc: ApiError) -> JSONResponse:
+    """Render an ApiError."""
+    return JSONResponse(
+        error_body(exc.status, exc.message, code=exc.code, param=exc.param),
+        status_code=exc.status,
+        headers=exc.headers,
+    )
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Map every error to the envelope: ApiError, validation (400), HTTP errors, crashes (500)."""
+
+    async def on_api_error(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, ApiError)
+        return error_response(exc)
+
+    async def on_validation(_: Request, exc: Exception) -> JSONResponse:
+        errors = exc.errors() if isinstance(exc, RequestValidationError | ValidationError) else []
+        first = errors[0] if errors else {}
+        loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path")]
+        param = ".".join(loc) or None
+        message = f"invalid request: {param + ': ' if param else ''}{first.get('msg', str(exc))}"
+        return error_response(ApiError(400, message, param=param, code="invalid_request"))
+
+    async def on_http(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, StarletteHTTPException)
+        return error_response(
+            ApiError(exc.status_code, str(exc.detail), headers=dict(exc.headers or {}))
+        )
+
+    async def on_crash(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error", extra={"path": request.url.path})
+        return error_response(ApiError(500, "internal error; see the service log", code="internal"))
+
+    app.add_exception_handler(ApiError, on_api_error)
+    app.add_exception_handler(RequestValidationError, on_validation)
+    app.add_exception_handler(StarletteHTTPException, on_http)
+    app.add_exception_handler(Exception, on_crash)
+
+
+class ApiKey(BaseModel):
+    """A stored API key: only its hash is kept."""
+
+    model_config = ConfigDict(frozen=True)
+
+    key_id: str
+    key_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    tenant: Tenant = DEFAULT_TENANT
+    role: Role
+    requests_per_minute: int = Field(default=600, ge=1)
+    tokens_per_minute: int = Field(default=200_000, ge=1)
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who is calling: the key's id, tenant and role."""
+
+    key_id: str
+    tenant: str
+    role: Role
+    requests_per_minute: int = 600
+    tokens_per_minute: int = 200_000
+
+
+class KeyStore:
+    """API keys by hash. Loaded from a JSON file in production, from dev credentials otherwise."""
+
+    def __init__(self, keys: Iterable[ApiKey]) -> None:
+        self._by_hash = {k.key_sha256: k for k in keys}
+
+    def __len__(self) -> int:
+        return len(self._by_hash)
+
+    def lookup(self, key: str) -> Caller | None:
+        """The caller a presented key belongs to, or None."""
+        found = self._by_hash.get(hash_key(key))
+        if found is None:
+            return None
+        return Caller(
+            found.key_id,
+            found.tenant,
+            found.role,
+            found.requests_per_minute,
+            found.tokens_per_minute,
+        )
+
+    @classmethod
+    def from_file(cls, path: Path) -> KeyStore:
+        """Load `[{key_id, key_sha256, tenant, role, ...}]` from a JSON file.
+
+        Raises:
+            SettingsError: the file is missing or malformed.
+        """
+        try:
+            raw = json.loads(path.read_text())
+            return cls(ApiKey.model_validate(item) for item in raw)
+        except (OSError, ValueError) as exc:
+            raise SettingsError(
+                f"cannot load API keys from {path}: {exc}; it must be a JSON list of "
+                "{key_id, key_sha256, tenant, role} objects (RAFTLOOP_API_KEYS_FILE)"
+            ) from exc
+
+    @classmethod
+    def for_runtime(cls, runtime: RuntimeSettings, keys_file: Path | None) -> KeyStore:
+        """The key store for this mode: the keys file if given, else dev credentials.
+
+        Raises:
+            SettingsError: production without a keys file.
+        """
+        if keys_file is not None:
+            return cls.from_file(keys_file)
+        if runtime.production:
+            raise SettingsError(
+                "production mode needs API keys: set RAFTLOOP_API_KEYS_FILE to a JSON list of "
+                "hashed keys (see README, 'Production')"
+            )
+        creds = ensure_dev_credentials(runtime)
+        return cls(
+            ApiKey(key_id=f"dev-{role}", key_sha256=hash_key(key), role=role)
+            for role, key in creds.api_keys.items()
+        )
+
+
+def presented_key(request: Request) -> str | None:
+    """The key a request presents, from `Authorization: Bearer` or `x-api-key`."""
+    auth = request.headers.get("authorization", "")
+    if auth.lower().startswith("bearer "):
+        return auth[7:].strip() or None
+    return request.headers.get("x-api-key") or None
+
+
+def require(store: KeyStore, *roles: Role) -> Callable[[Request], Awaitable[Caller]]:
+    """A FastAPI dependency that admits only callers with one of `roles` (admin always passes)."""
+    allowed = set(roles) | {"admin"}
+
+    async def dependency(request: Request) -> Caller:
+        key = presented_key(request)
+        if key is None:
+            raise ApiError(
+                401, "missing API key: send `Authorization: Bearer <key>`", code="missing_api_key"
+            )
+        caller = store.lookup(key)
+        if caller is None:
+            raise ApiError(401, "invalid API key", code="invalid_api_key")
+        if caller.role not in allowed:
+            raise ApiError(
+                403,
+                f"this route needs the {' or '.join(sorted(allowed))} role; "
+                f"the key has role {caller.role}",
+                code="forbidden",
+            )
+        return caller
+
+    return dependency
