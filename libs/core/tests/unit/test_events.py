@@ -33,7 +33,8 @@ def test_every_topic_has_a_spec_a_payload_type_and_follows_the_naming_rule() -> 
     for topic in Topic:
         assert re.fullmatch(r"[a-z_]+(\.[a-z_]+)+\.v\d+", topic), topic
         assert dead_letter(topic) == f"{topic}.dlt"
-        assert is_dead_letter(dead_letter(topic)) and not is_dead_letter(topic)
+        assert is_dead_letter(dead_letter(topic))
+        assert not is_dead_letter(topic)
     assert len(all_topics()) == 2 * len(Topic)
 
 
@@ -58,7 +59,8 @@ def test_no_event_field_is_untyped() -> None:
     def walk(model: type[BaseModel]) -> None:
         for name, field in model.model_fields.items():
             text = str(field.annotation)
-            assert "Any" not in text and text != "<class 'dict'>", f"{model.__name__}.{name}"
+            assert "Any" not in text, f"{model.__name__}.{name}"
+            assert text != "<class 'dict'>", f"{model.__name__}.{name}"
 
     for event in sample_events().values():
         walk(type(event))

@@ -67,7 +67,8 @@ def test_keys_file_is_looked_up_by_hash(tmp_path: Path) -> None:
     )
     store = KeyStore.from_file(keys)
     caller = store.lookup("s3cret")
-    assert caller is not None and (caller.tenant, caller.role) == ("acme", "client")
+    assert caller is not None
+    assert (caller.tenant, caller.role) == ("acme", "client")
     assert store.lookup("wrong") is None
     keys.write_text("{not json")
     with pytest.raises(SettingsError, match="cannot load API keys"):
@@ -78,5 +79,7 @@ def test_retry_backoff_grows_is_jittered_and_capped() -> None:
     policy = RetryPolicy(max_attempts=5, base_s=1.0, cap_s=4.0)
     for attempt, ceiling in [(1, 1.0), (2, 2.0), (3, 4.0), (6, 4.0)]:
         delays = [policy.delay(attempt) for _ in range(200)]
-        assert min(delays) >= ceiling / 2 and max(delays) <= ceiling
-    assert not policy.exhausted(4) and policy.exhausted(5)
+        assert min(delays) >= ceiling / 2
+        assert max(delays) <= ceiling
+    assert not policy.exhausted(4)
+    assert policy.exhausted(5)
