@@ -1,0 +1,54 @@
+"""Composition root: the only place that reads the environment and builds real clients.
+
+Run with `uvicorn --factory raftloop_rag.main:build --port 8001`.
+"""
+
+from __future__ import annotations
+
+import os
+
+from fastapi import FastAPI
+from qdrant_client import AsyncQdrantClient
+
+from raftloop_core.api import KeyStore
+from raftloop_core.logs import configure_logging
+from raftloop_core.settings import SettingsError
+from raftloop_rag.adapters import QdrantIndex, SentenceTransformerEmbedder
+from raftloop_rag.app import create_app
+from raftloop_rag.settings import RagSettings
+
+
+def qdrant_client(settings: RagSettings) -> AsyncQdrantClient:
+    """A Qdrant server client when a URL is set, else local mode on the data folder.
+
+    Raises:
+        SettingsError: the local folder is already used by another process.
+    """
+    if settings.qdrant_url:
+        key = settings.qdrant_api_key.get_secret_value() if settings.qdrant_api_key else None
+        return AsyncQdrantClient(url=settings.qdrant_url, api_key=key)
+    path = settings.local_path()
+    try:
+        return AsyncQdrantClient(path=str(path))
+    except RuntimeError as exc:
+        raise SettingsError(
+            f"the local Qdrant folder {path} is in use by another process ({exc}); local mode "
+            "allows one client per folder: stop the other rag, set RAG_QDRANT_PATH to another "
+            "folder, or run a Qdrant server and set QDRANT_URL"
+        ) from exc
+
+
+def build() -> FastAPI:
+    """Build the rag app from the environment."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    settings = RagSettings()
+    configure_logging("rag", level=settings.runtime.log_level, fmt=settings.runtime.log_format)
+    keys = KeyStore.for_runtime(settings.runtime, settings.api_keys_file)
+    embedder = SentenceTransformerEmbedder(
+        settings.model_path(),
+        device=settings.embedding_device,
+        batch_size=settings.embedding_batch_size,
+    )
+    index = QdrantIndex(qdrant_client(settings), settings.collection)
+    return create_app(settings, embedder=embedder, index=index, keys=keys)

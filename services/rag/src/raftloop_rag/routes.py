@@ -1,0 +1,78 @@
+"""The retrieval HTTP API: `POST /v1/retrieve`."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated
+
+from fastapi import APIRouter, Depends
+from pydantic import BaseModel, ConfigDict, Field
+
+from raftloop_core.api import ApiError, Caller, KeyStore, require
+from raftloop_core.events import RetrievedChunk, Tenant
+from raftloop_rag.domain import tenant_for
+from raftloop_rag.retrieval import FilterValue, RetrievalRequest, Retriever
+from raftloop_rag.telemetry import RagMetrics
+
+
+class RetrieveRequest(BaseModel):
+    """Body of `POST /v1/retrieve`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    query: str = Field(min_length=1, max_length=8_000)
+    k: int | None = Field(default=None, ge=1, description="Default RAG_DEFAULT_K; max RAG_MAX_K.")
+    tenant: Tenant | None = Field(
+        default=None, description="Only internal/admin keys may name a tenant."
+    )
+    filters: dict[str, FilterValue] = Field(default_factory=dict)
+    exclude_ids: list[str] = Field(default_factory=list, description="Chunk ids to leave out.")
+    exclude_document_ids: list[str] = Field(default_factory=list)
+    mmr: bool = False
+
+
+class RetrieveResponse(BaseModel):
+    """The chunks found, best first, and the tenant that was searched."""
+
+    chunks: list[RetrievedChunk]
+    tenant: str
+
+
+def retrieval_router(
+    retriever: Retriever,
+    keys: KeyStore,
+    *,
+    default_k: int,
+    max_k: int,
+    metrics: RagMetrics,
+) -> APIRouter:
+    """Routes of the retrieval API; every caller needs a client, internal or admin key."""
+    router = APIRouter(prefix="/v1")
+    CallerDep = Annotated[Caller, Depends(require(keys, "client", "internal"))]
+
+    @router.post("/retrieve", response_model=RetrieveResponse)
+    async def retrieve(body: RetrieveRequest, caller: CallerDep) -> RetrieveResponse:
+        k = body.k or default_k
+        if k > max_k:
+            raise ApiError(
+                400, f"k={k} is above the limit of {max_k} (RAG_MAX_K)", param="k", code="k_too_big"
+            )
+        tenant = tenant_for(caller.role, caller.tenant, body.tenant)
+        start = time.perf_counter()
+        chunks = await retriever.retrieve(
+            RetrievalRequest(
+                query=body.query,
+                k=k,
+                tenant=tenant,
+                filters=body.filters,
+                exclude_ids=body.exclude_ids,
+                exclude_document_ids=body.exclude_document_ids,
+                mmr=body.mmr,
+            )
+        )
+        metrics.retrieval_seconds.labels("mmr" if body.mmr else "plain").observe(
+            time.perf_counter() - start
+        )
+        return RetrieveResponse(chunks=chunks, tenant=tenant)
+
+    return router
