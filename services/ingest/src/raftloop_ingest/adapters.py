@@ -1,0 +1,224 @@
+"""I/O behind the domain's ports: the SQL state store (SQLite by default, PostgreSQL by URL)."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+from uuid import UUID
+
+from sqlalchemy import (
+    Column,
+    DateTime,
+    Engine,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    create_engine,
+    delete,
+    event,
+    insert,
+    select,
+    update,
+)
+
+from raftloop_core.events import Feedback, Interaction
+from raftloop_ingest.domain import PendingFeedback, StoredInteraction
+
+metadata = MetaData()
+
+interactions = Table(
+    "ingest_interactions",
+    metadata,
+    Column("interaction_id", String(36), primary_key=True),
+    Column("tenant", String(64), nullable=False),
+    Column("source_event_id", String(36), nullable=False),
+    Column("revision", Integer, nullable=False),
+    Column("payload", Text, nullable=False),
+    Column("mapping", Text, nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+question_hashes = Table(
+    "ingest_question_hashes",
+    metadata,
+    Column("tenant", String(64), primary_key=True),
+    Column("question_hash", String(64), primary_key=True),
+    Column("interaction_id", String(36), nullable=False),
+)
+pending_feedback = Table(
+    "ingest_pending_feedback",
+    metadata,
+    Column("interaction_id", String(36), primary_key=True),
+    Column("payload", Text, nullable=False),
+    Column("mapping", Text, nullable=False),
+    Column("received_at", DateTime(timezone=True), nullable=False),
+)
+feedback_seen = Table(
+    "ingest_feedback_seen",
+    metadata,
+    Column("event_id", String(36), primary_key=True),
+)
+documents = Table(
+    "ingest_documents",
+    metadata,
+    Column("document_id", String(64), primary_key=True),
+    Column("tenant", String(64), nullable=False),
+    Column("source", Text, nullable=False),
+    Column("content_hash", String(64), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+
+def make_engine(url: str) -> Engine:
+    """A SQLAlchemy engine; SQLite files get WAL so a killed process loses no commit."""
+    engine = create_engine(url, pool_pre_ping=not url.startswith("sqlite"))
+    if engine.dialect.name == "sqlite":
+
+        @event.listens_for(engine, "connect")
+        def _pragmas(conn: Any, _: Any) -> None:
+            cur = conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute("PRAGMA busy_timeout=10000")
+            cur.close()
+
+    metadata.create_all(engine)
+    return engine
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class SqlIngestStore:
+    """`IngestStore` on SQLAlchemy Core."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def get(self, interaction_id: UUID) -> StoredInteraction | None:
+        """The interaction as last published, if any."""
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(interactions).where(interactions.c.interaction_id == str(interaction_id))
+            ).first()
+        if row is None:
+            return None
+        return StoredInteraction(
+            interaction=Interaction.model_validate_json(row.payload),
+            tenant=row.tenant,
+            source_event_id=UUID(row.source_event_id),
+            revision=row.revision,
+            mapping=json.loads(row.mapping),
+        )
+
+    def pending(self, interaction_id: UUID) -> PendingFeedback | None:
+        """Feedback waiting for its interaction."""
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(pending_feedback).where(
+                    pending_feedback.c.interaction_id == str(interaction_id)
+                )
+            ).first()
+        if row is None:
+            return None
+        return PendingFeedback(
+            interaction_id=interaction_id,
+            feedback=Feedback.model_validate_json(row.payload),
+            mapping=json.loads(row.mapping),
+        )
+
+    def first_with_hash(self, tenant: str, qhash: str) -> UUID | None:
+        """The first interaction seen with this question hash."""
+        with self.engine.connect() as conn:
+            value = conn.execute(
+                select(question_hashes.c.interaction_id).where(
+                    question_hashes.c.tenant == tenant, question_hashes.c.question_hash == qhash
+                )
+            ).scalar()
+        return UUID(value) if value else None
+
+    def feedback_seen(self, event_id: UUID) -> bool:
+        """Whether this feedback event was already processed."""
+        with self.engine.connect() as conn:
+            found = conn.execute(
+                select(feedback_seen.c.event_id).where(feedback_seen.c.event_id == str(event_id))
+            ).first()
+        return found is not None
+
+    def save_ingested(self, stored: StoredInteraction, *, feedback_event_id: UUID | None) -> None:
+        """Record a published revision in one transaction."""
+        iid = str(stored.interaction.interaction_id)
+        values = {
+            "tenant": stored.tenant,
+            "source_event_id": str(stored.source_event_id),
+            "revision": stored.revision,
+            "payload": stored.interaction.model_dump_json(),
+            "mapping": json.dumps(stored.mapping),
+            "updated_at": _now(),
+        }
+        with self.engine.begin() as conn:
+            changed = conn.execute(
+                update(interactions).where(interactions.c.interaction_id == iid).values(**values)
+            ).rowcount
+            if not changed:
+                conn.execute(insert(interactions).values(interaction_id=iid, **values))
+            conn.execute(delete(pending_feedback).where(pending_feedback.c.interaction_id == iid))
+            qhash = stored.interaction.question_hash
+            if qhash and stored.interaction.duplicate_of is None:
+                self._insert_ignore(
+                    conn,
+                    question_hashes,
+                    tenant=stored.tenant,
+                    question_hash=qhash,
+                    interaction_id=iid,
+                )
+            if feedback_event_id is not None:
+                self._insert_ignore(conn, feedback_seen, event_id=str(feedback_event_id))
+
+    def save_pending(self, pending: PendingFeedback, *, feedback_event_id: UUID) -> None:
+        """Park feedback until its interaction arrives (the latest feedback wins)."""
+        iid = str(pending.interaction_id)
+        with self.engine.begin() as conn:
+            conn.execute(delete(pending_feedback).where(pending_feedback.c.interaction_id == iid))
+            conn.execute(
+                insert(pending_feedback).values(
+                    interaction_id=iid,
+                    payload=pending.feedback.model_dump_json(),
+                    mapping=json.dumps(pending.mapping),
+                    received_at=_now(),
+                )
+            )
+            self._insert_ignore(conn, feedback_seen, event_id=str(feedback_event_id))
+
+    def document_hash(self, doc_id: str) -> str | None:
+        """Content hash of the document as last published, if any."""
+        with self.engine.connect() as conn:
+            value = conn.execute(
+                select(documents.c.content_hash).where(documents.c.document_id == doc_id)
+            ).scalar()
+        return str(value) if value else None
+
+    def save_document(self, doc_id: str, *, tenant: str, source: str, content_hash: str) -> None:
+        """Record a published document."""
+        values = {"tenant": tenant, "source": source, "content_hash": content_hash}
+        with self.engine.begin() as conn:
+            conn.execute(delete(documents).where(documents.c.document_id == doc_id))
+            conn.execute(insert(documents).values(document_id=doc_id, updated_at=_now(), **values))
+
+    def delete_document(self, doc_id: str) -> bool:
+        """Forget a document; whether it was known."""
+        with self.engine.begin() as conn:
+            removed = conn.execute(delete(documents).where(documents.c.document_id == doc_id))
+        return bool(removed.rowcount)
+
+    @staticmethod
+    def _insert_ignore(conn: Any, table: Table, **values: str) -> None:
+        # Check first (savepoints are unreliable on pysqlite); writers are serialised per
+        # interaction by the pipeline, so no other writer slips in between.
+        keys = list(table.primary_key.columns)
+        where = [c == values[c.name] for c in keys]
+        if conn.execute(select(*keys).where(*where)).first() is None:
+            conn.execute(insert(table).values(**values))

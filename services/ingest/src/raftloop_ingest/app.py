@@ -1,0 +1,128 @@
+"""ingest: the interaction pipeline's consumers, the document upload API and the ops routes.
+
+Consumes `Topic.CHAT_COMPLETED` and `Topic.CHAT_FEEDBACK` (group `ingest`) and publishes
+`InteractionIngested` on `Topic.INTERACTION_INGESTED` (key: interaction id). Documents arrive
+through `POST /v1/documents` (multipart `files`, internal or admin key; the tenant is the
+key's) or `raftloop kb add`, and leave as `DocumentSubmitted` / `DocumentDeleted` on
+`Topic.KB_DOCUMENT` (key: document id).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from faststream.kafka import KafkaBroker
+from prometheus_client import CollectorRegistry, Counter
+
+from raftloop_core.api import KeyStore, install_error_handlers
+from raftloop_core.events import (
+    ChatCompleted,
+    Event,
+    FeedbackReceived,
+    InteractionIngested,
+    event_key,
+)
+from raftloop_core.messaging import consumer_options, make_broker
+from raftloop_core.service import add_ops_routes, broker_check
+from raftloop_core.topics import Topic
+from raftloop_ingest.domain import IngestStore, Publish, Scrubbers
+from raftloop_ingest.kb import KnowledgeBase
+from raftloop_ingest.pipeline import Pipeline
+from raftloop_ingest.routes import documents_router
+from raftloop_ingest.settings import IngestSettings
+
+
+def publisher_for(broker: KafkaBroker, settings: IngestSettings, topic: Topic) -> Publish:
+    """Publish events on `topic` (with the settings' prefix), keyed per `event_key`."""
+    name = settings.topic(topic)
+
+    async def publish(event: Event) -> None:
+        await broker.publish(event, topic=name, key=event_key(topic, event))
+
+    return publish
+
+
+class IngestMetrics:
+    """Prometheus counters of the pipeline."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.ingested = Counter(
+            "raftloop_ingest_interactions", "Ingested revisions.", ["kind"], registry=registry
+        )
+        self.flags = Counter(
+            "raftloop_ingest_flags", "Poison-screen flags raised.", ["code"], registry=registry
+        )
+        self.pii = Counter(
+            "raftloop_ingest_pii", "Interactions with PII, by type.", ["type"], registry=registry
+        )
+
+    def observe(self, out: InteractionIngested | None) -> None:
+        """Count one published revision."""
+        if out is None:
+            return
+        interaction = out.interaction
+        kind = "duplicate" if interaction.duplicate_of else "new"
+        self.ingested.labels(kind if out.revision == 1 else "feedback").inc()
+        for flag in interaction.flags if out.revision == 1 else ():
+            self.flags.labels(flag.code).inc()
+        for pii in interaction.pii_types if out.revision == 1 else ():
+            self.pii.labels(pii).inc()
+
+
+def subscribe(
+    broker: KafkaBroker, settings: IngestSettings, pipeline: Pipeline, m: IngestMetrics
+) -> None:
+    """Register the chat and feedback consumers on `broker`."""
+    options = consumer_options(settings.kafka, group_id=settings.group_id)
+
+    @broker.subscriber(settings.topic(Topic.CHAT_COMPLETED), **options)
+    async def on_chat_completed(event: ChatCompleted) -> None:
+        """chat.completed -> interaction.ingested (revision 1)."""
+        m.observe(await pipeline.on_chat_completed(event))
+
+    @broker.subscriber(settings.topic(Topic.CHAT_FEEDBACK), **options)
+    async def on_feedback(event: FeedbackReceived) -> None:
+        """chat.feedback -> interaction.ingested (next revision), or parked until the chat."""
+        m.observe(await pipeline.on_feedback(event))
+
+
+def create_app(
+    settings: IngestSettings, *, store: IngestStore, scrubbers: Scrubbers, keys: KeyStore
+) -> FastAPI:
+    """Wire the consumers, the document API and the ops routes."""
+    broker = make_broker(settings.kafka, client_id=f"{settings.kafka.client_id}-ingest")
+    registry = CollectorRegistry()
+    metrics = IngestMetrics(registry)
+    pipeline = Pipeline(
+        store,
+        scrubbers,
+        publisher_for(broker, settings, Topic.INTERACTION_INGESTED),
+        max_chars=settings.max_chars,
+    )
+    kb = KnowledgeBase(store, publisher_for(broker, settings, Topic.KB_DOCUMENT))
+    subscribe(broker, settings, pipeline, metrics)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        try:
+            await broker.start()
+        except Exception as exc:
+            raise RuntimeError(
+                f"ingest cannot reach the Kafka broker at {settings.kafka.bootstrap_servers} "
+                f"({type(exc).__name__}); start it with `raftloop broker` or set "
+                "KAFKA_BOOTSTRAP_SERVERS"
+            ) from exc
+        try:
+            yield
+        finally:
+            await broker.stop()
+
+    app = FastAPI(title="raftloop ingest", lifespan=lifespan)
+    app.state.broker = broker
+    app.state.pipeline = pipeline
+    install_error_handlers(app)
+    add_ops_routes(app, service="ingest", registry=registry, checks=[broker_check(broker)])
+    app.include_router(documents_router(kb, keys, max_bytes=settings.max_upload_bytes))
+    return app

@@ -1,0 +1,62 @@
+"""The document API: upload knowledge documents, withdraw them."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, File, UploadFile
+from pydantic import BaseModel
+
+from raftloop_core.api import ApiError, Caller, KeyStore, require
+from raftloop_ingest.kb import KnowledgeBase, Status
+
+
+class DocumentResult(BaseModel):
+    """What happened to one uploaded document."""
+
+    source: str
+    status: Status
+    document_id: str | None = None
+    title: str | None = None
+    error: str | None = None
+
+
+class DocumentsResponse(BaseModel):
+    """The outcome of an upload, one entry per file."""
+
+    tenant: str
+    documents: list[DocumentResult]
+
+
+def documents_router(kb: KnowledgeBase, keys: KeyStore, *, max_bytes: int) -> APIRouter:
+    """`POST /v1/documents` and `DELETE /v1/documents/{document_id}` (internal or admin key)."""
+    router = APIRouter(prefix="/v1/documents", tags=["documents"])
+    CallerDep = Annotated[Caller, Depends(require(keys, "internal"))]
+
+    @router.post("", response_model=DocumentsResponse)
+    async def upload(
+        caller: CallerDep, files: Annotated[list[UploadFile], File()]
+    ) -> DocumentsResponse:
+        """Parse each file and publish it; the tenant is the key's."""
+        results = []
+        for upload in files:
+            name = upload.filename or "upload"
+            data = await upload.read(max_bytes + 1)
+            if len(data) > max_bytes:
+                raise ApiError(
+                    413,
+                    f"{name} is larger than {max_bytes} bytes (INGEST_MAX_UPLOAD_BYTES)",
+                    code="too_large",
+                    param="files",
+                )
+            outcome = await kb.submit(f"upload:{name}", data, tenant=caller.tenant)
+            results.append(DocumentResult(**vars(outcome)))
+        return DocumentsResponse(tenant=caller.tenant, documents=results)
+
+    @router.delete("/{document_id}", response_model=DocumentsResponse)
+    async def remove(caller: CallerDep, document_id: str) -> DocumentsResponse:
+        """Publish the deletion of a document of the key's tenant."""
+        outcome = await kb.remove("", tenant=caller.tenant, doc_id=document_id)
+        return DocumentsResponse(tenant=caller.tenant, documents=[DocumentResult(**vars(outcome))])
+
+    return router

@@ -1,0 +1,50 @@
+"""Ingest settings (`INGEST_*`), embedding the shared runtime, Kafka and database settings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from raftloop_core.settings import DatabaseSettings, KafkaSettings, RuntimeSettings
+from raftloop_core.topics import Topic
+
+GROUP_ID = "ingest"
+
+
+class IngestSettings(BaseSettings):
+    """Everything the ingest service can be told."""
+
+    model_config = SettingsConfigDict(env_prefix="INGEST_", extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: int = 8002
+    group_id: str = GROUP_ID
+    topic_prefix: str = Field(
+        default="",
+        pattern=r"^[A-Za-z0-9._-]*$",
+        description="Prepended to every topic name; isolates tests or environments on one cluster.",
+    )
+    max_chars: int = Field(default=20_000, ge=100, description="Longer interactions are flagged.")
+    max_upload_bytes: int = Field(default=20_000_000, ge=1_024)
+    pii_score_threshold: float = Field(default=0.35, ge=0, le=1)
+    pii_hash_key: SecretStr | None = Field(
+        default=None,
+        description="Key for the keyed hashes that keep placeholders consistent without storing "
+        "raw values; generated under the data folder in development.",
+    )
+    api_keys_file: Path | None = Field(default=None, alias="RAFTLOOP_API_KEYS_FILE")
+    runtime: RuntimeSettings = Field(default_factory=RuntimeSettings)
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    database: DatabaseSettings = Field(default_factory=DatabaseSettings)
+
+    def topic(self, topic: Topic) -> str:
+        """The concrete name of `topic` for this deployment."""
+        return f"{self.topic_prefix}{topic}"
+
+    def database_url(self) -> str:
+        """Where ingest keeps its state: `DATABASE_URL`, else `<data>/ingest/ingest.sqlite3`."""
+        if self.database.url:
+            return self.database.url
+        return f"sqlite:///{self.runtime.path('ingest', 'ingest.sqlite3').resolve()}"

@@ -1,0 +1,8 @@
+"""Ingest test helpers live beside this file (`ingest_pii_corpus`, `ingest_support`)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
