@@ -1,0 +1,1 @@
+"""raftloop judge: scores ingested interactions and calibrates itself against reviewers."""

@@ -1,0 +1,126 @@
+"""Wiring: the judge's FastAPI app, its broker subscribers and routes."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from faststream.kafka import KafkaMessage
+from prometheus_client import CollectorRegistry, Counter
+
+from raftloop_core.api import KeyStore, install_error_handlers
+from raftloop_core.events import ExampleCurated, InteractionJudged, ReviewCompleted, event_key
+from raftloop_core.messaging import DeadLetterPolicy, consumer_options, make_broker
+from raftloop_core.service import add_ops_routes, broker_check
+from raftloop_core.topics import Topic
+from raftloop_judge import domain
+from raftloop_judge.consumer import BatchConsumer
+from raftloop_judge.evaluators import CallOptions, LimitedEndpoint, PairwiseJudge, RubricJudge
+from raftloop_judge.judge import Judge
+from raftloop_judge.reference import ReferenceEvaluator
+from raftloop_judge.routes import judge_router
+from raftloop_judge.rubrics import load_rubrics, rubrics_digest
+from raftloop_judge.service import CalibrationPolicy, JudgeService
+from raftloop_judge.settings import JudgeSettings
+
+
+def build_service(
+    settings: JudgeSettings,
+    *,
+    endpoint: domain.ChatEndpoint,
+    embedder: domain.Embedder,
+    store: domain.JudgeStore,
+    publish: object,
+) -> tuple[JudgeService, PairwiseJudge]:
+    """The judge and the pairwise judge sharing one bounded endpoint."""
+    rubrics = load_rubrics(settings.rubrics_dir, settings.criteria)
+    version = domain.judge_version(
+        settings.version_tag, settings.model or "default", rubrics_digest(rubrics)
+    )
+    limited = LimitedEndpoint(endpoint, settings.concurrency)
+    options = CallOptions(
+        settings.max_tokens, settings.top_logprobs, settings.invalid_output_attempts
+    )
+    judge = Judge(
+        RubricJudge(limited, options, version),
+        ReferenceEvaluator(embedder, settings.near_duplicate_similarity),
+        rubrics,
+        version=version,
+        pass_threshold=settings.pass_threshold,
+    )
+    policy = CalibrationPolicy(
+        settings.agreement_window, settings.calibration_min_labels, settings.calibration_refit_every
+    )
+    service = JudgeService(judge, store, publish, policy)  # type: ignore[arg-type]
+    return service, PairwiseJudge(limited, options, version)
+
+
+def create_app(
+    settings: JudgeSettings,
+    *,
+    endpoint: domain.ChatEndpoint,
+    embedder: domain.Embedder,
+    store: domain.JudgeStore,
+    keys: KeyStore,
+) -> FastAPI:
+    """The judge service: consumes ingested interactions and reviews, serves pairwise/agreement."""
+    broker = make_broker(settings.kafka, client_id=f"{settings.kafka.client_id}-judge")
+    registry = CollectorRegistry()
+    judged = Counter(
+        "raftloop_judge_judgements", "Judgements published.", ["outcome"], registry=registry
+    )
+
+    async def publish(event: InteractionJudged) -> None:
+        await broker.publish(
+            event, topic=settings.output_topic, key=event_key(Topic.INTERACTION_JUDGED, event)
+        )
+        judged.labels("error" if event.judgement.error else "scored").inc()
+
+    service, pairwise = build_service(
+        settings, endpoint=endpoint, embedder=embedder, store=store, publish=publish
+    )
+    deadline = settings.kafka.max_poll_interval_ms / 1000 * settings.poll_budget_fraction
+    consumer = BatchConsumer(service, DeadLetterPolicy(broker, settings.kafka), deadline)
+    group = settings.consumer_group
+
+    @broker.subscriber(
+        settings.input_topic,
+        batch=True,
+        max_records=settings.batch_size,
+        batch_timeout_ms=100,
+        **consumer_options(settings.kafka, group_id=group),
+    )
+    async def on_interactions_ingested(msg: KafkaMessage) -> None:
+        """interaction.ingested -> interaction.judged, a batch at a time."""
+        await consumer.consume(msg.raw_message)  # type: ignore[arg-type]
+
+    @broker.subscriber(
+        settings.review_topic, **consumer_options(settings.kafka, group_id=f"{group}-calibration")
+    )
+    async def on_review_completed(event: ReviewCompleted) -> None:
+        """review.completed -> a calibration label (and an approved answer)."""
+        await service.on_review(event)
+
+    @broker.subscriber(
+        settings.curated_topic, **consumer_options(settings.kafka, group_id=f"{group}-references")
+    )
+    async def on_example_curated(event: ExampleCurated) -> None:
+        """dataset.example.curated -> an approved answer for agreement checks."""
+        await service.on_curated(event)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await broker.start()
+        try:
+            yield
+        finally:
+            await broker.stop()
+
+    app = FastAPI(title="raftloop judge", lifespan=lifespan)
+    app.state.service = service
+    app.state.broker = broker
+    install_error_handlers(app)
+    add_ops_routes(app, service="judge", registry=registry, checks=[broker_check(broker)])
+    app.include_router(judge_router(keys, service, pairwise))
+    return app

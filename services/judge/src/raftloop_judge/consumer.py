@@ -1,0 +1,96 @@
+"""Batch consumption of ingested interactions: judge concurrently, commit after the batch.
+
+A batch subscriber lets several messages be judged at once while the offset is only committed
+once every message of the batch is done, so at-least-once holds per partition. A malformed
+message is dead-lettered on its own; a transient failure backs off and the batch is re-read
+(finished items are skipped via the store), and an item is parked once its retry budget is spent.
+A batch never runs past a share of `max.poll.interval.ms`, so slow judging cannot trigger a
+rebalance.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from pydantic import TypeAdapter, ValidationError
+
+from raftloop_core.events import InteractionIngested
+from raftloop_core.messaging import DeadLetterPolicy, PoisonMessage
+from raftloop_judge import domain
+from raftloop_judge.service import JudgeService
+
+log = logging.getLogger(__name__)
+_INGESTED = TypeAdapter(InteractionIngested)
+
+
+class BatchConsumer:
+    """Turns one polled batch of records into judgements."""
+
+    def __init__(self, service: JudgeService, policy: DeadLetterPolicy, deadline_s: float) -> None:
+        self.service = service
+        self.policy = policy
+        self.deadline_s = deadline_s
+
+    async def _decode(self, records: Sequence[Any]) -> list[tuple[Any, InteractionIngested]]:
+        decoded = []
+        for record in records:
+            value = record.value if isinstance(record.value, bytes) else b""
+            try:
+                if len(value) > self.policy.max_message_bytes:
+                    raise PoisonMessage(
+                        f"message of {len(value)} bytes exceeds the "
+                        f"{self.policy.max_message_bytes}-byte limit (KAFKA_MAX_MESSAGE_BYTES)"
+                    )
+                decoded.append((record, _INGESTED.validate_json(value)))
+            except (
+                ValidationError,
+                PoisonMessage,
+                UnicodeDecodeError,
+                json.JSONDecodeError,
+            ) as exc:
+                await self.policy.park(record, exc, attempts=1)
+        return decoded
+
+    async def consume(self, records: Sequence[Any]) -> None:
+        """Judge a batch; raise (so the batch is re-read) after backoff on transient failure."""
+        items = await self._decode(records)
+        if not items:
+            return
+        try:
+            async with asyncio.timeout(self.deadline_s):
+                failures = await self.service.handle_many([event for _, event in items])
+        except TimeoutError:
+            failures = [TimeoutError(f"batch not judged within {self.deadline_s:.0f}s")]
+        if failures:
+            await self._retry_or_park(items, failures[0])
+
+    async def _retry_or_park(
+        self, items: list[tuple[Any, InteractionIngested]], exc: BaseException
+    ) -> None:
+        pending = []
+        for record, event in items:
+            if await asyncio.to_thread(self.service.store.is_processed, event.event_id):
+                continue
+            key = (record.topic, record.partition, record.offset)
+            attempt = self.policy.attempts.fail(key)
+            if self.policy.retry.exhausted(attempt):
+                self.policy.attempts.forget(key)
+                await self.policy.park(record, exc, attempts=attempt)
+                out_id = domain.output_event_id(
+                    event.interaction.interaction_id, event.revision, self.service.judge.version
+                )
+                await asyncio.to_thread(self.service.store.mark_processed, event.event_id, out_id)
+            else:
+                pending.append(attempt)
+        if pending:
+            delay = self.policy.retry.delay(max(pending))
+            log.warning(
+                "transient judging failure; re-reading the batch after backoff",
+                extra={"error": repr(exc), "delay_s": round(delay, 3)},
+            )
+            await asyncio.sleep(delay)
+            raise exc

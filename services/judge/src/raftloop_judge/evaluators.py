@@ -1,0 +1,185 @@
+"""The evaluators: the LLM rubric judge, the pairwise judge, and the reference evaluators."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Literal
+
+import openai
+
+from raftloop_core.events import CriterionScore
+from raftloop_judge.domain import ChatEndpoint, Completion
+from raftloop_judge.prompts import nonce_for, pairwise_messages, rubric_messages
+from raftloop_judge.rubrics import Rubric
+from raftloop_judge.scoring import InvalidOutput, pairwise_preference, rubric_score
+
+
+class JudgeFailed(Exception):
+    """The judge model gave no usable verdict after every attempt: recorded, never guessed."""
+
+
+@dataclass(frozen=True)
+class CallOptions:
+    """How each request to the judge endpoint is made."""
+
+    max_tokens: int = 48
+    top_logprobs: int = 10
+    attempts: int = 3
+
+
+class LimitedEndpoint:
+    """An endpoint behind a semaphore: bounded concurrency shared by every evaluator."""
+
+    def __init__(self, endpoint: ChatEndpoint, concurrency: int) -> None:
+        self.endpoint = endpoint
+        self.semaphore = asyncio.Semaphore(concurrency)
+
+    async def ask(
+        self, messages: list[dict[str, str]], options: CallOptions, attempt: int
+    ) -> Completion:
+        """One request; greedy first, then sampled so a retry can differ.
+
+        Raises:
+            JudgeFailed: the endpoint refused this request for good (HTTP 400/413/422).
+        """
+        async with self.semaphore:
+            try:
+                return await self.endpoint.complete(
+                    messages,
+                    max_tokens=options.max_tokens,
+                    temperature=0.0 if attempt == 0 else 0.7,
+                    top_logprobs=options.top_logprobs,
+                    seed=attempt,
+                )
+            except (openai.BadRequestError, openai.UnprocessableEntityError) as exc:
+                raise JudgeFailed(f"endpoint refused the request: {exc}") from exc
+
+
+class RubricJudge:
+    """Scores one criterion with the LLM: G-Eval from logprobs, else parsed JSON."""
+
+    def __init__(self, endpoint: LimitedEndpoint, options: CallOptions, version: str) -> None:
+        self.endpoint = endpoint
+        self.options = options
+        self.version = version
+
+    async def score(
+        self, rubric: Rubric, *, key: str, question: str, answer: str, context: list[str]
+    ) -> CriterionScore:
+        """The score of `answer` on `rubric`.
+
+        Raises:
+            JudgeFailed: every attempt returned unusable output.
+        """
+        nonce = nonce_for(self.version, key, rubric.name)
+        messages = rubric_messages(
+            rubric, question=question, answer=answer, context=context, nonce=nonce
+        )
+        errors: list[str] = []
+        for attempt in range(self.options.attempts):
+            completion = await self.endpoint.ask(messages, self.options, attempt)
+            try:
+                score, spread, rationale, method = rubric_score(completion)
+            except InvalidOutput as exc:
+                errors.append(str(exc))
+                continue
+            return CriterionScore(
+                criterion=rubric.name,
+                score=round(score, 4),
+                spread=None if spread is None else round(spread, 4),
+                rationale=rationale[:300] or None,
+                evaluator=f"llm-{method}",
+            )
+        raise JudgeFailed(
+            f"{rubric.name}: no valid score after {self.options.attempts} attempts "
+            f"(last: {errors[-1] if errors else 'none'})"
+        )
+
+
+@dataclass(frozen=True)
+class PairwiseVerdict:
+    """A vs B, judged in both orders; an inconsistent pair is a tie."""
+
+    winner: Literal["a", "b", "tie"]
+    consistent: bool
+    preference_a: float
+    first_order: float
+    second_order: float
+
+
+def combine_orders(first: float, second_swapped: float, margin: float = 0.1) -> PairwiseVerdict:
+    """Combine P(A better) from order (A, B) with P(A better) from the swapped order."""
+
+    def side(p: float) -> str:
+        return "a" if p > 0.5 + margin else "b" if p < 0.5 - margin else "tie"
+
+    one, two = side(first), side(second_swapped)
+    consistent = one == two
+    winner = one if consistent else "tie"
+    return PairwiseVerdict(
+        winner=winner,  # type: ignore[arg-type]
+        consistent=consistent,
+        preference_a=round((first + second_swapped) / 2, 4),
+        first_order=round(first, 4),
+        second_order=round(second_swapped, 4),
+    )
+
+
+class PairwiseJudge:
+    """Which of two answers to one question is better, with position swap against bias."""
+
+    def __init__(self, endpoint: LimitedEndpoint, options: CallOptions, version: str) -> None:
+        self.endpoint = endpoint
+        self.options = options
+        self.version = version
+
+    async def _preference(self, **kwargs: object) -> float:
+        messages = pairwise_messages(**kwargs)  # type: ignore[arg-type]
+        errors: list[str] = []
+        for attempt in range(self.options.attempts):
+            completion = await self.endpoint.ask(messages, self.options, attempt)
+            try:
+                return pairwise_preference(completion)
+            except InvalidOutput as exc:
+                errors.append(str(exc))
+        raise JudgeFailed(
+            f"pairwise: no valid verdict after {self.options.attempts} attempts "
+            f"(last: {errors[-1] if errors else 'none'})"
+        )
+
+    async def compare(
+        self,
+        question: str,
+        answer_a: str,
+        answer_b: str,
+        *,
+        context: list[str] | None = None,
+        criterion: str = "overall quality",
+    ) -> PairwiseVerdict:
+        """Judge A vs B in both orders and combine.
+
+        Raises:
+            JudgeFailed: the model gave no usable verdict in one of the orders.
+        """
+        ctx = context or []
+        nonce = nonce_for(self.version, question, answer_a, answer_b)
+        first, second = await asyncio.gather(
+            self._preference(
+                question=question,
+                first=answer_a,
+                second=answer_b,
+                context=ctx,
+                criterion=criterion,
+                nonce=nonce,
+            ),
+            self._preference(
+                question=question,
+                first=answer_b,
+                second=answer_a,
+                context=ctx,
+                criterion=criterion,
+                nonce=nonce,
+            ),
+        )
+        return combine_orders(first, 1.0 - second)

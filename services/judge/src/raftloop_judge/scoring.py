@@ -1,0 +1,149 @@
+"""Turning endpoint output into scores: G-Eval over logprobs, or validated structured output."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
+
+from raftloop_judge.domain import Completion, TokenTop
+
+SCORE_TOKENS = {str(i): i for i in range(1, 6)}
+_STRIP = " \t\n\"':,{}"
+_JSON_OBJECT = re.compile(r"\{.*\}", re.DOTALL)
+
+
+class InvalidOutput(ValueError):
+    """The judge model's reply could not be turned into a score."""
+
+
+class RubricReply(BaseModel):
+    """The structured reply the rubric prompt asks for."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    score: StrictInt = Field(ge=1, le=5)
+    rationale: str = Field(default="", max_length=1000)
+
+
+class PairwiseReply(BaseModel):
+    """The structured reply the pairwise prompt asks for."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    winner: Literal["A", "B", "tie"]
+    rationale: str = Field(default="", max_length=1000)
+
+
+@dataclass(frozen=True)
+class Distribution:
+    """A probability distribution over labels, from the top logprobs at one position."""
+
+    probs: dict[str, float]
+    mass: float
+
+    def mean(self) -> float:
+        """Expected score over the 1-5 labels."""
+        return sum(SCORE_TOKENS[k] * p for k, p in self.probs.items())
+
+    def spread(self) -> float:
+        """Standard deviation of the score."""
+        mu = self.mean()
+        return math.sqrt(sum(p * (SCORE_TOKENS[k] - mu) ** 2 for k, p in self.probs.items()))
+
+
+def _label_position(tokens: list[TokenTop], labels: set[str], after: str) -> int | None:
+    """Index of the token carrying the label: the first after `after` appears, else the first."""
+    text, first = "", None
+    for i, tok in enumerate(tokens):
+        if tok.token.strip(_STRIP) in labels:
+            if after in text.lower():
+                return i
+            first = i if first is None else first
+        text += tok.token
+    return first
+
+
+def distribution(tokens: list[TokenTop], labels: set[str], after: str) -> Distribution | None:
+    """Normalised probabilities of `labels` at the label position, merging variants like ' 4'."""
+    pos = _label_position(tokens, labels, after)
+    if pos is None:
+        return None
+    tok = tokens[pos]
+    candidates = dict(tok.top)
+    candidates.setdefault(tok.token, 0.0)  # the sampled token counts even if top omits it
+    probs: dict[str, float] = {}
+    for text, logprob in candidates.items():
+        label = text.strip(_STRIP)
+        if label in labels:
+            probs[label] = probs.get(label, 0.0) + math.exp(logprob)
+    mass = sum(probs.values())
+    if mass <= 0:
+        return None
+    return Distribution({k: v / mass for k, v in probs.items()}, mass)
+
+
+def parse_json(text: str) -> dict[str, object]:
+    """The JSON object in a reply (code fences and surrounding prose tolerated).
+
+    Raises:
+        InvalidOutput: no JSON object could be read.
+    """
+    match = _JSON_OBJECT.search(text)
+    if not match:
+        raise InvalidOutput(f"no JSON object in the reply: {text[:120]!r}")
+    try:
+        value = json.loads(match.group(0))
+    except json.JSONDecodeError as exc:
+        raise InvalidOutput(f"reply is not valid JSON ({exc.msg}): {text[:120]!r}") from exc
+    if not isinstance(value, dict):
+        raise InvalidOutput("reply JSON is not an object")
+    return value
+
+
+def rubric_score(completion: Completion) -> tuple[float, float | None, str, str]:
+    """(score, spread, rationale, method) from a rubric reply.
+
+    With logprobs the score is probability-weighted over "1".."5" (G-Eval); otherwise the
+    structured reply must validate.
+
+    Raises:
+        InvalidOutput: neither a score distribution nor a valid structured reply was found.
+    """
+    if completion.tokens:
+        dist = distribution(completion.tokens, set(SCORE_TOKENS), after="score")
+        if dist is None:
+            raise InvalidOutput("no score token 1-5 among the generated tokens")
+        try:
+            rationale = RubricReply.model_validate(parse_json(completion.text)).rationale
+        except (InvalidOutput, ValidationError):
+            rationale = ""
+        return dist.mean(), dist.spread(), rationale, "geval"
+    try:
+        reply = RubricReply.model_validate(parse_json(completion.text))
+    except ValidationError as exc:
+        raise InvalidOutput(f"reply does not match {{score: 1-5, rationale}}: {exc}") from exc
+    return float(reply.score), None, reply.rationale, "parsed"
+
+
+def pairwise_preference(completion: Completion) -> float:
+    """Probability that answer A is better (0.5 for a tie).
+
+    Raises:
+        InvalidOutput: no verdict could be read.
+    """
+    if completion.tokens:
+        dist = distribution(completion.tokens, {"A", "B"}, after="winner")
+        if dist is not None:
+            return dist.probs.get("A", 0.0)
+        if any(t.token.strip(_STRIP).lower() == "tie" for t in completion.tokens):
+            return 0.5
+    try:
+        reply = PairwiseReply.model_validate(parse_json(completion.text))
+    except ValidationError as exc:
+        raise InvalidOutput(f"reply does not match {{winner: A|B|tie}}: {exc}") from exc
+    return {"A": 1.0, "B": 0.0, "tie": 0.5}[reply.winner]
