@@ -1,0 +1,188 @@
+"""`create_app`: wiring only. Everything with I/O comes in as an argument from `main.build`."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import JSONResponse
+from faststream.kafka import KafkaBroker
+from prometheus_client import CollectorRegistry, Gauge
+
+from raftloop_core.api import ApiError, KeyStore, error_response, install_error_handlers, require
+from raftloop_core.events import AdapterPromoted, AdapterRolledBack
+from raftloop_core.messaging import ensure_topics
+from raftloop_core.registry import AdapterRefused, AdapterRegistry
+from raftloop_core.service import ReadinessCheck, add_ops_routes
+from raftloop_core.topics import Topic
+from raftloop_gateway.adapters import KafkaSender
+from raftloop_gateway.admin import build_admin_router
+from raftloop_gateway.capture import CapturePublisher
+from raftloop_gateway.chat import ChatService
+from raftloop_gateway.domain import Backend, GatewayError, Retriever
+from raftloop_gateway.hotswap import Canary, ServingState
+from raftloop_gateway.limits_http import BodyLimit
+from raftloop_gateway.routes import build_router
+from raftloop_gateway.settings import GatewaySettings
+from raftloop_gateway.spool import Spool
+
+log = logging.getLogger(__name__)
+
+
+def _subscribe(broker: KafkaBroker, state: ServingState) -> None:
+    # No consumer group: every gateway replica must see every switch. The alias file is the
+    # truth, so replaying old switches on start is harmless (older revisions are ignored).
+    options: dict[str, Any] = {"auto_offset_reset": "earliest"}
+
+    @broker.subscriber(Topic.ADAPTER_PROMOTED, **options)
+    async def on_adapter_promoted(event: AdapterPromoted) -> None:
+        """adapter.promoted -> re-read the alias and load the adapter."""
+        if event.alias == state.alias and event.revision > state.revision:
+            await state.refresh(min_revision=event.revision)
+
+    @broker.subscriber(Topic.ADAPTER_ROLLED_BACK, **options)
+    async def on_adapter_rolled_back(event: AdapterRolledBack) -> None:
+        """adapter.rolled_back -> re-read the alias."""
+        if event.alias == state.alias and event.revision > state.revision:
+            await state.refresh(min_revision=event.revision)
+
+
+async def _connect(broker: KafkaBroker, sender: KafkaSender, settings: GatewaySettings) -> None:
+    """Start the broker, retrying in the background: the gateway answers (and spools) meanwhile."""
+    delay = 0.5
+    while True:
+        try:
+            await asyncio.to_thread(ensure_topics, settings.kafka)
+            await broker.start()
+            sender.connected = True
+            log.info("broker connected", extra={"servers": settings.kafka.bootstrap_servers})
+            return
+        except Exception as exc:
+            log.warning("broker not reachable; retrying", extra={"error": repr(exc)[:300]})
+            with contextlib.suppress(Exception):
+                await broker.stop()
+            await asyncio.sleep(delay)
+            delay = min(10.0, delay * 2)
+
+
+def create_app(
+    settings: GatewaySettings,
+    *,
+    keys: KeyStore,
+    backend: Backend,
+    registry: AdapterRegistry,
+    broker: KafkaBroker,
+    retriever: Retriever | None = None,
+) -> FastAPI:
+    """The gateway's HTTP app: OpenAI routes, admin routes, ops routes, capture and hot-swap."""
+    state = ServingState(
+        registry,
+        backend,
+        alias=settings.alias,
+        canary_file=settings.state_dir / "canary.json",
+        canary=Canary(settings.canary_adapter_id, settings.canary_share),
+        poll_s=settings.alias_poll_s,
+    )
+    sender = KafkaSender(broker, timeout_s=settings.publish_timeout_ms / 1000 + 5)
+    capture = CapturePublisher(
+        sender,
+        Spool(
+            settings.state_dir / "spool",
+            max_bytes=settings.spool_max_bytes,
+            segment_bytes=settings.spool_segment_bytes,
+        ),
+        queue_size=settings.capture_queue,
+    )
+    service = ChatService(
+        settings,
+        backend=backend,
+        state=state,
+        sink=capture if settings.capture else None,
+        retriever=retriever,
+    )
+    _subscribe(broker, state)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        capture.start()
+        connecting = asyncio.create_task(_connect(broker, sender, settings), name="connect")
+        start = getattr(backend, "start", None)
+        if start is not None:
+            await start()
+        await state.refresh()
+        state.start()
+        try:
+            yield
+        finally:
+            await state.stop()
+            await capture.stop()
+            connecting.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await connecting
+            with contextlib.suppress(Exception):
+                await broker.stop()
+            close = getattr(backend, "close", None)
+            if close is not None:
+                close()
+
+    app = FastAPI(title="raftloop gateway", version="0.1.0", lifespan=lifespan)
+    app.state.service = service
+    app.state.capture = capture
+    install_error_handlers(app)
+    _install_domain_errors(app)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)
+    metrics = CollectorRegistry()
+    _capture_metrics(metrics, capture)
+    add_ops_routes(
+        app,
+        service="gateway",
+        registry=metrics,
+        checks=[
+            ReadinessCheck("model", _async_value(lambda: backend.ready)),
+            ReadinessCheck("capture", _async_value(lambda: capture.accepting)),
+        ],
+    )
+    any_key = Depends(require(keys, "client", "internal"))
+    app.include_router(build_router(service, any_key=any_key, chat_key=any_key))
+    app.include_router(build_admin_router(service, admin_key=Depends(require(keys, "admin"))))
+    return app
+
+
+def _async_value(read: Any) -> Any:
+    async def check() -> bool:
+        return bool(read())
+
+    return check
+
+
+def _capture_metrics(metrics: CollectorRegistry, capture: CapturePublisher) -> None:
+    for name, doc, read in (
+        ("raftloop_gateway_capture_published", "Events published.", lambda: capture.published),
+        (
+            "raftloop_gateway_capture_spooled",
+            "Events written to the spool.",
+            lambda: capture.spooled,
+        ),
+        ("raftloop_gateway_capture_backlog", "Events queued in memory.", lambda: capture.backlog),
+        ("raftloop_gateway_spool_bytes", "Bytes in the disk spool.", lambda: capture.spool.size),
+    ):
+        Gauge(name, doc, registry=metrics).set_function(read)
+
+
+def _install_domain_errors(app: FastAPI) -> None:
+    async def on_gateway_error(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, GatewayError)
+        headers = {"retry-after": str(exc.retry_after)} if exc.retry_after else None
+        return error_response(
+            ApiError(exc.status, exc.message, code=exc.code, param=exc.param, headers=headers)
+        )
+
+    async def on_refused(_: Request, exc: Exception) -> JSONResponse:
+        return error_response(ApiError(409, str(exc), code="adapter_refused"))
+
+    app.add_exception_handler(GatewayError, on_gateway_error)
+    app.add_exception_handler(AdapterRefused, on_refused)

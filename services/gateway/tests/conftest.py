@@ -1,0 +1,47 @@
+"""Gateway test helpers live beside this file (`gateway_support`)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from collections.abc import AsyncIterator, Callable, Iterator  # noqa: E402
+
+import pytest  # noqa: E402
+from raftloop_core.settings import KafkaSettings  # noqa: E402
+from raftloop_core.topics import Topic  # noqa: E402
+
+from gateway_support import EventLog, Gateway, start_gateway  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def gateway(
+    tiny_model_dir: Path, kafka_settings: KafkaSettings, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Gateway]:
+    """One gateway process on the tiny model and the session broker."""
+    gw = start_gateway(
+        tmp_path_factory.mktemp("gateway"),
+        model_dir=tiny_model_dir,
+        bootstrap_servers=kafka_settings.bootstrap_servers,
+        env={"GATEWAY_BASE_MODEL_NAME": "tiny-llama"},
+    )
+    yield gw
+    gw.stop()
+
+
+@pytest.fixture(scope="session")
+async def gateway_events(
+    kafka_settings: KafkaSettings, gateway: Gateway
+) -> AsyncIterator[EventLog]:
+    """Everything published on the gateway's topics during the session."""
+    topics = [Topic.CHAT_COMPLETED, Topic.CHAT_FEEDBACK, Topic.ADAPTER_PROMOTED]
+    async with EventLog(kafka_settings, [str(t) for t in topics], "gw-test-log") as log:
+        yield log
+
+
+@pytest.fixture
+def new_conversation(unique: Callable[[str], str]) -> Callable[[], dict[str, str]]:
+    """Metadata naming a fresh conversation."""
+    return lambda: {"conversation_id": unique("conv")}

@@ -1,0 +1,178 @@
+"""Running a real gateway process and reading what it published, for the gateway's tests."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+from faststream.kafka import KafkaMessage
+from raftloop_core.credentials import ensure_dev_credentials
+from raftloop_core.embedded import free_port
+from raftloop_core.messaging import consumer_options, make_broker
+from raftloop_core.settings import KafkaSettings, RuntimeSettings
+
+
+@dataclass
+class Gateway:
+    """A gateway started with `uvicorn --factory raftloop_gateway.main:build`."""
+
+    url: str
+    keys: dict[str, str]
+    data_dir: Path
+    log: Path
+    proc: subprocess.Popen[bytes]
+
+    def client(self, role: str = "client", **kwargs: Any) -> openai.OpenAI:
+        return openai.OpenAI(
+            base_url=f"{self.url}/v1", api_key=self.keys[role], max_retries=0, **kwargs
+        )
+
+    def aclient(self, role: str = "client", **kwargs: Any) -> openai.AsyncOpenAI:
+        return openai.AsyncOpenAI(
+            base_url=f"{self.url}/v1", api_key=self.keys[role], max_retries=0, **kwargs
+        )
+
+    def auth(self, role: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.keys[role]}"}
+
+    def metrics(self) -> dict[str, float]:
+        text = httpx.get(f"{self.url}/metrics").text
+        out = {}
+        for line in text.splitlines():
+            if line.startswith("raftloop_gateway_"):
+                name, value = line.split(" ")
+                out[name] = float(value)
+        return out
+
+    def log_tail(self, lines: int = 40) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+def start_gateway(
+    folder: Path,
+    *,
+    model_dir: Path,
+    bootstrap_servers: str,
+    env: dict[str, str] | None = None,
+    timeout_s: float = 180.0,
+) -> Gateway:
+    """Start a gateway on a free port and wait until its model is loaded."""
+    data_dir = folder / "var"
+    keys = ensure_dev_credentials(RuntimeSettings(data_dir=data_dir)).api_keys
+    port = free_port()
+    log = folder / "gateway.log"
+    full_env = (
+        os.environ
+        | {
+            "RAFTLOOP_DATA_DIR": str(data_dir),
+            "RAFTLOOP_LOG_FORMAT": "text",
+            "HF_HUB_OFFLINE": "1",
+            "TOKENIZERS_PARALLELISM": "false",
+            "KAFKA_BOOTSTRAP_SERVERS": bootstrap_servers,
+            "GATEWAY_BASE_MODEL_PATH": str(model_dir),
+            "GATEWAY_PORT": str(port),
+            "GATEWAY_ALIAS_POLL_S": "30",
+            "GATEWAY_MAX_TOKENS_LIMIT": "64",
+            "GATEWAY_DEFAULT_MAX_TOKENS": "12",
+        }
+        | (env or {})
+    )
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "--factory", "raftloop_gateway.main:build",
+             "--host", "127.0.0.1", "--port", str(port)],
+            env=full_env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    gateway = Gateway(f"http://127.0.0.1:{port}", keys, data_dir, log, proc)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"gateway exited with {proc.returncode}:\n{gateway.log_tail()}")
+        try:
+            if httpx.get(f"{gateway.url}/readyz", timeout=2).status_code == 200:
+                return gateway
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    gateway.stop()
+    raise RuntimeError(f"gateway not ready in {timeout_s}s:\n{gateway.log_tail()}")
+
+
+def wait_until(predicate: Callable[[], bool], timeout_s: float = 30.0, what: str = "") -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what or 'a condition'}")
+        time.sleep(0.1)
+
+
+@dataclass
+class Received:
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: dict[str, Any]
+
+
+@dataclass
+class EventLog:
+    """Everything a consumer group read from some topics, from the beginning."""
+
+    kafka: KafkaSettings
+    topics: list[str]
+    group: str
+    items: list[Received] = field(default_factory=list)
+
+    async def __aenter__(self) -> EventLog:
+        self.broker = make_broker(self.kafka)
+
+        @self.broker.subscriber(*self.topics, **consumer_options(self.kafka, group_id=self.group))
+        async def grab(msg: KafkaMessage) -> None:
+            raw = msg.raw_message
+            self.items.append(
+                Received(raw.topic, raw.partition, raw.offset, raw.key, json.loads(msg.body))
+            )
+
+        await self.broker.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.broker.stop()
+
+    def where(self, topic: str, **match: Any) -> list[Received]:
+        return [
+            r
+            for r in self.items
+            if r.topic == topic and all(r.value.get(k) == v for k, v in match.items())
+        ]
+
+    async def wait_for(
+        self, predicate: Callable[[], bool], timeout_s: float = 60.0, what: str = ""
+    ) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not predicate():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out waiting for {what or 'events'}")
+            await asyncio.sleep(0.1)
