@@ -7,13 +7,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from collections.abc import AsyncIterator, Callable, Iterator  # noqa: E402
+from collections.abc import AsyncIterator, Callable, Iterator
 
-import pytest  # noqa: E402
-from raftloop_core.settings import KafkaSettings  # noqa: E402
-from raftloop_core.topics import Topic  # noqa: E402
+import pytest
+from gateway_support import EventLog, Gateway, start_gateway
 
-from gateway_support import EventLog, Gateway, start_gateway  # noqa: E402
+from raftloop_core.settings import KafkaSettings
+from raftloop_core.topics import Topic
 
 
 @pytest.fixture(scope="session")

@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 import openai
 from faststream.kafka import KafkaMessage
+
 from raftloop_core.credentials import ensure_dev_credentials
 from raftloop_core.embedded import free_port
 from raftloop_core.messaging import consumer_options, make_broker

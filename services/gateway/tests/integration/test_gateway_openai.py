@@ -10,6 +10,7 @@ import httpx
 import openai
 import pytest
 from gateway_support import EventLog, Gateway
+
 from raftloop_core.topics import Topic
 
 pytestmark = pytest.mark.integration
@@ -82,7 +83,8 @@ async def test_sync_stream_matches_the_captured_answer(
     assert chunks[0].choices[0].delta.role == "assistant"
     assert chunks[-2].choices[0].finish_reason in ("stop", "length")
     assert chunks[-1].choices == []
-    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens <= 8
+    assert chunks[-1].usage is not None
+    assert chunks[-1].usage.completion_tokens <= 8
     event = await _captured_once(gateway_events, ids.pop())
     assert event["answer"] == text
     assert event["params"]["seed"] == 7
