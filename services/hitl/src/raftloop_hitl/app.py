@@ -1,0 +1,186 @@
+"""Wiring of the hitl service: FastAPI app, Kafka consumers, outbox relay, ops monitor."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request, Response
+from fastapi.staticfiles import StaticFiles
+from faststream.kafka import KafkaBroker
+from prometheus_client import CollectorRegistry
+from pydantic import SecretStr
+from sqlalchemy import Engine, text
+from starlette.middleware.sessions import SessionMiddleware
+
+from raftloop_core import events as ev
+from raftloop_core.api import KeyStore, install_error_handlers
+from raftloop_core.credentials import ensure_dev_credentials
+from raftloop_core.messaging import consumer_options
+from raftloop_core.service import ReadinessCheck, add_ops_routes, broker_check
+from raftloop_core.topics import Topic
+from raftloop_hitl import policies
+from raftloop_hitl.accounts import Accounts
+from raftloop_hitl.adapters import KafkaOpsMonitor, OutboxRelay
+from raftloop_hitl.context import Ctx
+from raftloop_hitl.db import migrate
+from raftloop_hitl.routes_admin import admin_router
+from raftloop_hitl.routes_api import api_router
+from raftloop_hitl.routes_ops import ops_router
+from raftloop_hitl.routes_ui import ui_router
+from raftloop_hitl.settings import HitlSettings
+from raftloop_hitl.store import ReviewStore
+from raftloop_hitl.web import HERE, PageError, make_templates, page_error_handler, security_headers
+
+
+def create_app(
+    settings: HitlSettings,
+    *,
+    engine: Engine,
+    broker: KafkaBroker,
+    keys: KeyStore,
+    session_secret: SecretStr,
+) -> FastAPI:
+    """The review service: pages, API, consumers and relay, all started by the lifespan."""
+    store = ReviewStore(engine, lease_s=settings.lease_seconds)
+    registry = CollectorRegistry()
+    ops = KafkaOpsMonitor(settings.kafka, store, registry, cache_s=settings.ops_cache_s)
+    relay = OutboxRelay(store, broker, prefix=settings.topic_prefix, poll_s=settings.outbox_poll_s)
+    ctx = Ctx(settings, engine, store, Accounts(engine), keys, make_templates(), relay, ops)
+    if settings.consume:
+        _subscribe(broker, settings, store, engine)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await asyncio.to_thread(migrate, engine)
+        await asyncio.to_thread(_seed_accounts, settings, ctx.accounts)
+        tasks: list[asyncio.Task[None]] = []
+        await broker.start()
+        if settings.consume:
+            tasks.append(asyncio.create_task(relay.run()))
+        tasks.append(asyncio.create_task(ops.run(settings.ops_refresh_s)))
+        try:
+            yield
+        finally:
+            for task in tasks:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            await broker.stop()
+            engine.dispose()
+
+    app = FastAPI(title="raftloop hitl", lifespan=lifespan, docs_url=None, redoc_url=None)
+    install_error_handlers(app)
+    app.add_exception_handler(PageError, page_error_handler(ctx.templates))
+    secure = (
+        settings.runtime.production if settings.cookie_secure is None else settings.cookie_secure
+    )
+    app.add_middleware(
+        SessionMiddleware,
+        secret_key=session_secret.get_secret_value(),
+        session_cookie="raftloop_hitl",
+        max_age=settings.session_max_age_s,
+        same_site="strict",
+        https_only=secure,
+    )
+
+    @app.middleware("http")
+    async def _headers(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        response = await call_next(request)
+        security_headers(response)
+        return response
+
+    app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
+    for router in (ui_router(ctx), admin_router(ctx), api_router(ctx), ops_router(ctx)):
+        app.include_router(router)
+    add_ops_routes(
+        app,
+        service="hitl",
+        registry=registry,
+        checks=[broker_check(broker), ReadinessCheck("database", _db_check(engine))],
+    )
+    app.state.ctx = ctx
+    return app
+
+
+def _subscribe(
+    broker: KafkaBroker, settings: HitlSettings, store: ReviewStore, engine: Engine
+) -> None:
+    opts = consumer_options(settings.kafka, group_id=settings.group_id)
+
+    @broker.subscriber(settings.topic(Topic.INTERACTION_JUDGED), **opts)
+    async def on_interaction_judged(event: ev.InteractionJudged) -> None:
+        """interaction.judged -> review queue (or auto-accept where the policy allows)."""
+        await asyncio.to_thread(store.ingest_judged, event)
+
+    @broker.subscriber(settings.topic(Topic.CHAT_FEEDBACK), **opts)
+    async def on_feedback_received(event: ev.FeedbackReceived) -> None:
+        """chat.feedback -> attach to the item, re-route or re-prioritise it."""
+        await asyncio.to_thread(store.add_feedback, event)
+
+    async def record(
+        event: ev.Event, kind: str, summary: str, adapter: str | None, revision: int | None
+    ) -> None:
+        await asyncio.to_thread(
+            policies.add_timeline,
+            engine,
+            event_id=str(event.event_id),
+            kind=kind,
+            at=event.occurred_at.timestamp(),
+            summary=summary,
+            adapter_id=adapter,
+            revision=revision,
+        )
+
+    @broker.subscriber(settings.topic(Topic.TRAINING_RUN_FINISHED), **opts)
+    async def on_training_run_finished(event: ev.TrainingRunFinished) -> None:
+        """Training runs for the ops timeline."""
+        summary = f"run {event.run_id} {event.status}: {event.train_examples} examples"
+        await record(event, "training", summary, event.adapter_id, None)
+
+    @broker.subscriber(settings.topic(Topic.ADAPTER_PROMOTED), **opts)
+    async def on_adapter_promoted(event: ev.AdapterPromoted) -> None:
+        """Promotions for the ops timeline and the serving-adapter panel."""
+        summary = f"{event.alias} -> {event.adapter_id[:12]} (run {event.run_id})"
+        await record(event, "promoted", summary, event.adapter_id, event.revision)
+
+    @broker.subscriber(settings.topic(Topic.ADAPTER_ROLLED_BACK), **opts)
+    async def on_adapter_rolled_back(event: ev.AdapterRolledBack) -> None:
+        """Rollbacks for the ops timeline and the serving-adapter panel."""
+        target = event.to_adapter_id[:12] if event.to_adapter_id else "base model"
+        summary = f"{event.alias} rolled back to {target}: {event.reason or ''}"
+        await record(event, "rolled_back", summary, event.to_adapter_id, event.revision)
+
+    @broker.subscriber(settings.topic(Topic.ADAPTER_REJECTED), **opts)
+    async def on_adapter_rejected(event: ev.AdapterRejected) -> None:
+        """Gate refusals for the ops timeline."""
+        summary = f"{event.adapter_id[:12]} rejected: {'; '.join(event.reasons)}"
+        await record(event, "rejected", summary, event.adapter_id, None)
+
+
+def _seed_accounts(settings: HitlSettings, accounts: Accounts) -> None:
+    if settings.admin_username and settings.admin_password:
+        accounts.ensure(
+            settings.admin_username,
+            settings.admin_password.get_secret_value(),
+            "admin",
+            settings.admin_tenant,
+        )
+    if not settings.runtime.production:
+        for account in ensure_dev_credentials(settings.runtime).accounts:
+            accounts.ensure(account.username, account.password, account.role, "default")
+
+
+def _db_check(engine: Engine) -> Callable[[], Awaitable[bool]]:
+    def ping() -> bool:
+        with engine.connect() as conn:
+            return conn.execute(text("SELECT 1")).scalar() == 1
+
+    async def check() -> bool:
+        return await asyncio.to_thread(ping)
+
+    return check

@@ -1,0 +1,96 @@
+"""The JSON review API (API key or session): claim next, get an item, submit a review."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends
+from fastapi.responses import Response
+from pydantic import BaseModel, Field
+
+from raftloop_core.api import ApiError
+from raftloop_hitl.context import Ctx
+from raftloop_hitl.store import ItemView, QueueError
+from raftloop_hitl.web import Principal
+
+
+class ReviewIn(BaseModel):
+    """A decision submitted through the API."""
+
+    action: Literal["approved", "corrected", "rejected", "skipped"]
+    lease_token: str = Field(min_length=1, max_length=64)
+    answer: str | None = Field(default=None, max_length=100_000)
+    reason: str | None = Field(default=None, max_length=10_000)
+    oracle_chunk_ids: list[str] = Field(default_factory=list, max_length=100)
+
+
+def item_json(item: ItemView, who: Principal) -> dict[str, Any]:
+    """An item as the API returns it (the lease token only to its holder)."""
+    held = item.lease_owner == who.name
+    return {
+        "id": item.id,
+        "state": item.state,
+        "reasons": item.reasons,
+        "priority": item.priority,
+        "required_reviews": item.required_reviews,
+        "reviews_done": item.reviews_done,
+        "lease": ({"token": item.lease_token, "expires_at": item.lease_expires} if held else None),
+        "feedback": item.feedback,
+        "event": item.event.model_dump(mode="json"),
+    }
+
+
+def api_router(ctx: Ctx) -> APIRouter:
+    """Routes of the review API under /api/v1."""
+    router = APIRouter(prefix="/api/v1")
+    Caller = Annotated[Principal, Depends(ctx.api_dep())]
+
+    @router.post("/claims", response_model=None)
+    def claim(who: Caller) -> dict[str, Any] | Response:
+        got = ctx.store.claim(who.tenant, who.name)
+        if got is None:
+            return Response(status_code=204)
+        item = ctx.store.item(who.tenant, got.item_id)
+        assert item is not None
+        return {
+            "item": item_json(item, who),
+            "lease_token": got.token,
+            "expires_at": got.expires_at,
+        }
+
+    @router.get("/items/{item_id}")
+    def get_item(item_id: int, who: Caller) -> dict[str, Any]:
+        item = ctx.store.item(who.tenant, item_id)
+        if item is None:
+            raise ApiError(404, f"no item {item_id}", code="not_found")
+        return item_json(item, who)
+
+    @router.post("/items/{item_id}/reviews")
+    def submit(item_id: int, body: ReviewIn, who: Caller) -> dict[str, Any]:
+        try:
+            done = ctx.store.submit(
+                who.tenant,
+                item_id,
+                who.name,
+                body.lease_token,
+                body.action,
+                answer=body.answer,
+                reason=body.reason,
+                oracle_chunk_ids=body.oracle_chunk_ids,
+            )
+        except QueueError as exc:
+            raise ApiError(exc.status, str(exc), code=type(exc).__name__.lower()) from exc
+        ctx.relay.wake()
+        return {
+            "review_id": done.review_id,
+            "item_id": done.item_id,
+            "action": done.action,
+            "duplicate": done.duplicate,
+        }
+
+    @router.get("/queue")
+    def queue(who: Caller) -> dict[str, Any]:
+        depth, age = ctx.store.depth(who.tenant).get(who.tenant, (0, 0.0))
+        return {"tenant": who.tenant, "open": depth, "oldest_age_s": age}
+
+    return router

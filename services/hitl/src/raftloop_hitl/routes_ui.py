@@ -1,0 +1,131 @@
+"""Reviewer pages: sign-in, queue, item, guidelines, stats."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Form, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+
+from raftloop_hitl import policies
+from raftloop_hitl.context import Ctx
+from raftloop_hitl.store import QueueError
+from raftloop_hitl.web import CSRF_FIELD, PageError, Principal, check_csrf, render
+
+ACTIONS = {"approve": "approved", "correct": "corrected", "reject": "rejected", "skip": "skipped"}
+
+
+def ui_router(ctx: Ctx) -> APIRouter:
+    """Routes of the reviewer pages."""
+    router = APIRouter()
+    user_dep = ctx.user_dep()
+    User = Annotated[Principal, Depends(user_dep)]
+    t = ctx.templates
+
+    async def csrf(request: Request) -> None:
+        form = await request.form()
+        value = form.get(CSRF_FIELD)
+        check_csrf(request, value if isinstance(value, str) else None)
+
+    Csrf = Depends(csrf)
+
+    @router.get("/login", response_class=HTMLResponse)
+    def login_page(request: Request) -> Response:
+        return render(request, t, "login.html", {"error": None})
+
+    @router.post("/login", dependencies=[Csrf])
+    def login(
+        request: Request, username: Annotated[str, Form()], password: Annotated[str, Form()]
+    ) -> Response:
+        account = ctx.accounts.authenticate(username, password)
+        if account is None:
+            return render(
+                request, t, "login.html", {"error": "wrong username or password"}, status=401
+            )
+        request.session.clear()
+        request.session.update({"uid": account.id, "uname": account.username})
+        return RedirectResponse("/queue", status_code=303)
+
+    @router.post("/logout", dependencies=[Csrf])
+    def logout(request: Request) -> Response:
+        request.session.clear()
+        return RedirectResponse("/login", status_code=303)
+
+    @router.get("/")
+    def home(who: User) -> Response:
+        return RedirectResponse("/queue", status_code=303)
+
+    @router.get("/queue", response_class=HTMLResponse)
+    def queue(request: Request, who: User) -> Response:
+        items = ctx.store.queue(who.tenant)
+        depth = ctx.store.depth(who.tenant).get(who.tenant, (0, 0.0))
+        return render(request, t, "queue.html", {"user": who, "items": items, "depth": depth})
+
+    @router.post("/queue/claim", dependencies=[Csrf])
+    def claim_next(
+        who: User,
+        release_item: Annotated[int | None, Form()] = None,
+        release_token: Annotated[str | None, Form()] = None,
+    ) -> Response:
+        if release_item is not None and release_token:
+            ctx.store.release(who.tenant, release_item, who.name, release_token)
+        claim = ctx.store.claim(who.tenant, who.name)
+        if claim is None:
+            return RedirectResponse("/queue?m=queue+empty", status_code=303)
+        return RedirectResponse(f"/items/{claim.item_id}", status_code=303)
+
+    @router.get("/items/{item_id}", response_class=HTMLResponse)
+    def item_page(request: Request, item_id: int, who: User) -> Response:
+        item = ctx.store.item(who.tenant, item_id)
+        if item is None:
+            raise PageError(404, f"no item {item_id}")
+        held = item.lease_owner == who.name and item.lease_token is not None
+        return render(
+            request,
+            t,
+            "item.html",
+            {
+                "user": who,
+                "item": item,
+                "held": held,
+                "reviews": ctx.store.reviews_of(who.tenant, item_id),
+                "guideline": policies.guidelines(ctx.engine, who.tenant)[0],
+            },
+        )
+
+    @router.post("/items/{item_id}/review", dependencies=[Csrf])
+    async def review(request: Request, item_id: int, who: User) -> Response:
+        form = await request.form()
+        action = ACTIONS.get(str(form.get("action", "")))
+        if action is None:
+            raise PageError(400, "action must be approve, correct, reject or skip")
+        try:
+            ctx.store.submit(
+                who.tenant,
+                item_id,
+                who.name,
+                str(form.get("lease_token", "")),
+                action,  # type: ignore[arg-type]
+                answer=str(form.get("answer", "")),
+                reason=str(form.get("reason", "")),
+                oracle_chunk_ids=[str(v) for v in form.getlist("oracle")],
+            )
+        except QueueError as exc:
+            raise PageError(exc.status, str(exc)) from exc
+        ctx.relay.wake()
+        claim = ctx.store.claim(who.tenant, who.name)
+        if claim is None:
+            return RedirectResponse(f"/queue?m={action}%3B+queue+empty", status_code=303)
+        return RedirectResponse(f"/items/{claim.item_id}?m={action}", status_code=303)
+
+    @router.get("/guidelines", response_class=HTMLResponse)
+    def guidelines(request: Request, who: User) -> Response:
+        versions = policies.guidelines(ctx.engine, who.tenant)
+        return render(request, t, "guidelines.html", {"user": who, "versions": versions})
+
+    @router.get("/stats", response_class=HTMLResponse)
+    def stats(request: Request, who: User) -> Response:
+        rows = policies.reviewer_stats(ctx.engine, who.tenant)
+        return render(request, t, "stats.html", {"user": who, "rows": rows})
+
+    return router

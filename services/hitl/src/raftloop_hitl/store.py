@@ -1,0 +1,502 @@
+"""The review queue in SQL: intake, atomic leased claims, reviews and the outbox."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+from uuid import UUID, uuid4
+
+from sqlalchemy import Connection, Engine, Row, exists, func, or_, select, update
+
+from raftloop_core.events import Event, FeedbackReceived, InteractionJudged
+from raftloop_core.topics import Topic
+from raftloop_hitl import domain
+from raftloop_hitl.models import Inbox, Item, Outbox, PendingFeedback, Review, Skip
+from raftloop_hitl.policies import add_audit, latest_guideline_version, load_policy
+
+
+class QueueError(Exception):
+    """Base of queue errors; `status` is the HTTP status that fits."""
+
+    status = 400
+
+
+class NotFound(QueueError):
+    """No such item in the caller's tenant."""
+
+    status = 404
+
+
+class LeaseLost(QueueError):
+    """The caller does not hold the item's lease (expired and taken, or never claimed)."""
+
+    status = 409
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A held lease on an item."""
+
+    item_id: int
+    token: str
+    expires_at: float
+
+
+@dataclass(frozen=True)
+class ItemView:
+    """An item with its decoded event, for pages and the API."""
+
+    id: int
+    tenant: str
+    state: str
+    reasons: list[str]
+    priority: float
+    required_reviews: int
+    reviews_done: int
+    lease_owner: str | None
+    lease_token: str | None
+    lease_expires: float | None
+    created_at: float
+    event: InteractionJudged
+    feedback: dict[str, object] | None
+
+
+@dataclass(frozen=True)
+class Submitted:
+    """The outcome of a submission; `duplicate` when the same lease token was seen before."""
+
+    review_id: str
+    item_id: int
+    action: str
+    duplicate: bool
+
+
+class ReviewStore:
+    """All queue state transitions, each one a single transaction."""
+
+    def __init__(
+        self, engine: Engine, *, lease_s: float, clock: Callable[[], float] = time.time
+    ) -> None:
+        self.engine = engine
+        self.lease_s = lease_s
+        self.clock = clock
+        self.postgres = engine.dialect.name == "postgresql"
+
+    # ------------------------------------------------------------ intake
+
+    def ingest_judged(self, event: InteractionJudged) -> str:
+        """Queue (or route past the queue) a judged interaction; idempotent per event id."""
+        with self.engine.begin() as conn:
+            return _ingest(conn, event, self.clock())
+
+    def ingest_many(self, events: Sequence[InteractionJudged]) -> list[str]:
+        """Ingest a batch in one transaction (bulk loads and batched consumers)."""
+        with self.engine.begin() as conn:
+            return [_ingest(conn, event, self.clock()) for event in events]
+
+    def add_feedback(self, event: FeedbackReceived) -> str:
+        """Attach user feedback to its item (or keep it until the item arrives)."""
+        iid = str(event.interaction_id)
+        with self.engine.begin() as conn:
+            now = self.clock()
+            if not _first_sight(conn, event, Topic.CHAT_FEEDBACK, now):
+                return "duplicate"
+            row = conn.execute(
+                select(Item).where(Item.interaction_id == iid, Item.tenant == event.tenant)
+            ).first()
+            if row is None:
+                conn.execute(
+                    PendingFeedback.__table__.delete().where(PendingFeedback.interaction_id == iid)
+                )
+                conn.execute(
+                    PendingFeedback.__table__.insert().values(
+                        interaction_id=iid, payload=event.model_dump_json()
+                    )
+                )
+                return "pending"
+            judged = InteractionJudged.model_validate_json(row.payload)
+            route = domain.route(judged, load_policy(conn, event.tenant), event.feedback)
+            values: dict[str, object] = {
+                "feedback": event.feedback.model_dump_json(),
+                "updated_at": now,
+            }
+            if row.state == "open":
+                values |= {"priority": route.priority, "reasons": ",".join(route.reasons)}
+            elif row.state == "not_routed" and route.state == "open":
+                values |= {
+                    "state": "open",
+                    "priority": route.priority,
+                    "reasons": ",".join(route.reasons),
+                    "required_reviews": route.required_reviews,
+                }
+            conn.execute(update(Item).where(Item.id == row.id).values(**values))
+            return "attached"
+
+    # ------------------------------------------------------------ claims
+
+    def claim(self, tenant: str, reviewer: str) -> Claim | None:
+        """Lease the most valuable item this reviewer may take; None when there is none.
+
+        Atomic: PostgreSQL locks the chosen row with `FOR UPDATE SKIP LOCKED`; SQLite runs the
+        transaction under `BEGIN IMMEDIATE`, and the UPDATE re-checks that the lease is free.
+        """
+        with self.engine.begin() as conn:
+            now = self.clock()  # read under the write lock, so a wait never shortens a lease
+            held = conn.execute(
+                select(Item.id, Item.lease_token, Item.lease_expires)
+                .where(Item.tenant == tenant, Item.state == "open")
+                .where(Item.lease_owner == reviewer, Item.lease_expires > now)
+                .limit(1)
+            ).first()
+            if held is not None:
+                return Claim(held.id, str(held.lease_token), float(held.lease_expires))
+            query = (
+                select(Item.id)
+                .where(Item.tenant == tenant, Item.state == "open", _free(now))
+                .where(~exists().where(Review.item_id == Item.id, Review.reviewer == reviewer))
+                .where(~exists().where(Skip.item_id == Item.id, Skip.reviewer == reviewer))
+                .order_by(Item.priority.desc(), Item.id)
+                .limit(1)
+            )
+            if self.postgres:
+                query = query.with_for_update(skip_locked=True, of=Item)
+            item_id = conn.execute(query).scalar()
+            if item_id is None:
+                return None
+            token, expires = str(uuid4()), now + self.lease_s
+            done = conn.execute(
+                update(Item)
+                .where(Item.id == item_id, _free(now))
+                .values(
+                    lease_owner=reviewer, lease_token=token, lease_expires=expires, leased_at=now
+                )
+            )
+            if done.rowcount != 1:
+                return None
+            add_audit(conn, tenant, reviewer, "claim", f"item:{item_id}", "", now)
+            return Claim(item_id, token, expires)
+
+    def release(self, tenant: str, item_id: int, reviewer: str, token: str) -> bool:
+        """Give a lease back early (the reviewer left the item)."""
+        with self.engine.begin() as conn:
+            done = conn.execute(
+                update(Item)
+                .where(Item.id == item_id, Item.tenant == tenant)
+                .where(Item.lease_owner == reviewer, Item.lease_token == token)
+                .values(lease_owner=None, lease_token=None, lease_expires=None)
+            )
+            return done.rowcount == 1
+
+    # ------------------------------------------------------------ reviews
+
+    def submit(
+        self,
+        tenant: str,
+        item_id: int,
+        reviewer: str,
+        token: str,
+        action: domain.Action,
+        *,
+        answer: str | None = None,
+        reason: str | None = None,
+        oracle_chunk_ids: Sequence[str] = (),
+    ) -> Submitted:
+        """Record a decision, and queue its events in the same transaction (the outbox).
+
+        Idempotent per lease token: a retried submission returns the first one's review.
+
+        Raises:
+            NotFound: no such item in `tenant`.
+            LeaseLost: the reviewer does not hold the lease `token`.
+            QueueError: the decision is incomplete (a correction without an answer, ...).
+        """
+        with self.engine.begin() as conn:
+            now = self.clock()  # read under the write lock, so a wait never shortens a lease
+            seen = conn.execute(select(Review).where(Review.lease_token == token)).first()
+            if seen is not None:
+                if seen.reviewer != reviewer or seen.item_id != item_id:
+                    raise LeaseLost("this lease token belongs to another review")
+                return Submitted(seen.id, item_id, seen.action, duplicate=True)
+            query = select(Item).where(Item.id == item_id, Item.tenant == tenant)
+            item = conn.execute(query.with_for_update() if self.postgres else query).first()
+            if item is None:
+                raise NotFound(f"no item {item_id}")
+            if item.lease_owner != reviewer or item.lease_token != token:
+                raise LeaseLost(
+                    "you do not hold this item's lease (it expired and was claimed again, or was "
+                    "never claimed); claim the next item"
+                )
+            event = InteractionJudged.model_validate_json(item.payload)
+            decision = _decision(event, reviewer, action, answer, reason, oracle_chunk_ids, conn)
+            if action == "skipped":
+                _skip(conn, item, reviewer, now)
+            else:
+                _record(conn, item, decision, token, now)
+            _enqueue(conn, Topic.REVIEW_COMPLETED, domain.review_event(event, decision), now)
+            if action != "skipped" and item.reviews_done + 1 >= item.required_reviews:
+                example = domain.curated_example(
+                    event, _decisions(conn, item.id), revision=item.revision
+                )
+                if example is not None:
+                    _enqueue(conn, Topic.EXAMPLE_CURATED, example, now)
+            detail = json.dumps({"reason": reason, "oracle": list(oracle_chunk_ids)})
+            add_audit(conn, tenant, reviewer, action, f"item:{item_id}", detail, now)
+            return Submitted(str(decision.review_id), item_id, action, duplicate=False)
+
+    # ------------------------------------------------------------ reads
+
+    def item(self, tenant: str, item_id: int) -> ItemView | None:
+        """One item of `tenant` (None for an unknown id or another tenant's)."""
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(Item).where(Item.id == item_id, Item.tenant == tenant)
+            ).first()
+        return None if row is None else _view(row)
+
+    def queue(self, tenant: str, *, limit: int = 100) -> list[ItemView]:
+        """Open items by priority."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(Item)
+                .where(Item.tenant == tenant, Item.state == "open")
+                .order_by(Item.priority.desc(), Item.id)
+                .limit(limit)
+            ).all()
+        return [_view(r) for r in rows]
+
+    def depth(self, tenant: str | None = None) -> dict[str, tuple[int, float]]:
+        """Open items and the age of the oldest one, per tenant."""
+        now = self.clock()
+        query = select(Item.tenant, func.count(), func.min(Item.created_at)).where(
+            Item.state == "open"
+        )
+        if tenant is not None:
+            query = query.where(Item.tenant == tenant)
+        with self.engine.connect() as conn:
+            rows = conn.execute(query.group_by(Item.tenant)).all()
+        return {r[0]: (int(r[1]), now - float(r[2])) for r in rows}
+
+    def reviews_of(self, tenant: str, item_id: int) -> list[dict[str, object]]:
+        """The reviews an item got so far."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(Review)
+                .where(Review.item_id == item_id, Review.tenant == tenant)
+                .order_by(Review.created_at)
+            ).all()
+        return [dict(r._mapping) for r in rows]
+
+    # ------------------------------------------------------------ outbox
+
+    def pending(self, limit: int = 100) -> list[tuple[int, str, str, str]]:
+        """Unsent outbox rows: (id, topic, key, payload), oldest first."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(Outbox.id, Outbox.topic, Outbox.key, Outbox.payload)
+                .where(Outbox.sent_at.is_(None))
+                .order_by(Outbox.id)
+                .limit(limit)
+            ).all()
+        return [(r[0], r[1], r[2], r[3]) for r in rows]
+
+    def mark_sent(self, ids: Sequence[int]) -> None:
+        """Mark outbox rows as acknowledged by the broker."""
+        if ids:
+            with self.engine.begin() as conn:
+                conn.execute(update(Outbox).where(Outbox.id.in_(ids)).values(sent_at=self.clock()))
+
+
+def _ingest(conn: Connection, event: InteractionJudged, now: float) -> str:
+    if not _first_sight(conn, event, Topic.INTERACTION_JUDGED, now):
+        return "duplicate"
+    iid = str(event.interaction.interaction_id)
+    item = conn.execute(select(Item).where(Item.interaction_id == iid)).first()
+    pending = conn.execute(
+        select(PendingFeedback.payload).where(PendingFeedback.interaction_id == iid)
+    ).scalar()
+    feedback = event.interaction.feedback
+    if feedback is None and pending is not None:
+        feedback = FeedbackReceived.model_validate_json(pending).feedback
+    policy = load_policy(conn, event.tenant)
+    decision = domain.route(event, policy, feedback)
+    values = {
+        "revision": event.revision,
+        "event_id": str(event.event_id),
+        "payload": event.model_dump_json(),
+        "question": event.interaction.question[:2000],
+        "state": decision.state,
+        "reasons": ",".join(decision.reasons),
+        "priority": decision.priority,
+        "required_reviews": decision.required_reviews,
+        "flagged": bool(event.interaction.flags or event.judgement.flags),
+        "feedback": feedback.model_dump_json() if feedback else None,
+        "updated_at": now,
+    }
+    if item is None:
+        conn.execute(
+            Item.__table__.insert().values(
+                tenant=event.tenant, interaction_id=iid, created_at=now, **values
+            )
+        )
+        outcome = decision.state
+    elif _replaceable(item, event.revision):
+        conn.execute(update(Item).where(Item.id == item.id).values(**values))
+        outcome = f"revised:{decision.state}"
+    else:
+        return "stale"
+    if decision.state == "auto_accepted":
+        _enqueue(conn, Topic.EXAMPLE_CURATED, domain.auto_example(event), now)
+    return outcome
+
+
+def _first_sight(conn: Connection, event: Event, topic: Topic, now: float) -> bool:
+    eid = str(event.event_id)
+    if conn.execute(select(Inbox.event_id).where(Inbox.event_id == eid)).first():
+        return False
+    conn.execute(Inbox.__table__.insert().values(event_id=eid, topic=str(topic), received_at=now))
+    return True
+
+
+def _replaceable(item: Row[Any], revision: int) -> bool:
+    return (
+        revision > item.revision and item.reviews_done == 0 and item.state in ("open", "not_routed")
+    )
+
+
+def _free(now: float) -> object:
+    return or_(Item.lease_expires.is_(None), Item.lease_expires <= now)
+
+
+def _enqueue(conn: Connection, topic: Topic, event: Event, now: float) -> None:
+    from raftloop_core.events import event_key
+
+    conn.execute(
+        Outbox.__table__.insert().values(
+            event_id=str(event.event_id),
+            topic=str(topic),
+            key=event_key(topic, event).decode(),
+            payload=event.model_dump_json(),
+            created_at=now,
+        )
+    )
+
+
+def _decision(
+    event: InteractionJudged,
+    reviewer: str,
+    action: domain.Action,
+    answer: str | None,
+    reason: str | None,
+    oracle: Sequence[str],
+    conn: Connection,
+) -> domain.Decision:
+    known = {c.chunk_id for c in event.interaction.retrieved}
+    unknown = [c for c in oracle if c not in known]
+    if unknown:
+        raise QueueError(f"oracle chunk ids {unknown} are not among this item's retrieved chunks")
+    answer = (answer or "").strip() or None
+    reason = (reason or "").strip() or None
+    if action == "corrected" and answer is None:
+        raise QueueError("a correction needs the corrected answer")
+    if action == "rejected" and reason is None:
+        raise QueueError("a rejection needs a reason")
+    final = event.interaction.answer if action == "approved" else answer
+    return domain.Decision(
+        review_id=uuid4(),
+        reviewer=reviewer,
+        action=action,
+        final_answer=final if action in ("approved", "corrected") else None,
+        reason=reason,
+        oracle_chunk_ids=tuple(dict.fromkeys(oracle)),
+        guideline_version=latest_guideline_version(conn, event.tenant),
+    )
+
+
+def _record(
+    conn: Connection, item: Row[Any], decision: domain.Decision, token: str, now: float
+) -> None:
+    item_id, required = item.id, item.required_reviews
+    conn.execute(
+        Review.__table__.insert().values(
+            id=str(decision.review_id),
+            item_id=item_id,
+            tenant=item.tenant,
+            reviewer=decision.reviewer,
+            action=decision.action,
+            final_answer=decision.final_answer,
+            reason=decision.reason,
+            oracle_chunk_ids=json.dumps(list(decision.oracle_chunk_ids)),
+            lease_token=token,
+            guideline_version=decision.guideline_version,
+            claimed_at=item.leased_at,
+            created_at=now,
+        )
+    )
+    done = item.reviews_done + 1
+    conn.execute(
+        update(Item)
+        .where(Item.id == item_id)
+        .values(
+            reviews_done=done,
+            state="done" if done >= required else "open",
+            lease_owner=None,
+            lease_token=None,
+            lease_expires=None,
+            updated_at=now,
+        )
+    )
+
+
+def _skip(conn: Connection, item: Row[Any], reviewer: str, now: float) -> None:
+    item_id = item.id
+    if not conn.execute(
+        select(Skip.item_id).where(Skip.item_id == item_id, Skip.reviewer == reviewer)
+    ).first():
+        conn.execute(
+            Skip.__table__.insert().values(item_id=item_id, reviewer=reviewer, created_at=now)
+        )
+    conn.execute(
+        update(Item)
+        .where(Item.id == item_id)
+        .values(lease_owner=None, lease_token=None, lease_expires=None, updated_at=now)
+    )
+
+
+def _decisions(conn: Connection, item_id: int) -> list[domain.Decision]:
+    rows = conn.execute(
+        select(Review).where(Review.item_id == item_id).order_by(Review.created_at, Review.id)
+    ).all()
+    return [
+        domain.Decision(
+            review_id=UUID(r.id),
+            reviewer=r.reviewer,
+            action=r.action,
+            final_answer=r.final_answer,
+            reason=r.reason,
+            oracle_chunk_ids=tuple(json.loads(r.oracle_chunk_ids)),
+            guideline_version=r.guideline_version,
+        )
+        for r in rows
+    ]
+
+
+def _view(row: Row[Any]) -> ItemView:
+    g = row._mapping
+    return ItemView(
+        id=g["id"],
+        tenant=g["tenant"],
+        state=g["state"],
+        reasons=[r for r in g["reasons"].split(",") if r],
+        priority=g["priority"],
+        required_reviews=g["required_reviews"],
+        reviews_done=g["reviews_done"],
+        lease_owner=g["lease_owner"],
+        lease_token=g["lease_token"],
+        lease_expires=g["lease_expires"],
+        created_at=g["created_at"],
+        event=InteractionJudged.model_validate_json(g["payload"]),
+        feedback=json.loads(g["feedback"]) if g["feedback"] else None,
+    )
