@@ -91,7 +91,7 @@ def start_gateway(
             "KAFKA_BOOTSTRAP_SERVERS": bootstrap_servers,
             "GATEWAY_BASE_MODEL_PATH": str(model_dir),
             "GATEWAY_PORT": str(port),
-            "GATEWAY_ALIAS_POLL_S": "30",
+            "GATEWAY_ALIAS_POLL_S": "600",
             "GATEWAY_MAX_TOKENS_LIMIT": "64",
             "GATEWAY_DEFAULT_MAX_TOKENS": "12",
         }
@@ -177,3 +177,18 @@ class EventLog:
             if time.monotonic() > deadline:
                 raise AssertionError(f"timed out waiting for {what or 'events'}")
             await asyncio.sleep(0.1)
+
+
+def write_lora(model_dir: Path, target: Path, *, seed: int) -> Path:
+    """Save a small random LoRA adapter for `model_dir` with peft (safetensors)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    config = LoraConfig(
+        r=4, lora_alpha=64, target_modules=["q_proj", "v_proj", "o_proj"], init_lora_weights=False
+    )
+    get_peft_model(model, config).save_pretrained(target, safe_serialization=True)
+    return target
