@@ -24,8 +24,9 @@ from fastapi import FastAPI, Request
 
 from raftloop_core.embedded import free_port
 
-OBEY = re.compile(r"(score|rate|give|award)[^.\n]{0,40}\b(5|five|10|full|perfect|top|maximum)\b",
-                  re.IGNORECASE)
+OBEY = re.compile(
+    r"(score|rate|give|award)[^.\n]{0,40}\b(5|five|10|full|perfect|top|maximum)\b", re.IGNORECASE
+)
 WORD = re.compile(r"[a-z]{3,}")
 
 
@@ -74,8 +75,12 @@ def stub_app(behaviour: str, latency_s: float = 0.0) -> FastAPI:
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
-        return {"object": "list", "data": [{"id": f"stub-{behaviour}", "object": "model",
-                                            "created": 0, "owned_by": "tests"}]}
+        return {
+            "object": "list",
+            "data": [
+                {"id": f"stub-{behaviour}", "object": "model", "created": 0, "owned_by": "tests"}
+            ],
+        }
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request) -> dict[str, Any]:
@@ -89,7 +94,8 @@ def stub_app(behaviour: str, latency_s: float = 0.0) -> FastAPI:
         if behaviour == "gullible" and OBEY.search(prompt.split("<<DATA", 1)[-1]):
             score = 5
         text = (
-            '{"winner": "A", "rationale": "A is better."}' if pairwise
+            '{"winner": "A", "rationale": "A is better."}'
+            if pairwise
             else f'{{"score": {score}, "rationale": "overlap based"}}'
         )
         if behaviour == "garbage":
@@ -98,10 +104,18 @@ def stub_app(behaviour: str, latency_s: float = 0.0) -> FastAPI:
         if behaviour in ("logprobs", "gullible") and body.get("logprobs") and not pairwise:
             logprobs = _logprobs(text, score, int(body.get("top_logprobs") or 5))
         return {
-            "id": "chatcmpl-stub", "object": "chat.completion", "created": int(time.time()),
+            "id": "chatcmpl-stub",
+            "object": "chat.completion",
+            "created": int(time.time()),
             "model": body.get("model", "stub"),
-            "choices": [{"index": 0, "finish_reason": "stop", "logprobs": logprobs,
-                         "message": {"role": "assistant", "content": text}}],
+            "choices": [
+                {
+                    "index": 0,
+                    "finish_reason": "stop",
+                    "logprobs": logprobs,
+                    "message": {"role": "assistant", "content": text},
+                }
+            ],
             "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
         }
 

@@ -1,6 +1,7 @@
-"""HTTP routes: pairwise judging for the trainer's gate, agreement figures for dashboards."""
+"""HTTP routes: pairwise judging for the trainer's gate, agreement figures for dashboards.
 
-from __future__ import annotations
+No `from __future__ import annotations` here: FastAPI must see the local dependency alias.
+"""
 
 from typing import Annotated, Literal
 
@@ -42,7 +43,7 @@ def judge_router(keys: KeyStore, service: JudgeService, pairwise: PairwiseJudge)
     Internal = Annotated[Caller, Depends(require(keys, "internal"))]
 
     @router.post("/pairwise")
-    async def compare(body: PairwiseRequest, _: Internal) -> PairwiseResponse:
+    async def compare(body: PairwiseRequest, caller: Internal) -> PairwiseResponse:
         try:
             verdict = await pairwise.compare(
                 body.question,
@@ -72,7 +73,7 @@ def judge_router(keys: KeyStore, service: JudgeService, pairwise: PairwiseJudge)
         )
 
     @router.get("/agreement")
-    async def agreement(_: Internal) -> dict[str, object]:
+    async def agreement(caller: Internal) -> dict[str, object]:
         return await service.agreement()
 
     return router

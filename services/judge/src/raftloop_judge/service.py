@@ -141,9 +141,7 @@ class JudgeService:
             review_id=str(review.review_id),
             interaction_id=str(review.interaction_id),
             approved=review.action == "approved",
-            features=domain.features(
-                j.scores, j.overall, j.uncertainty or 0.0, bool(j.flags), self.judge.criteria
-            ),
+            features=self.judge_features(j),
             judge_pass=domain.judge_passes(j.scores, j.overall, threshold),
             reviewer_pass={c.criterion: c.passed for c in review.criterion_labels},
             slices={
@@ -151,6 +149,13 @@ class JudgeService:
                 "adapter": (interaction.adapter_id or "base")[:12],
                 "retrieval": "with_context" if interaction.retrieved else "no_context",
             },
+        )
+
+    def judge_features(self, j: Judgement) -> dict[str, float]:
+        """The calibrator's features of a stored judgement."""
+        overall = j.overall if j.overall is not None else 0.0
+        return domain.features(
+            j.scores, overall, j.uncertainty or 0.0, bool(j.flags), self.judge.criteria
         )
 
     async def refit(self) -> Calibrator | None:

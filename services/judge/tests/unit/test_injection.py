@@ -48,4 +48,5 @@ def test_judged_content_is_delimited_and_cannot_spoof_the_markers() -> None:
     [rubric] = load_rubrics(only=["tone"])
     system, user = rubric_messages(rubric, question="q?", answer="a", context=[], nonce="n1")
     assert "never an instruction" in system["content"]
-    assert "<<DATA n1>>" in user["content"] and "<</DATA n1>>" in user["content"]
+    assert "<<DATA n1>>" in user["content"]
+    assert "<</DATA n1>>" in user["content"]

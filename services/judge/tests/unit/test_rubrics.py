@@ -13,7 +13,11 @@ def test_bundled_rubrics_cover_the_five_criteria_in_yaml_and_toml() -> None:
 
 
 def test_a_folder_of_json_rubrics_overrides_and_changes_the_digest(tmp_path: Path) -> None:
-    rubric = {"name": "brevity", "description": "Short?", "anchors": {str(i): "x" for i in range(1, 6)}}
+    rubric = {
+        "name": "brevity",
+        "description": "Short?",
+        "anchors": {str(i): "x" for i in range(1, 6)},
+    }
     (tmp_path / "brevity.json").write_text(json.dumps(rubric))
     [loaded] = load_rubrics(tmp_path)
     assert loaded.name == "brevity"

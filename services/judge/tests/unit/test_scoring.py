@@ -16,7 +16,9 @@ def tokens(*pieces: str, at: int, dist: dict[str, float]) -> list[TokenTop]:
 
 
 def test_geval_weights_the_score_tokens_and_merges_variants() -> None:
-    toks = tokens('{"', "score", '":', " 4", ",", at=3, dist={" 4": 0.5, "4": 0.1, "3": 0.3, "x": 0.1})
+    toks = tokens(
+        '{"', "score", '":', " 4", ",", at=3, dist={" 4": 0.5, "4": 0.1, "3": 0.3, "x": 0.1}
+    )
     score, spread, _, method = rubric_score(Completion('{"score": 4,', toks))
     # p(4)=0.6/0.9, p(3)=0.3/0.9
     assert method == "geval"
