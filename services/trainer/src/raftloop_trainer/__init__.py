@@ -1,0 +1,1 @@
+"""raftloop trainer: curated data to a better adapter (RAFT + LoRA), gated promotion."""

@@ -1,0 +1,126 @@
+"""`create_app`: wiring only. Everything with I/O comes in as an argument from `main.build`."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any
+
+from fastapi import FastAPI
+from faststream.kafka import KafkaBroker
+from prometheus_client import CollectorRegistry, Counter
+
+from raftloop_core.api import KeyStore, install_error_handlers
+from raftloop_core.events import ExampleCurated
+from raftloop_core.messaging import consumer_options
+from raftloop_core.service import add_ops_routes, broker_check
+from raftloop_core.topics import Topic
+from raftloop_trainer.adapters import RunInProgress
+from raftloop_trainer.domain import due_reason
+from raftloop_trainer.routes import build_router
+from raftloop_trainer.runner import NothingToTrain, Runner
+from raftloop_trainer.settings import TrainerSettings
+
+log = logging.getLogger(__name__)
+
+
+class Scheduler:
+    """Starts runs in the background: from the triggers, or on demand; one at a time."""
+
+    def __init__(self, runner: Runner, settings: TrainerSettings) -> None:
+        self.runner = runner
+        self.settings = settings
+        self.task: asyncio.Task[Any] | None = None
+        self.wake = asyncio.Event()
+
+    @property
+    def busy(self) -> bool:
+        """Whether a run is in progress in this process."""
+        return self.task is not None and not self.task.done()
+
+    def start_run(self, tenant: str, trigger: str) -> bool:
+        """Launch a run unless one is going; return whether it was launched."""
+        if self.busy:
+            return False
+        self.task = asyncio.create_task(self._run(tenant, trigger), name="training-run")
+        return True
+
+    async def _run(self, tenant: str, trigger: str) -> None:
+        try:
+            await self.runner.run(tenant, trigger)
+        except (RunInProgress, NothingToTrain) as exc:
+            log.info("training run not started", extra={"reason": str(exc)})
+        except Exception:
+            log.exception("training run failed", extra={"tenant": tenant})
+
+    async def watch(self) -> None:
+        """Check the triggers when examples arrive and every `trigger_poll_s`."""
+        policy = self.settings.trigger_policy()
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.wake.wait(), self.settings.trigger_poll_s)
+            self.wake.clear()
+            if self.busy or not self.settings.auto_train:
+                continue
+            pending = await asyncio.to_thread(self.runner.store.pending)
+            for data in pending:
+                if data.base_model != self.runner.base_model:
+                    continue
+                reason = due_reason(data, policy, datetime.now(UTC))
+                if reason and self.start_run(data.tenant, f"trigger: {reason}"):
+                    break
+
+
+def _subscribe(
+    broker: KafkaBroker, settings: TrainerSettings, scheduler: Scheduler, metrics: CollectorRegistry
+) -> None:
+    received = Counter(
+        "raftloop_trainer_examples_total",
+        "Curated examples consumed, by outcome.",
+        ["outcome"],
+        registry=metrics,
+    )
+
+    @broker.subscriber(
+        Topic.EXAMPLE_CURATED, **consumer_options(settings.kafka, group_id="trainer")
+    )
+    async def on_example_curated(event: ExampleCurated) -> None:
+        """dataset.example.curated -> the dataset (idempotent on example id and content)."""
+        outcome = await asyncio.to_thread(scheduler.runner.store.add, event)
+        received.labels(outcome).inc()
+        scheduler.wake.set()
+
+
+def create_app(
+    settings: TrainerSettings, *, keys: KeyStore, runner: Runner, broker: KafkaBroker
+) -> FastAPI:
+    """The trainer's HTTP app: admin routes, ops routes, the example consumer, the triggers."""
+    scheduler = Scheduler(runner, settings)
+    metrics = CollectorRegistry()
+    _subscribe(broker, settings, scheduler, metrics)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await broker.start()
+        watcher = asyncio.create_task(scheduler.watch(), name="trigger-watch")
+        try:
+            yield
+        finally:
+            watcher.cancel()
+            if scheduler.task is not None:
+                scheduler.task.cancel()
+            for task in (watcher, scheduler.task):
+                if task is not None:
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await task
+            await broker.stop()
+
+    app = FastAPI(title="raftloop trainer", version="0.1.0", lifespan=lifespan)
+    app.state.scheduler = scheduler
+    install_error_handlers(app)
+    add_ops_routes(app, service="trainer", registry=metrics, checks=[broker_check(broker)])
+    app.include_router(build_router(settings, keys=keys, scheduler=scheduler))
+    return app

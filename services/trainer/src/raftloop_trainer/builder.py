@@ -1,0 +1,114 @@
+"""Turn curated examples into RAFT training and evaluation sets, fetching distractors."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+from raftloop_trainer.evaluate import EvalItem, regression_items
+from raftloop_trainer.raft import (
+    Chunk,
+    RaftExample,
+    RaftSource,
+    build_example,
+    clean_distractors,
+    example_rng,
+)
+
+
+class DistractorSource(Protocol):
+    """Where hard negatives for a question come from (rag, or local documents)."""
+
+    def distractors(
+        self, question: str, *, k: int, exclude_ids: Sequence[str], tenant: str
+    ) -> list[Chunk]:
+        """Chunks relevant-looking for `question`, none of `exclude_ids`."""
+        ...
+
+
+def build_set(
+    sources: Iterable[RaftSource],
+    distractor_source: DistractorSource,
+    *,
+    k: int,
+    p_oracle: float,
+    seed: int,
+    tenant: str = "default",
+) -> list[RaftExample]:
+    """RAFT examples for every source: `k` distractors each, the oracle kept with `p_oracle`."""
+    built = []
+    for source in sources:
+        exclude = [c.chunk_id for c in source.oracle]
+        # Ask for spares: rag may return near-copies of the oracle, which are dropped.
+        candidates = distractor_source.distractors(
+            source.question, k=k + 3, exclude_ids=exclude, tenant=tenant
+        )
+        distractors = clean_distractors(source.oracle, candidates, k)
+        rng = example_rng(seed, source.example_id)
+        built.append(build_example(source, distractors, rng=rng, p_oracle=p_oracle))
+    return built
+
+
+def write_examples(path: Path, examples: Sequence[RaftExample]) -> Path:
+    """Write RAFT examples as JSONL ({'example_id', 'messages', 'oracle_kept'})."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = [
+        json.dumps(
+            {"example_id": e.example_id, "messages": list(e.messages), "oracle_kept": e.oracle_kept}
+        )
+        for e in examples
+    ]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def demo_sources(split: str) -> list[RaftSource]:
+    """The demo knowledge base's questions of one split as RAFT sources.
+
+    The oracle is the document chunk that contains the question's passage (as rag would return
+    it), or the passage itself when it spans two chunks.
+    """
+    import raftloop_demo_kb as kb
+
+    from raftloop_trainer.distractors import LocalDistractorSource
+
+    local = LocalDistractorSource.from_demo_kb()
+    picked = {"train": kb.train_questions, "holdout": kb.holdout_questions}[split]()
+    sources = []
+    for q in picked:
+        oracle = local.containing(q.passage) or Chunk(f"{q.document}#{q.id}", q.passage, q.document)
+        sources.append(RaftSource(q.id, q.question, q.answer, (oracle,)))
+    return sources
+
+
+def sources_from_rows(rows: Iterable[Mapping[str, Any]]) -> list[RaftSource]:
+    """RAFT sources from dataset rows (the store's lineage rows or a snapshot's lines)."""
+    sources = []
+    for row in rows:
+        oracle = tuple(
+            Chunk(
+                chunk_id=str(c["chunk_id"]),
+                text=str(c["text"]),
+                document_id=str(c.get("document_id") or ""),
+                title=c.get("title"),
+            )
+            for c in row["oracle_chunks"]
+        )
+        turns = [m for m in row["messages"] if m["role"] in ("user", "assistant")]
+        if turns and turns[-1]["role"] == "user":
+            turns = turns[:-1]  # the question itself goes into the RAFT prompt
+        history = tuple({"role": m["role"], "content": m["content"]} for m in turns)
+        sources.append(
+            RaftSource(str(row["example_id"]), row["question"], row["answer"], oracle, history)
+        )
+    return sources
+
+
+def regression_set(limit: int) -> list[EvalItem]:
+    """The fixed forgetting check: the first `limit` general questions of the demo package."""
+    import raftloop_demo_kb as kb
+
+    picked = kb.regression_questions()[:limit]
+    return regression_items([(q.id, q.question, q.answer) for q in picked])

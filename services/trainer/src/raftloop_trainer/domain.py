@@ -1,0 +1,135 @@
+"""Pure decisions of the trainer: dataset identity, hold-out split, triggers, the promotion gate."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from raftloop_trainer.metrics import PairedDiff, normalize_answer
+
+HOLDOUT_MODULUS = 5
+PRIMARY_METRIC = "token_f1"
+
+
+def is_holdout(example_id: str, modulus: int = HOLDOUT_MODULUS) -> bool:
+    """Deterministic hold-out by id hash (about 1/modulus of examples); never enters training."""
+    return int(hashlib.sha256(example_id.encode()).hexdigest(), 16) % modulus == 0
+
+
+def content_key(tenant: str, base_model: str, question: str, answer: str) -> str:
+    """Dedupe key: the same normalised question and answer for a tenant and base model."""
+    raw = "\x1f".join([tenant, base_model, normalize_answer(question), normalize_answer(answer)])
+    return hashlib.sha256(raw.encode()).hexdigest()
+
+
+def dataset_version(rows: Iterable[Mapping[str, object]]) -> str:
+    """Content hash of an example set: sha256 over the canonical JSON of rows sorted by id."""
+    canonical = sorted(json.dumps(dict(r), sort_keys=True, default=str) for r in rows)
+    digest = hashlib.sha256()
+    for line in canonical:
+        digest.update(line.encode())
+        digest.update(b"\n")
+    return digest.hexdigest()
+
+
+# ---------------------------------------------------------------- triggers
+
+
+@dataclass(frozen=True)
+class TriggerPolicy:
+    """When a run starts by itself."""
+
+    min_new_examples: int = 50
+    max_age: timedelta | None = timedelta(hours=24)
+    min_examples_for_age: int = 1
+
+
+@dataclass(frozen=True)
+class PendingData:
+    """New training examples since the last run of one tenant and base model."""
+
+    tenant: str
+    base_model: str
+    new_examples: int
+    oldest_new_at: datetime | None
+
+
+def due_reason(pending: PendingData, policy: TriggerPolicy, now: datetime) -> str | None:
+    """Why a run should start now, or None."""
+    if pending.new_examples >= policy.min_new_examples:
+        return f"{pending.new_examples} new examples (threshold {policy.min_new_examples})"
+    if (
+        policy.max_age is not None
+        and pending.oldest_new_at is not None
+        and pending.new_examples >= policy.min_examples_for_age
+        and now - pending.oldest_new_at >= policy.max_age
+    ):
+        return f"new examples waiting longer than {policy.max_age}"
+    return None
+
+
+# ---------------------------------------------------------------- gate
+
+
+@dataclass(frozen=True)
+class GatePolicy:
+    """What a candidate must show to be promoted."""
+
+    primary_metric: str = PRIMARY_METRIC
+    margin: float = 0.0
+    max_regression_drop: float = 0.05
+    min_holdout_items: int = 5
+    min_judge_win_rate: float | None = None
+
+
+@dataclass(frozen=True)
+class GateDecision:
+    """The gate's verdict and its reasons."""
+
+    promote: bool
+    reasons: list[str] = field(default_factory=list)
+
+
+def decide(
+    holdout: Sequence[PairedDiff],
+    regression: Sequence[PairedDiff],
+    policy: GatePolicy,
+    *,
+    judge_win_rate: float | None = None,
+) -> GateDecision:
+    """Promote when the primary gain's lower CI bound beats the margin and nothing regresses."""
+    reasons: list[str] = []
+    primary = next((d for d in holdout if d.metric == policy.primary_metric), None)
+    if primary is None or primary.n < policy.min_holdout_items:
+        n = primary.n if primary else 0
+        reasons.append(
+            f"hold-out has {n} items; the gate needs at least {policy.min_holdout_items}"
+        )
+    elif primary.low <= policy.margin:
+        reasons.append(
+            f"{primary.metric} gain {primary.diff:+.4f} has CI lower bound {primary.low:+.4f}, "
+            f"not above the margin {policy.margin:+.4f}"
+        )
+    for diff in regression:
+        if -diff.diff > policy.max_regression_drop:
+            reasons.append(
+                f"regression {diff.metric} dropped {-diff.diff:.4f} "
+                f"(allowed {policy.max_regression_drop:.4f})"
+            )
+    if (
+        policy.min_judge_win_rate is not None
+        and judge_win_rate is not None
+        and judge_win_rate < policy.min_judge_win_rate
+    ):
+        reasons.append(f"judge win rate {judge_win_rate:.3f} below {policy.min_judge_win_rate:.3f}")
+    if not reasons:
+        assert primary is not None
+        reasons.append(
+            f"{primary.metric} gain {primary.diff:+.4f} "
+            f"(95% CI {primary.low:+.4f}..{primary.high:+.4f}) above margin {policy.margin:+.4f}"
+        )
+        return GateDecision(True, reasons)
+    return GateDecision(False, reasons)

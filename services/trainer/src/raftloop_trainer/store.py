@@ -1,0 +1,228 @@
+"""The curated dataset and run history in SQL (SQLite by default, PostgreSQL via DATABASE_URL)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
+
+from raftloop_core.events import ExampleCurated
+from raftloop_trainer.domain import PendingData, content_key, is_holdout
+
+metadata = sa.MetaData()
+
+examples = sa.Table(
+    "trainer_examples",
+    metadata,
+    sa.Column("seq", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("example_id", sa.String(64), nullable=False, unique=True),
+    sa.Column("content_key", sa.String(64), nullable=False, unique=True),
+    sa.Column("tenant", sa.String(64), nullable=False, index=True),
+    sa.Column("base_model", sa.String(200), nullable=False),
+    sa.Column("split", sa.String(16), nullable=False),
+    sa.Column("question", sa.Text, nullable=False),
+    sa.Column("answer", sa.Text, nullable=False),
+    sa.Column("messages", sa.Text, nullable=False),
+    sa.Column("oracle_chunks", sa.Text, nullable=False),
+    sa.Column("interaction_id", sa.String(64), nullable=False),
+    sa.Column("review_id", sa.String(64)),
+    sa.Column("source", sa.String(32), nullable=False),
+    sa.Column("reviewer", sa.String(200)),
+    sa.Column("judge_version", sa.String(200)),
+    sa.Column("adapter_id", sa.String(64)),
+    sa.Column("event_id", sa.String(64), nullable=False),
+    sa.Column("received_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+runs = sa.Table(
+    "trainer_runs",
+    metadata,
+    sa.Column("run_id", sa.String(64), primary_key=True),
+    sa.Column("tenant", sa.String(64), nullable=False),
+    sa.Column("base_model", sa.String(200), nullable=False),
+    sa.Column("trigger", sa.Text, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("max_seq", sa.Integer, nullable=False),
+    sa.Column("dataset_version", sa.String(64)),
+    sa.Column("train_examples", sa.Integer, nullable=False, default=0),
+    sa.Column("holdout_examples", sa.Integer, nullable=False, default=0),
+    sa.Column("adapter_id", sa.String(64)),
+    sa.Column("decision", sa.Text),
+    sa.Column("report_path", sa.Text),
+    sa.Column("error", sa.Text),
+    sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("finished_at", sa.DateTime(timezone=True)),
+)
+
+RunStatus = Literal["running", "succeeded", "failed", "promoted", "rejected"]
+AddResult = Literal["added", "duplicate", "redelivered"]
+LINEAGE = (
+    "example_id",
+    "tenant",
+    "base_model",
+    "question",
+    "answer",
+    "messages",
+    "oracle_chunks",
+    "interaction_id",
+    "review_id",
+    "source",
+    "reviewer",
+    "judge_version",
+    "adapter_id",
+)
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The examples of one run, split, and the highest sequence number they include."""
+
+    train: list[dict[str, Any]]
+    holdout: list[dict[str, Any]]
+    max_seq: int
+
+
+class DatasetStore:
+    """Curated examples with their lineage, and the history of training runs."""
+
+    def __init__(self, url: str) -> None:
+        self.engine = sa.create_engine(url, future=True)
+        metadata.create_all(self.engine)
+
+    def add(self, event: ExampleCurated) -> AddResult:
+        """Store an example once; redelivery (same id) and duplicates (same content) are skipped."""
+        key = content_key(event.tenant, event.base_model, event.question, event.answer)
+        row = {
+            "example_id": str(event.example_id),
+            "content_key": key,
+            "tenant": event.tenant,
+            "base_model": event.base_model,
+            "split": "holdout" if is_holdout(str(event.example_id)) else "train",
+            "question": event.question,
+            "answer": event.answer,
+            "messages": json.dumps([m.model_dump() for m in event.messages]),
+            "oracle_chunks": json.dumps([c.model_dump() for c in event.oracle_chunks]),
+            "interaction_id": str(event.interaction_id),
+            "review_id": str(event.review_id) if event.review_id else None,
+            "source": event.source,
+            "reviewer": event.reviewer,
+            "judge_version": event.judge_version,
+            "adapter_id": event.adapter_id,
+            "event_id": str(event.event_id),
+            "received_at": datetime.now(UTC),
+        }
+        with self.engine.begin() as conn:
+            seen = conn.execute(
+                sa.select(examples.c.example_id).where(
+                    (examples.c.example_id == row["example_id"]) | (examples.c.content_key == key)
+                )
+            ).first()
+            if seen is not None:
+                return "redelivered" if seen.example_id == row["example_id"] else "duplicate"
+            try:
+                conn.execute(examples.insert().values(**row))
+            except IntegrityError:
+                return "duplicate"  # a concurrent insert of the same example won
+        return "added"
+
+    def count(self, tenant: str, base_model: str) -> int:
+        """How many examples a tenant has for a base model."""
+        with self.engine.connect() as conn:
+            query = sa.select(sa.func.count()).where(
+                examples.c.tenant == tenant, examples.c.base_model == base_model
+            )
+            return int(conn.execute(query).scalar_one())
+
+    def _last_seq(self, conn: sa.Connection, tenant: str, base_model: str) -> int:
+        query = sa.select(sa.func.max(runs.c.max_seq)).where(
+            runs.c.tenant == tenant,
+            runs.c.base_model == base_model,
+            runs.c.status != "failed",
+        )
+        return int(conn.execute(query).scalar_one() or 0)
+
+    def pending(self) -> list[PendingData]:
+        """New training examples since the last (not failed) run, per tenant and base model."""
+        out = []
+        with self.engine.connect() as conn:
+            groups = conn.execute(
+                sa.select(examples.c.tenant, examples.c.base_model).distinct()
+            ).all()
+            for tenant, base_model in groups:
+                after = self._last_seq(conn, tenant, base_model)
+                new, oldest = conn.execute(
+                    sa.select(sa.func.count(), sa.func.min(examples.c.received_at)).where(
+                        examples.c.tenant == tenant,
+                        examples.c.base_model == base_model,
+                        examples.c.split == "train",
+                        examples.c.seq > after,
+                    )
+                ).one()
+                oldest_at = oldest.replace(tzinfo=UTC) if oldest and not oldest.tzinfo else oldest
+                out.append(PendingData(tenant, base_model, int(new), oldest_at))
+        return out
+
+    def snapshot(self, tenant: str, base_model: str) -> Snapshot:
+        """Every example of a tenant and base model, as lineage rows, split by id hash."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(examples.c.seq, examples.c.split, *[examples.c[n] for n in LINEAGE])
+                .where(examples.c.tenant == tenant, examples.c.base_model == base_model)
+                .order_by(examples.c.seq)
+            ).all()
+        train, holdout = [], []
+        for row in rows:
+            data = {name: getattr(row, name) for name in LINEAGE}
+            data["messages"] = json.loads(data["messages"])
+            data["oracle_chunks"] = json.loads(data["oracle_chunks"])
+            (holdout if row.split == "holdout" else train).append(data)
+        return Snapshot(train, holdout, max((r.seq for r in rows), default=0))
+
+    def start_run(
+        self, run_id: str, tenant: str, base_model: str, trigger: str, max_seq: int
+    ) -> None:
+        """Record a run as running."""
+        with self.engine.begin() as conn:
+            conn.execute(
+                runs.insert().values(
+                    run_id=run_id,
+                    tenant=tenant,
+                    base_model=base_model,
+                    trigger=trigger,
+                    status="running",
+                    max_seq=max_seq,
+                    started_at=datetime.now(UTC),
+                )
+            )
+
+    def finish_run(self, run_id: str, status: RunStatus, **fields: Any) -> None:
+        """Record a run's outcome."""
+        with self.engine.begin() as conn:
+            conn.execute(
+                runs.update()
+                .where(runs.c.run_id == run_id)
+                .values(status=status, finished_at=datetime.now(UTC), **fields)
+            )
+
+    def update_run(self, run_id: str, **fields: Any) -> None:
+        """Set fields of a run (dataset version, counts) while it runs."""
+        with self.engine.begin() as conn:
+            conn.execute(runs.update().where(runs.c.run_id == run_id).values(**fields))
+
+    def runs(self, limit: int = 20) -> list[dict[str, Any]]:
+        """The latest runs, newest first."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(runs).order_by(runs.c.started_at.desc()).limit(limit)
+            ).mappings()
+            return [dict(r) for r in rows]
+
+    def run(self, run_id: str) -> dict[str, Any] | None:
+        """One run, or None."""
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(runs).where(runs.c.run_id == run_id)).mappings().first()
+            return dict(row) if row else None

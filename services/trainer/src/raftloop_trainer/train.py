@@ -1,0 +1,205 @@
+"""LoRA fine-tuning of a causal LM on RAFT examples: a plain function and a CLI.
+
+`python -m raftloop_trainer.train --config <run>/train_config.json` runs in its own process so the
+service's consumer stays live. It resumes from the last checkpoint in `<output_dir>/checkpoints`
+when one exists (a killed run starts where it stopped), writes progress (step, loss, eta) to the
+log and to `<output_dir>/progress.json`, and saves the adapter to `<output_dir>/adapter`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from raftloop_trainer.encoding import encode_example, pad_batch
+
+log = logging.getLogger("raftloop_trainer.train")
+
+ADAPTER_DIR = "adapter"
+CHECKPOINT_DIR = "checkpoints"
+PROGRESS_FILE = "progress.json"
+
+
+class LoraParams(BaseModel):
+    """The LoRA and optimisation hyper-parameters."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    rank: int = Field(default=16, ge=1)
+    alpha: int = Field(default=32, ge=1)
+    dropout: float = Field(default=0.05, ge=0, lt=1)
+    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+    top_layers: int | None = Field(
+        default=None,
+        ge=1,
+        description="LoRA on the top N layers only: backward stops there, which halves CPU time.",
+    )
+    learning_rate: float = Field(default=1e-3, gt=0)
+    epochs: float = Field(default=3.0, gt=0)
+    max_steps: int = Field(default=-1, description="Overrides epochs when positive.")
+    batch_size: int = Field(default=4, ge=1)
+    grad_accum: int = Field(default=1, ge=1)
+    warmup_steps: int = Field(default=2, ge=0)
+    max_length: int = Field(default=512, ge=64)
+    seed: int = 42
+    save_steps: int = Field(default=10, ge=1)
+
+
+class TrainConfig(BaseModel):
+    """Everything one training job needs; written as JSON next to its outputs."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    base_model_dir: Path
+    examples_path: Path = Field(description="JSONL of RAFT examples: {'messages': [...]}.")
+    output_dir: Path
+    params: LoraParams = Field(default_factory=LoraParams)
+    device: str = Field(default="auto", description="auto, cpu or cuda.")
+
+
+def load_examples(path: Path) -> list[list[dict[str, str]]]:
+    """The message lists of a RAFT examples file."""
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [row["messages"] for row in rows]
+
+
+def resolve_device(name: str) -> str:
+    """`auto` means CUDA when present, else CPU."""
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
+def load_model(base_model_dir: Path, device: str) -> tuple[Any, Any]:
+    """The tokenizer and base model (bf16 on CUDA when supported, fp32 on CPU)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(base_model_dir)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    bf16 = device == "cuda" and torch.cuda.is_bf16_supported()
+    model = AutoModelForCausalLM.from_pretrained(
+        base_model_dir, dtype=torch.bfloat16 if bf16 else torch.float32
+    )
+    return tokenizer, model.to(device)
+
+
+def lora_model(model: Any, params: LoraParams) -> Any:
+    """Wrap `model` with fresh LoRA layers."""
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    layers = None
+    if params.top_layers is not None:
+        total = int(model.config.num_hidden_layers)
+        layers = list(range(max(total - params.top_layers, 0), total))
+    config = LoraConfig(
+        layers_to_transform=layers,
+        r=params.rank,
+        lora_alpha=params.alpha,
+        lora_dropout=params.dropout,
+        target_modules=list(params.target_modules),
+        task_type=TaskType.CAUSAL_LM,
+    )
+    return get_peft_model(model, config)
+
+
+def encoded_dataset(tokenizer: Any, config: TrainConfig) -> list[dict[str, list[int]]]:
+    """Every example of the config encoded with labels on the answer only."""
+    examples = load_examples(config.examples_path)
+    if not examples:
+        raise ValueError(f"{config.examples_path} holds no examples; nothing to train on")
+    return [encode_example(tokenizer, m, max_length=config.params.max_length) for m in examples]
+
+
+def training_arguments(config: TrainConfig, device: str) -> Any:
+    """The TrainingArguments for this config."""
+    import torch
+    from transformers import TrainingArguments
+
+    p = config.params
+    return TrainingArguments(
+        output_dir=str(config.output_dir / CHECKPOINT_DIR),
+        num_train_epochs=p.epochs,
+        max_steps=p.max_steps,
+        per_device_train_batch_size=p.batch_size,
+        gradient_accumulation_steps=p.grad_accum,
+        learning_rate=p.learning_rate,
+        warmup_steps=p.warmup_steps,
+        lr_scheduler_type="linear",
+        logging_steps=1,
+        save_strategy="steps",
+        save_steps=p.save_steps,
+        save_total_limit=2,
+        seed=p.seed,
+        data_seed=p.seed,
+        report_to=[],
+        use_cpu=device == "cpu",
+        bf16=device == "cuda" and torch.cuda.is_bf16_supported(),
+        dataloader_num_workers=0,
+        remove_unused_columns=False,
+        disable_tqdm=True,
+    )
+
+
+def train(config: TrainConfig) -> Path:
+    """Train a LoRA adapter; resume from the last checkpoint; return the adapter folder."""
+    from transformers import Trainer, set_seed
+    from transformers.trainer_utils import get_last_checkpoint
+
+    from raftloop_trainer.progress import ProgressCallback
+
+    device = resolve_device(config.device)
+    set_seed(config.params.seed)
+    tokenizer, model = load_model(config.base_model_dir, device)
+    model = lora_model(model, config.params)
+    data = encoded_dataset(tokenizer, config)
+    args = training_arguments(config, device)
+    checkpoints = Path(args.output_dir)
+    last = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
+    pad_id = tokenizer.pad_token_id
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=data,
+        data_collator=lambda batch: pad_batch(batch, pad_id),
+        callbacks=[ProgressCallback(config.output_dir / PROGRESS_FILE, resumed_from=last)],
+    )
+    log.info(
+        "training started",
+        extra={"examples": len(data), "device": device, "resume_from": last or ""},
+    )
+    trainer.train(resume_from_checkpoint=last)
+    target = config.output_dir / ADAPTER_DIR
+    model.save_pretrained(target, safe_serialization=True)
+    return target
+
+
+def main(argv: list[str] | None = None) -> None:
+    """CLI entry: `python -m raftloop_trainer.train --config train_config.json`."""
+    parser = argparse.ArgumentParser(description="Train a RAFT LoRA adapter.")
+    parser.add_argument("--config", type=Path, required=True)
+    args = parser.parse_args(argv)
+    from raftloop_core.logs import configure_logging
+
+    configure_logging("trainer-job", level=os.environ.get("RAFTLOOP_LOG_LEVEL", "INFO"))
+    config = TrainConfig.model_validate_json(args.config.read_text())
+    started = time.monotonic()
+    adapter = train(config)
+    log.info(
+        "training finished",
+        extra={"adapter": str(adapter), "seconds": round(time.monotonic() - started, 1)},
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,76 @@
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from raftloop_trainer.domain import (
+    GatePolicy,
+    PendingData,
+    TriggerPolicy,
+    content_key,
+    dataset_version,
+    decide,
+    due_reason,
+    is_holdout,
+)
+from raftloop_trainer.metrics import PairedDiff
+
+
+def diff(metric: str, d: float, low: float, n: int = 20) -> PairedDiff:
+    return PairedDiff(metric, 0.3, 0.3 + d, d, low, d + abs(d), n)
+
+
+def test_holdout_is_a_stable_fifth_by_id_hash() -> None:
+    ids = [f"example-{i}" for i in range(2000)]
+    held = [i for i in ids if is_holdout(i)]
+    assert 0.17 < len(held) / len(ids) < 0.23
+    assert held == [i for i in ids if is_holdout(i)]
+
+
+def test_dataset_version_is_a_content_hash_independent_of_order() -> None:
+    rows = [{"example_id": "a", "answer": "1"}, {"example_id": "b", "answer": "2"}]
+    assert dataset_version(rows) == dataset_version(list(reversed(rows)))
+    assert dataset_version(rows) != dataset_version([*rows, {"example_id": "c", "answer": "3"}])
+    assert len(dataset_version(rows)) == 64
+
+
+def test_content_key_ignores_case_and_punctuation_but_not_tenant() -> None:
+    a = content_key("acme", "m", "How long do refunds take?", "Five days.")
+    assert a == content_key("acme", "m", "how long do refunds take", "five days")
+    assert a != content_key("other", "m", "How long do refunds take?", "Five days.")
+
+
+def test_triggers_by_count_and_by_age() -> None:
+    now = datetime(2026, 1, 2, tzinfo=UTC)
+    policy = TriggerPolicy(min_new_examples=10, max_age=timedelta(hours=1))
+    assert due_reason(PendingData("t", "m", 10, now), policy, now) is not None
+    assert due_reason(PendingData("t", "m", 3, now), policy, now) is None
+    old = now - timedelta(hours=2)
+    assert "longer than" in (due_reason(PendingData("t", "m", 3, old), policy, now) or "")
+    assert due_reason(PendingData("t", "m", 0, None), policy, now) is None
+
+
+def test_gate_promotes_a_clear_gain() -> None:
+    decision = decide([diff("token_f1", 0.3, 0.2)], [diff("token_f1", 0.0, -0.02)], GatePolicy())
+    assert decision.promote, decision.reasons
+
+
+def test_gate_rejects_when_the_lower_bound_is_not_above_the_margin() -> None:
+    decision = decide([diff("token_f1", 0.05, -0.01)], [], GatePolicy())
+    assert not decision.promote
+    assert "lower bound" in decision.reasons[0]
+    decision = decide([diff("token_f1", 0.1, 0.04)], [], GatePolicy(margin=0.05))
+    assert not decision.promote
+
+
+def test_gate_rejects_a_regression_drop_and_a_tiny_holdout() -> None:
+    decision = decide([diff("token_f1", 0.3, 0.2)], [diff("rouge_l", -0.1, -0.2)], GatePolicy())
+    assert not decision.promote
+    assert "regression rouge_l dropped" in decision.reasons[0]
+    decision = decide([diff("token_f1", 0.3, 0.2, n=3)], [], GatePolicy(min_holdout_items=5))
+    assert not decision.promote
+
+
+def test_gate_checks_the_judge_win_rate_when_configured() -> None:
+    policy = GatePolicy(min_judge_win_rate=0.5)
+    assert not decide([diff("token_f1", 0.3, 0.2)], [], policy, judge_win_rate=0.4).promote
+    assert decide([diff("token_f1", 0.3, 0.2)], [], policy, judge_win_rate=0.6).promote
