@@ -1,6 +1,5 @@
 """Admin pages: users and roles, routing thresholds, guidelines, agreement, audit log."""
-
-from __future__ import annotations
+# No `from __future__ import annotations`: FastAPI must see the local Annotated aliases.
 
 import time
 from typing import Annotated
@@ -22,6 +21,8 @@ def admin_router(ctx: Ctx) -> APIRouter:
     t = ctx.templates
 
     async def csrf(request: Request) -> None:
+        if "uid" not in request.session and request.url.path != "/login":
+            raise PageError(401, "please sign in")
         form = await request.form()
         value = form.get(CSRF_FIELD)
         check_csrf(request, value if isinstance(value, str) else None)

@@ -1,6 +1,5 @@
 """The JSON review API (API key or session): claim next, get an item, submit a review."""
-
-from __future__ import annotations
+# No `from __future__ import annotations`: FastAPI must see the local Annotated aliases.
 
 from typing import Annotated, Any, Literal
 

@@ -1,6 +1,5 @@
 """Ops pages: topics, consumer lag, dead letters, queue depth, serving adapter, training runs."""
-
-from __future__ import annotations
+# No `from __future__ import annotations`: FastAPI must see the local Annotated aliases.
 
 import asyncio
 from dataclasses import asdict

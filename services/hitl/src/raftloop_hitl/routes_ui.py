@@ -1,6 +1,5 @@
 """Reviewer pages: sign-in, queue, item, guidelines, stats."""
-
-from __future__ import annotations
+# No `from __future__ import annotations`: FastAPI must see the local Annotated aliases.
 
 from typing import Annotated
 
@@ -23,6 +22,8 @@ def ui_router(ctx: Ctx) -> APIRouter:
     t = ctx.templates
 
     async def csrf(request: Request) -> None:
+        if "uid" not in request.session and request.url.path != "/login":
+            raise PageError(401, "please sign in")
         form = await request.form()
         value = form.get(CSRF_FIELD)
         check_csrf(request, value if isinstance(value, str) else None)
