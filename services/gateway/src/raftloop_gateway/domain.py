@@ -204,7 +204,8 @@ def conversation_id(
     """The client's conversation id, or one derived from the conversation's opening turns."""
     if explicit:
         return explicit[:128]
-    opening = [m for m in messages if m.role != "assistant"][:2]
+    first_user = next((i for i, m in enumerate(messages) if m.role == "user"), len(messages))
+    opening = messages[: first_user + 1]  # the system prompt and the first question
     seed = "\x1f".join([tenant, key_id, *(f"{m.role}:{m.content}" for m in opening)])
     return "c-" + hashlib.sha256(seed.encode()).hexdigest()[:24]
 
