@@ -22,18 +22,15 @@ A, B = "a" * 64, "b" * 64
 
 
 def route(model: str, **kw):
-    args = (
-        dict(
-            served_model="raftloop",
-            base_names=["smollm2"],
-            serving=A,
-            canary=None,
-            canary_share=0.0,
-            conversation_id="c1",
-            known=[],
-        )
-        | kw
-    )
+    args = {
+        "served_model": "raftloop",
+        "base_names": ["smollm2"],
+        "serving": A,
+        "canary": None,
+        "canary_share": 0.0,
+        "conversation_id": "c1",
+        "known": [],
+    } | kw
     return choose_route(model, **args)
 
 
