@@ -77,9 +77,13 @@ class SentenceTransformerEmbedder:
 class QdrantIndex:
     """One Qdrant collection, local mode or server, cosine distance."""
 
-    def __init__(self, client: AsyncQdrantClient, collection: str) -> None:
+    def __init__(
+        self, client: AsyncQdrantClient, collection: str, *, payload_indexes: bool = True
+    ) -> None:
         self.client = client
         self.collection = collection
+        # Local mode scans payloads anyway and warns about indexes; a server needs them.
+        self.payload_indexes = payload_indexes
 
     async def ensure(self, dimension: int) -> None:
         """Create the collection with `dimension`, or check that the existing one matches.
@@ -92,7 +96,7 @@ class QdrantIndex:
                 self.collection,
                 vectors_config=models.VectorParams(size=dimension, distance=models.Distance.COSINE),
             )
-            for name in _INDEXED_FIELDS:
+            for name in _INDEXED_FIELDS if self.payload_indexes else ():
                 await self.client.create_payload_index(
                     self.collection, name, models.PayloadSchemaType.KEYWORD
                 )

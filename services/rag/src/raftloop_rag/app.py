@@ -124,6 +124,7 @@ def create_app(
 
     app = FastAPI(title="raftloop rag", lifespan=lifespan)
     app.state.broker, app.state.indexer, app.state.index = broker, indexer, index
+    app.state.registry = registry
     install_error_handlers(app)
 
     async def on_rag_error(_: Request, exc: Exception) -> JSONResponse:

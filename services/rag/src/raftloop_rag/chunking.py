@@ -1,6 +1,8 @@
 """Structure-aware chunking (pure): headings stay with their text, sentences are never cut.
 
-A document is split into sections at markdown headings (`#` .. `######`, outside code fences).
+A document is split into sections at markdown headings (`#` .. `######`, outside code fences);
+text extracted from html, pdf or txt has no markup left, so there a short line that does not
+end like a sentence (e.g. "Where we ship", "RESPONSE TIMES") is taken as a heading.
 Each chunk carries its heading path ("Title > Section > Subsection") as its first line, so a
 chunk is understandable, and retrievable, on its own. Within a section, sentences are packed
 greedily up to the token budget of the embedding model; consecutive chunks of one section share
@@ -19,6 +21,8 @@ from raftloop_rag.domain import TokenCounter
 
 _HEADING = re.compile(r"^(#{1,6})[ \t]+(.+?)[ \t#]*$")
 _FENCE = re.compile(r"^\s*(```|~~~)")
+_PLAIN_HEADING = re.compile(r"^[A-Z0-9][^.!?,;:)]{0,58}[^.!?,;:\s]$")
+PLAIN_HEADING_WORDS = 8
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=\S)")
 PATH_SEPARATOR = " > "
 
@@ -61,8 +65,13 @@ class _Unit:
     paragraph: int
 
 
-def sections(text: str) -> list[_Section]:
-    """Split text at markdown headings; a code fence never starts a section."""
+def _plain_heading(line: str) -> bool:
+    stripped = line.strip()
+    return bool(_PLAIN_HEADING.match(stripped)) and len(stripped.split()) <= PLAIN_HEADING_WORDS
+
+
+def sections(text: str, *, plain_headings: bool = False) -> list[_Section]:
+    """Split text at headings (markdown; also plain-text ones if asked), never inside fences."""
     found: list[_Section] = []
     path: list[tuple[int, str]] = []
     lines: list[str] = []
@@ -78,13 +87,16 @@ def sections(text: str) -> list[_Section]:
         if _FENCE.match(line):
             in_fence = not in_fence
         heading = None if in_fence else _HEADING.match(line)
-        if heading is None:
+        if heading is not None:
+            level, name = len(heading.group(1)), heading.group(2).strip()
+        elif plain_headings and not in_fence and _plain_heading(line):
+            level, name = 2, line.strip()
+        else:
             lines.append(line)
             continue
         flush()
-        level = len(heading.group(1))
         path[:] = [(lvl, h) for lvl, h in path if lvl < level]
-        path.append((level, heading.group(2).strip()))
+        path.append((level, name))
     flush()
     return found
 
@@ -110,11 +122,16 @@ def heading_path(title: str, headings: tuple[str, ...]) -> str:
 
 
 def chunk_text(
-    text: str, *, title: str, count: TokenCounter, policy: ChunkingPolicy
+    text: str,
+    *,
+    title: str,
+    count: TokenCounter,
+    policy: ChunkingPolicy,
+    plain_headings: bool = False,
 ) -> list[Chunk]:
     """Chunk a document's clean text; chunk indexes are 0..n-1 in reading order."""
     chunks: list[Chunk] = []
-    for section in sections(text):
+    for section in sections(text, plain_headings=plain_headings):
         path = heading_path(title, section.headings)
         [path_tokens] = count([path]) if path else [0]
         if path_tokens > policy.max_tokens // 2:

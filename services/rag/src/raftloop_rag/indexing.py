@@ -50,7 +50,11 @@ class Indexer:
     def points(self, event: DocumentSubmitted) -> list[Point]:
         """Chunk and embed a document (CPU-bound: call it off the event loop)."""
         chunks = chunk_text(
-            event.text, title=event.title, count=self.embedder.count_tokens, policy=self.policy
+            event.text,
+            title=event.title,
+            count=self.embedder.count_tokens,
+            policy=self.policy,
+            plain_headings=event.format != "md",
         )
         vectors = self.embedder.embed([c.text for c in chunks])
         return [

@@ -1,6 +1,7 @@
 """The retrieval HTTP API: `POST /v1/retrieve`."""
 
-from __future__ import annotations
+# No `from __future__ import annotations`: FastAPI must see the route's dependency alias, which is
+# local to `retrieval_router`, as a real object rather than a string.
 
 import time
 from typing import Annotated

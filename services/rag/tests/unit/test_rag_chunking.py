@@ -1,3 +1,4 @@
+import itertools
 from collections.abc import Sequence
 
 import pytest
@@ -63,7 +64,7 @@ def test_long_sections_respect_the_budget_and_overlap() -> None:
     for chunk in chunks:
         assert words([chunk.text])[0] <= policy.max_tokens
     # Consecutive chunks share their boundary sentence; together they cover every sentence.
-    for before, after in zip(chunks, chunks[1:], strict=False):
+    for before, after in itertools.pairwise(chunks):
         last = before.text.split(". ")[-1].rstrip(".")
         assert last in after.text
     body = " ".join(c.text for c in chunks)
@@ -91,3 +92,22 @@ def test_empty_documents_have_no_chunks() -> None:
 def test_bad_policies_are_refused(size: int, overlap: int) -> None:
     with pytest.raises(ValueError, match="must be"):
         ChunkingPolicy(size, overlap)
+
+
+def test_plain_text_headings_are_found_in_extracted_html_pdf_and_txt() -> None:
+    text = (
+        "Shipping Policy\n\nWe ship hubs.\n\nWhere we ship\nWe ship to Canada.\n"
+        "RESPONSE TIMES\nEmail is answered in a day.\n- a list item\nA wrapped line that ends"
+        " a sentence.\n"
+    )
+    found = sections(text, plain_headings=True)
+    assert [s.headings for s in found] == [
+        ("Shipping Policy",),
+        ("Where we ship",),
+        ("RESPONSE TIMES",),
+    ]
+    chunks = chunk_text(
+        text, title="Shipping Policy", count=words, policy=ChunkingPolicy(), plain_headings=True
+    )
+    assert chunks[1].text.startswith("Shipping Policy > Where we ship\n\nWe ship to Canada.")
+    assert [s.headings for s in sections(text)] == [()]
