@@ -97,7 +97,11 @@ def install_error_handlers(app: FastAPI) -> None:
     async def on_validation(_: Request, exc: Exception) -> JSONResponse:
         errors = exc.errors() if isinstance(exc, RequestValidationError | ValidationError) else []
         first = errors[0] if errors else {}
-        loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path")]
+        # Only the first element names where the value came from; a field may be called `query`.
+        where = list(first.get("loc", ()))
+        if where and where[0] in ("body", "query", "path", "header", "cookie"):
+            where = where[1:]
+        loc = [str(p) for p in where]
         param = ".".join(loc) or None
         message = f"invalid request: {param + ': ' if param else ''}{first.get('msg', str(exc))}"
         return error_response(ApiError(400, message, param=param, code="invalid_request"))

@@ -78,3 +78,23 @@ async def test_errors_use_the_openai_envelope(client: httpx.AsyncClient) -> None
     crash = await client.get("/boom", headers={"x-api-key": KEYS["client"]})
     assert crash.status_code == 500
     assert "secret detail" not in crash.text
+
+
+async def test_a_body_field_named_like_a_location_is_still_named() -> None:
+    app = FastAPI()
+    install_error_handlers(app)
+
+    class Search(BaseModel):
+        query: str
+        path: list[int]
+
+    @app.post("/search")
+    async def search(body: Search) -> dict[str, str]:
+        return {"query": body.query}
+
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://t") as c:
+        missing = await c.post("/search", json={"path": [1]})
+        bad = await c.post("/search", json={"query": "q", "path": ["x"]})
+    assert missing.json()["error"]["param"] == "query"
+    assert missing.json()["error"]["message"].startswith("invalid request: query: ")
+    assert bad.json()["error"]["param"] == "path.0"
