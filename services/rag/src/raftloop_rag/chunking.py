@@ -144,6 +144,11 @@ def chunk_text(
         for body in _pack(units, budget, policy.overlap_tokens):
             text_ = f"{path}\n\n{body}" if path else body
             chunks.append(Chunk(index=len(chunks), text=text_, heading=path))
+    if not chunks and text.strip():
+        # Only headings, no body: keep the headings themselves, so the document is findable.
+        flat = " ".join(text.split())
+        units = _units((flat,), count, policy.max_tokens)
+        chunks = [Chunk(i, body, "") for i, body in enumerate(_pack(units, policy.max_tokens, 0))]
     return chunks
 
 

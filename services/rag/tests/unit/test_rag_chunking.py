@@ -88,6 +88,11 @@ def test_empty_documents_have_no_chunks() -> None:
     assert chunk_text("  \n\n ", title="T", count=words, policy=ChunkingPolicy()) == []
 
 
+def test_a_document_of_headings_only_still_has_a_chunk() -> None:
+    [chunk] = chunk_text("# Keep\n\n## Me", title="T", count=words, policy=ChunkingPolicy())
+    assert chunk.text == "# Keep ## Me"
+
+
 @pytest.mark.parametrize(("size", "overlap"), [(8, 0), (64, 32), (64, -1)])
 def test_bad_policies_are_refused(size: int, overlap: int) -> None:
     with pytest.raises(ValueError, match="must be"):
