@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install up test check lint format typecheck bench clean
+.PHONY: install system-deps up test check format bench clean
 
 # Installs every lib and service editable into one environment. torch is pinned to the local CPU
 # wheel: any other version pulls gigabytes of CUDA wheels.
@@ -26,8 +26,19 @@ install: $(STAMP)
 up: install
 	$(BIN)/raftloop up
 
-test: install
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+# Debian packages the tests need: Chromium for the review UI's browser tests (never a
+# downloaded browser build).
+system-deps:
+	@command -v chromium >/dev/null || { apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; }
+	@pg_isready -q -h 127.0.0.1 -p 5432 || pg_ctlcluster --skip-systemctl-redirect \
+		$$(ls /etc/postgresql | head -1) main start || echo "PostgreSQL not started: its tests will fail"
+
+# GPU tests run only where a CUDA device is present.
+GPU_FILTER := $(if $(shell command -v nvidia-smi 2>/dev/null),,-m "not gpu")
+
+test: install system-deps
+	$(BIN)/python -m pytest $(GPU_FILTER) $(PYTEST_ARGS)
 
 check: install
 	$(BIN)/ruff format --check .
@@ -39,7 +50,7 @@ format: install
 	$(BIN)/ruff check --fix .
 
 bench: install
-	$(BIN)/python -m bench
+	$(BIN)/python -m bench $(BENCH)
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

@@ -224,6 +224,8 @@ def make_broker(
         request_timeout_ms=settings.request_timeout_ms,
         max_request_size=settings.max_message_bytes + 64 * 1024,
         security=_security(settings),
+        # Per-message "Received"/"Processed" lines cost ~30% of throughput; keep them at DEBUG.
+        log_level=logging.DEBUG,
         **kwargs,
     )
     broker.insert_middleware(DeadLetterPolicy(broker, settings))
@@ -272,7 +274,7 @@ class BrokerUnreachable(RuntimeError):
     """No broker answered at the configured address."""
 
 
-def admin_client(settings: KafkaSettings, *, timeout_s: float = 10.0) -> Any:
+def admin_client(settings: KafkaSettings, *, timeout_s: float = 5.0) -> Any:
     """A kafka-python admin client, or a clear error when the broker cannot be reached."""
     from kafka import KafkaAdminClient
     from kafka.errors import KafkaError

@@ -1,0 +1,3 @@
+from raftloop_cli.main import main
+
+main()

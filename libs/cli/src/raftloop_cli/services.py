@@ -1,0 +1,84 @@
+"""The services `raftloop up` knows how to run, and where each one listens."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    """One service: its package, default port and how long it may take to become healthy."""
+
+    name: str
+    default_port: int
+    start_timeout_s: float = 120.0
+
+    @property
+    def package(self) -> str:
+        """The import name of the service's package."""
+        return f"raftloop_{self.name}"
+
+    @property
+    def port_env(self) -> str:
+        """The setting that moves its port."""
+        return f"{self.name.upper()}_PORT"
+
+    @property
+    def port(self) -> int:
+        """The port it listens on (its `<SVC>_PORT` setting or the default)."""
+        raw = os.environ.get(self.port_env, str(self.default_port))
+        if not raw.isdigit() or not 0 < int(raw) < 65536:
+            raise ValueError(f"{self.port_env}={raw!r} is not a port number (1-65535)")
+        return int(raw)
+
+    @property
+    def url(self) -> str:
+        """Its base URL on this machine."""
+        return f"http://127.0.0.1:{self.port}"
+
+    def installed(self) -> bool:
+        """Whether its package and composition root are importable."""
+        try:
+            return importlib.util.find_spec(f"{self.package}.main") is not None
+        except ModuleNotFoundError:
+            return False
+
+    def command(self, python: str) -> list[str]:
+        """The child process command line."""
+        return [
+            python,
+            "-m",
+            "uvicorn",
+            "--factory",
+            f"{self.package}.main:build",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--no-access-log",
+        ]
+
+
+# Start order: what others call first (rag before gateway, gateway before judge).
+SERVICES: tuple[ServiceSpec, ...] = (
+    ServiceSpec("rag", 8001, start_timeout_s=180),
+    ServiceSpec("ingest", 8002),
+    ServiceSpec("gateway", 8000, start_timeout_s=240),
+    ServiceSpec("judge", 8003, start_timeout_s=180),
+    ServiceSpec("hitl", 8080),
+    ServiceSpec("trainer", 8004),
+)
+
+
+def installed_services() -> list[ServiceSpec]:
+    """The services whose packages are installed here."""
+    return [spec for spec in SERVICES if spec.installed()]
+
+
+def service_urls() -> dict[str, str]:
+    """Environment that tells each service where the others are."""
+    env = {f"RAFTLOOP_{spec.name.upper()}_URL": spec.url for spec in SERVICES}
+    env["GATEWAY_RAG_URL"] = next(s.url for s in SERVICES if s.name == "rag")
+    return env
