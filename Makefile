@@ -43,7 +43,7 @@ test: install system-deps
 check: install
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
-	$(BIN)/mypy libs/core/src libs/cli/src
+	$(BIN)/mypy $(wildcard libs/*/src)
 
 format: install
 	$(BIN)/ruff format .

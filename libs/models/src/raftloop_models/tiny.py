@@ -39,7 +39,7 @@ def build_tiny_llama(target: Path, *, vocab_size: int = 512, seed: int = 0) -> P
             initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         ),
     )
-    tokenizer = PreTrainedTokenizerFast(
+    tokenizer = PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]
         tokenizer_object=raw,
         eos_token="<|im_end|>",
         bos_token="<|endoftext|>",
