@@ -12,6 +12,7 @@ import argparse
 import json
 import logging
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -151,10 +152,33 @@ def training_arguments(config: TrainConfig, device: str) -> Any:
     )
 
 
+def last_complete_checkpoint(folder: Path) -> str | None:
+    """The newest checkpoint whose trainer state was fully written; half-written ones go.
+
+    The Trainer writes `trainer_state.json` last, so a run killed mid-save leaves a folder
+    without a readable one: resuming from it would fail, so it is removed.
+    """
+    if not folder.is_dir():
+        return None
+    found = sorted(
+        (p for p in folder.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()),
+        key=lambda p: int(p.name.split("-")[-1]),
+        reverse=True,
+    )
+    for path in found:
+        try:
+            json.loads((path / "trainer_state.json").read_text())
+        except (OSError, ValueError):
+            log.warning("removing incomplete checkpoint", extra={"checkpoint": str(path)})
+            shutil.rmtree(path, ignore_errors=True)
+            continue
+        return str(path)
+    return None
+
+
 def train(config: TrainConfig) -> Path:
     """Train a LoRA adapter; resume from the last checkpoint; return the adapter folder."""
     from transformers import Trainer, set_seed
-    from transformers.trainer_utils import get_last_checkpoint
 
     from raftloop_trainer.progress import ProgressCallback
 
@@ -164,8 +188,7 @@ def train(config: TrainConfig) -> Path:
     model = lora_model(model, config.params)
     data = encoded_dataset(tokenizer, config)
     args = training_arguments(config, device)
-    checkpoints = Path(args.output_dir)
-    last = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
+    last = last_complete_checkpoint(Path(args.output_dir))
     pad_id = tokenizer.pad_token_id
     trainer = Trainer(
         model=model,

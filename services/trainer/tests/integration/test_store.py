@@ -1,0 +1,122 @@
+"""The dataset store on SQLite and PostgreSQL: lineage, dedupe, redelivery, pending, snapshots."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from raftloop_core.events import ChatMessage, ExampleCurated, RetrievedChunk
+from raftloop_trainer.domain import dataset_version, is_holdout
+from raftloop_trainer.store import DatasetStore, metadata
+
+pytestmark = pytest.mark.integration
+
+PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+
+
+def pg_available() -> bool:
+    try:
+        with sa.create_engine(PG_URL).connect() as conn:
+            conn.execute(sa.text("select 1"))
+        return True
+    except Exception:
+        return False
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[DatasetStore]:
+    if request.param == "sqlite":
+        yield DatasetStore(f"sqlite:///{tmp_path / 'dataset.sqlite3'}")
+        return
+    if not pg_available():
+        pytest.fail("PostgreSQL is not reachable at 127.0.0.1:5432 (database test)")
+    schema = f"trainer_{uuid.uuid4().hex[:10]}"
+    engine = sa.create_engine(PG_URL)
+    with engine.begin() as conn:
+        conn.execute(sa.text(f"create schema {schema}"))
+    url = f"{PG_URL}?options=-csearch_path%3D{schema}"
+    try:
+        yield DatasetStore(url)
+    finally:
+        with engine.begin() as conn:
+            conn.execute(sa.text(f"drop schema {schema} cascade"))
+        engine.dispose()
+
+
+def curated(question: str, answer: str, *, tenant: str = "acme") -> ExampleCurated:
+    chunk = RetrievedChunk(chunk_id="doc#0", document_id="doc", text=f"{answer} Really.", score=0.9)
+    return ExampleCurated(
+        tenant=tenant,
+        example_id=uuid.uuid4(),
+        interaction_id=uuid.uuid4(),
+        review_id=uuid.uuid4(),
+        source="corrected",
+        messages=[ChatMessage(role="user", content=question)],
+        question=question,
+        answer=answer,
+        oracle_chunks=[chunk],
+        reviewer="rita",
+        judge_version="rubric-v1",
+        base_model="tiny",
+    )
+
+
+def test_examples_are_stored_once_with_their_lineage(store: DatasetStore) -> None:
+    event = curated("How long do refunds take?", "Five days.")
+    assert store.add(event) == "added"
+    assert store.add(event) == "redelivered"
+    assert store.add(curated("how long do refunds take", "five days")) == "duplicate"
+    assert store.add(curated("How long do refunds take?", "Five days.", tenant="other")) == "added"
+    assert store.count("acme", "tiny") == 1
+    snap = store.snapshot("acme", "tiny")
+    [row] = snap.train + snap.holdout
+    assert row["interaction_id"] == str(event.interaction_id)
+    assert row["review_id"] == str(event.review_id)
+    assert row["reviewer"] == "rita"
+    assert row["judge_version"] == "rubric-v1"
+    assert row["oracle_chunks"][0]["chunk_id"] == "doc#0"
+    assert row["tenant"] == "acme"
+    assert row["base_model"] == "tiny"
+
+
+def test_split_pending_and_run_watermark(store: DatasetStore) -> None:
+    events = [curated(f"Question {i}?", f"Answer {i}.") for i in range(30)]
+    for event in events:
+        store.add(event)
+    snap = store.snapshot("acme", "tiny")
+    assert {r["example_id"] for r in snap.holdout} == {
+        str(e.example_id) for e in events if is_holdout(str(e.example_id))
+    }
+    assert len(snap.train) + len(snap.holdout) == 30
+    [pending] = store.pending()
+    assert pending.new_examples == len(snap.train)
+    assert pending.oldest_new_at is not None
+
+    store.start_run("run-1", "acme", "tiny", "test", snap.max_seq)
+    store.finish_run("run-1", "rejected", dataset_version=dataset_version(snap.train))
+    assert store.pending()[0].new_examples == 0
+    store.add(curated("A brand new question?", "New."))
+    new = store.pending()[0].new_examples
+    assert new in (0, 1)  # 0 when the new example hashed into the hold-out split
+    assert store.run("run-1")["status"] == "rejected"  # type: ignore[index]
+    assert [r["run_id"] for r in store.runs()] == ["run-1"]
+
+
+def test_failed_runs_do_not_consume_examples(store: DatasetStore) -> None:
+    for i in range(10):
+        store.add(curated(f"Q{i}?", f"A{i}."))
+    before = store.pending()[0].new_examples
+    store.start_run("run-f", "acme", "tiny", "test", store.snapshot("acme", "tiny").max_seq)
+    store.finish_run("run-f", "failed", error="boom")
+    assert store.pending()[0].new_examples == before
+
+
+def test_schema_is_created_idempotently(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'x.sqlite3'}"
+    DatasetStore(url)
+    DatasetStore(url)
+    assert {"trainer_examples", "trainer_runs"} <= set(metadata.tables)
