@@ -1,0 +1,1 @@
+# Makes test module names unique across services (services.<svc>.tests...) for pytest.
