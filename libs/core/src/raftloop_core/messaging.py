@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from aiokafka import ConsumerRecord
     from faststream._internal.context.repository import ContextRepo
     from faststream.message import StreamMessage
+    from prometheus_client import CollectorRegistry, Counter
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +111,8 @@ class DeadLetterPolicy:
         )
         self.attempts = _AttemptLog()
         self.dead_lettered = 0
+        self.counter: Counter | None = None
+        self.service = "raftloop"
 
     def __call__(self, msg: Any, /, *, context: ContextRepo) -> DeadLetterMiddleware:
         """FastStream calls this once per consumed message."""
@@ -134,6 +137,8 @@ class DeadLetterPolicy:
             value, topic=dead_letter(record.topic), key=record.key, headers=headers
         )
         self.dead_lettered += 1
+        if self.counter is not None:
+            self.counter.labels(self.service, record.topic, type(exc).__name__).inc()
         log.warning(
             "dead-lettered message",
             extra={
@@ -213,9 +218,19 @@ class DeadLetterMiddleware(BaseMiddleware[Any, Any]):
 
 
 def make_broker(
-    settings: KafkaSettings, *, client_id: str | None = None, **kwargs: Any
+    settings: KafkaSettings,
+    *,
+    client_id: str | None = None,
+    registry: CollectorRegistry | None = None,
+    service: str = "raftloop",
+    **kwargs: Any,
 ) -> KafkaBroker:
-    """The broker every service uses: acks=all, dead-letter and retry middleware installed."""
+    """The broker every service uses: acks=all, dead-letter and retry middleware installed.
+
+    With a Prometheus `registry`, it also counts messages consumed and published per topic,
+    handler errors and processing time (FastStream's `faststream_*` metrics), and dead letters
+    (`raftloop_dead_letters_total`).
+    """
     broker = KafkaBroker(
         settings.servers,
         client_id=client_id or settings.client_id,
@@ -228,7 +243,20 @@ def make_broker(
         log_level=logging.DEBUG,
         **kwargs,
     )
-    broker.insert_middleware(DeadLetterPolicy(broker, settings))
+    policy = DeadLetterPolicy(broker, settings)
+    if registry is not None:
+        from faststream.kafka.prometheus import KafkaPrometheusMiddleware
+        from prometheus_client import Counter
+
+        policy.counter = Counter(
+            "raftloop_dead_letters_total",
+            "Messages parked on a dead-letter topic, by source topic and error class.",
+            ["service", "topic", "error"],
+            registry=registry,
+        )
+        policy.service = service
+        broker.add_middleware(KafkaPrometheusMiddleware(registry=registry, app_name=service))
+    broker.insert_middleware(policy)
     return broker
 
 

@@ -11,6 +11,8 @@ from typing import Any
 
 import pytest
 from faststream.kafka import KafkaMessage
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 from pydantic import TypeAdapter
 
 from raftloop_core import events as ev
@@ -92,7 +94,8 @@ async def test_malformed_messages_are_dead_lettered_and_the_partition_moves_on(
 ) -> None:
     topic = unique("chat")
     ensure_topics(kafka_settings, {topic: 1, dead_letter(topic): 1})
-    broker = make_broker(kafka_settings)
+    registry = CollectorRegistry()
+    broker = make_broker(kafka_settings, registry=registry, service="test")
     good: list[ev.FeedbackReceived] = []
     parked: list[KafkaMessage] = []
     options = consumer_options(kafka_settings, group_id=unique("g"))
@@ -132,6 +135,14 @@ async def test_malformed_messages_are_dead_lettered_and_the_partition_moves_on(
     classes = [m.headers[ERROR_CLASS_HEADER] for m in parked]
     assert classes[1] == "ValidationError"
     assert classes[3] == "PoisonMessage"
+    metrics = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(generate_latest(registry).decode())
+        for s in family.samples
+    }
+    dead = {k: v for k, v in metrics.items() if k[0] == "raftloop_dead_letters_total"}
+    assert sum(dead.values()) == len(bad)
+    assert any(k[0].startswith("faststream_received_messages_total") for k in metrics)
 
 
 async def test_dead_letter_topics_are_never_dead_lettered(
