@@ -1,7 +1,6 @@
 """Admin HTTP routes: start a run, see its progress, list, promote and roll back adapters."""
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: FastAPI must resolve the local `Admin` alias.
 from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import APIRouter, Depends
@@ -29,7 +28,7 @@ class SwitchRequest(BaseModel):
     reason: str | None = Field(default=None, max_length=500)
 
 
-def build_router(settings: TrainerSettings, *, keys: KeyStore, scheduler: Scheduler) -> APIRouter:
+def build_router(settings: TrainerSettings, *, keys: KeyStore, scheduler: "Scheduler") -> APIRouter:
     """Routes under /v1 that need the admin role."""
     router = APIRouter(prefix="/v1")
     Admin = Annotated[Caller, Depends(require(keys, "admin"))]

@@ -180,7 +180,7 @@ def train(config: TrainConfig) -> Path:
     """Train a LoRA adapter; resume from the last checkpoint; return the adapter folder."""
     from transformers import Trainer, set_seed
 
-    from raftloop_trainer.progress import ProgressCallback
+    from raftloop_trainer.progress import ProgressCallback, read_progress, write_json_atomic
 
     device = resolve_device(config.device)
     set_seed(config.params.seed)
@@ -201,9 +201,19 @@ def train(config: TrainConfig) -> Path:
         "training started",
         extra={"examples": len(data), "device": device, "resume_from": last or ""},
     )
-    trainer.train(resume_from_checkpoint=last)
+    output = trainer.train(resume_from_checkpoint=last)
     target = config.output_dir / ADAPTER_DIR
     model.save_pretrained(target, safe_serialization=True)
+    progress_path = config.output_dir / PROGRESS_FILE
+    progress = read_progress(progress_path) or {}
+    progress |= {
+        "state": "done",
+        "train_runtime_s": float(output.metrics.get("train_runtime", 0.0)),
+        "train_loss": float(output.training_loss),
+        "examples": len(data),
+        "tokens_per_epoch": sum(len(d["input_ids"]) for d in data),
+    }
+    write_json_atomic(progress_path, progress)
     return target
 
 

@@ -1,0 +1,174 @@
+"""The trainer service on the real broker: consume curated examples, run on demand (tiny model),
+gate, publish, and switch the serving alias by hand through the admin API."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from faststream.kafka import KafkaMessage
+
+from raftloop_core.api import ApiKey, KeyStore
+from raftloop_core.credentials import hash_key
+from raftloop_core.events import ChatMessage, ExampleCurated, RetrievedChunk, event_key
+from raftloop_core.messaging import consumer_options, ensure_topics, make_broker
+from raftloop_core.settings import KafkaSettings, RuntimeSettings
+from raftloop_core.topics import Topic
+from raftloop_trainer.adapters import KafkaEventSink
+from raftloop_trainer.app import create_app
+from raftloop_trainer.main import build_runner
+from raftloop_trainer.settings import TrainerSettings
+from raftloop_trainer.train import LoraParams
+
+pytestmark = pytest.mark.integration
+
+ADMIN, CLIENT = "admin-secret-key", "client-secret-key"
+KEYS = KeyStore(
+    [
+        ApiKey(key_id="adm", key_sha256=hash_key(ADMIN), role="admin"),
+        ApiKey(key_id="cli", key_sha256=hash_key(CLIENT), role="client"),
+    ]
+)
+WATCHED = [
+    Topic.TRAINING_RUN_FINISHED,
+    Topic.ADAPTER_PROMOTED,
+    Topic.ADAPTER_REJECTED,
+    Topic.ADAPTER_ROLLED_BACK,
+]
+
+
+async def wait_for(predicate: Callable[[], Any], timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.1)
+
+
+def examples(tenant: str, n: int) -> list[ExampleCurated]:
+    out = []
+    for i in range(n):
+        answer = f"Plan {i} costs {i + 3} dollars."
+        out.append(
+            ExampleCurated(
+                tenant=tenant,
+                example_id=uuid.uuid4(),
+                interaction_id=uuid.uuid4(),
+                source="approved",
+                messages=[ChatMessage(role="user", content=f"What does plan {i} cost?")],
+                question=f"What does plan {i} cost?",
+                answer=answer,
+                oracle_chunks=[
+                    RetrievedChunk(
+                        chunk_id=f"pricing#{i}",
+                        document_id="pricing",
+                        text=f"Our catalogue lists many plans. {answer} Taxes are extra.",
+                        score=0.8,
+                    )
+                ],
+                base_model="tiny-llama",
+            )
+        )
+    return out
+
+
+@pytest.fixture
+def settings(
+    tmp_path: Path, kafka_settings: KafkaSettings, tiny_model_dir: Path
+) -> TrainerSettings:
+    return TrainerSettings(
+        runtime=RuntimeSettings(data_dir=tmp_path / "var"),
+        kafka=kafka_settings,
+        base_model_path=tiny_model_dir,
+        base_model_name="tiny-llama",
+        auto_train=False,
+        lora=LoraParams(max_steps=2, batch_size=2, warmup_steps=0, max_length=256),
+        device="cpu",
+        regression_items=2,
+        eval_max_new_tokens=4,
+        min_holdout_items=3,
+    )
+
+
+async def test_service_consumes_trains_gates_and_switches(
+    settings: TrainerSettings, kafka_settings: KafkaSettings, unique: Callable[[str], str]
+) -> None:
+    ensure_topics(kafka_settings)
+    tenant = unique("t").replace("-", "_")
+    broker = make_broker(settings.kafka, client_id="trainer-test")
+    runner = build_runner(settings, KafkaEventSink(broker))
+    app = create_app(settings, keys=KEYS, runner=runner, broker=broker)
+    seen: list[tuple[str, dict[str, Any]]] = []
+
+    @broker.subscriber(*WATCHED, **consumer_options(kafka_settings, group_id=unique("watch")))
+    async def watch(msg: KafkaMessage) -> None:
+        seen.append((msg.raw_message.topic, await msg.decode()))  # type: ignore[arg-type]
+
+    batch = examples(tenant, 24)
+    transport = httpx.ASGITransport(app=app)
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=transport, base_url="http://trainer") as http,
+    ):
+        for event in [*batch, batch[0]]:  # the repeat is a redelivery: stored once
+            await broker.publish(
+                event, topic=Topic.EXAMPLE_CURATED, key=event_key(Topic.EXAMPLE_CURATED, event)
+            )
+        await wait_for(lambda: runner.store.count(tenant, "tiny-llama") == 24, 90)
+
+        assert (await http.post("/v1/admin/train")).status_code == 401
+        forbidden = await http.post(
+            "/v1/admin/train", headers={"Authorization": f"Bearer {CLIENT}"}
+        )
+        assert forbidden.status_code == 403
+        assert forbidden.json()["error"]["code"] == "forbidden"
+        admin = {"Authorization": f"Bearer {ADMIN}"}
+        started = await http.post("/v1/admin/train", json={"tenant": tenant}, headers=admin)
+        assert started.status_code == 202, started.text
+        again = await http.post("/v1/admin/train", json={"tenant": tenant}, headers=admin)
+        assert again.status_code == 409
+
+        async def finished() -> dict[str, Any]:
+            status = (await http.get("/v1/admin/training", headers=admin)).json()
+            return status if status["running"] is None and status["runs"] else {}
+
+        deadline = time.monotonic() + 400
+        while not (status := await finished()):
+            assert time.monotonic() < deadline, "the run did not finish"
+            await asyncio.sleep(0.5)
+        [run] = status["runs"]
+        assert run["status"] in ("promoted", "rejected"), run
+        assert run["dataset_version"]
+        assert run["train_examples"] + run["holdout_examples"] == 24
+        await wait_for(lambda: any(t == Topic.TRAINING_RUN_FINISHED for t, _ in seen))
+        adapter_id = run["adapter_id"]
+        serving = (await http.get("/v1/adapters", headers=admin)).json()
+        assert adapter_id in [a["adapter_id"] for a in serving["adapters"]]
+        report = Path(run["report_path"])
+        assert report.is_file()
+        assert (report.parent / "report.md").is_file()
+        assert (report.parent / "report.png").is_file()
+        if run["status"] == "rejected":
+            assert serving["serving"]["adapter_id"] is None
+            await wait_for(lambda: any(t == Topic.ADAPTER_REJECTED for t, _ in seen))
+
+        promoted = await http.post(f"/v1/adapters/{adapter_id}/promote", headers=admin, json={})
+        assert promoted.status_code == 200, promoted.text
+        assert promoted.json()["adapter_id"] == adapter_id
+        rolled = await http.post("/v1/adapters/rollback", headers=admin, json={"reason": "test"})
+        assert rolled.status_code == 200, rolled.text
+        assert rolled.json()["adapter_id"] is None
+        missing = await http.post(f"/v1/adapters/{'0' * 64}/promote", headers=admin, json={})
+        assert missing.status_code == 404
+        await wait_for(lambda: any(t == Topic.ADAPTER_ROLLED_BACK for t, _ in seen))
+
+    kinds = {t for t, _ in seen}
+    assert {Topic.TRAINING_RUN_FINISHED, Topic.ADAPTER_PROMOTED} <= kinds
+    back = next(e for t, e in seen if t == Topic.ADAPTER_ROLLED_BACK)
+    assert back["from_adapter_id"] == adapter_id
+    assert back["to_adapter_id"] is None
