@@ -71,3 +71,123 @@ async def sign_in(client: httpx.AsyncClient, username: str, password: str) -> st
     )
     assert done.status_code == 303, done.text
     return csrf_of((await client.get("/queue")).text)
+
+
+def free_port() -> int:
+    """A free TCP port on the loopback interface."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Service:
+    """The real hitl service as a uvicorn process (what `raftloop up` runs)."""
+
+    def __init__(self, settings: HitlSettings, log_path: Path, port: int | None = None) -> None:
+        self.settings = settings
+        self.port = port or free_port()
+        self.log_path = log_path
+        self.proc: object = None
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout_s: float = 90.0) -> None:
+        import os
+        import subprocess
+        import sys
+        import time
+
+        env = os.environ | env_for(self.settings, self.port)
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "--factory",
+                "raftloop_hitl.main:build",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+            ],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, self.log_path.read_text()[-3000:]  # type: ignore[attr-defined]
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise AssertionError(f"hitl did not get ready: {self.log_path.read_text()[-3000:]}")
+
+    def kill9(self) -> None:
+        import signal
+
+        self.proc.send_signal(signal.SIGKILL)  # type: ignore[attr-defined]
+        self.proc.wait(timeout=30)  # type: ignore[attr-defined]
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:  # type: ignore[attr-defined]
+            self.proc.terminate()  # type: ignore[attr-defined]
+            try:
+                self.proc.wait(timeout=30)  # type: ignore[attr-defined]
+            except Exception:
+                self.kill9()
+
+
+def read_topic(
+    kafka: KafkaSettings, topic: str, *, expect: int, timeout_s: float = 60.0, settle_s: float = 2.0
+) -> list[tuple[bytes | None, bytes]]:
+    """Every message of a topic from the beginning: waits for `expect`, then a bit longer."""
+    import time
+
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(
+        bootstrap_servers=kafka.servers,
+        group_id=None,
+        enable_auto_commit=False,
+        fetch_max_wait_ms=100,
+    )
+    try:
+        parts = consumer.partitions_for_topic(topic) or set()
+        tps = [TopicPartition(topic, p) for p in sorted(parts)]
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        out: list[tuple[bytes | None, bytes]] = []
+        deadline = time.monotonic() + timeout_s
+        settled: float | None = None
+        while time.monotonic() < deadline:
+            for records in consumer.poll(timeout_ms=200).values():
+                out.extend((r.key, r.value) for r in records)
+            if len(out) >= expect:
+                settled = settled or time.monotonic()
+                if time.monotonic() - settled >= settle_s:
+                    break
+        return out
+    finally:
+        consumer.close()
+
+
+async def publish_judged(kafka: KafkaSettings, prefix: str, events: list) -> None:  # type: ignore[type-arg]
+    """Publish judged interactions on the real broker, keyed like the judge does."""
+    from raftloop_core.events import event_key
+    from raftloop_core.messaging import make_broker
+    from raftloop_core.topics import Topic
+
+    broker = make_broker(kafka)
+    async with broker:
+        await broker.start()
+        for event in events:
+            await broker.publish(
+                event,
+                topic=prefix + Topic.INTERACTION_JUDGED,
+                key=event_key(Topic.INTERACTION_JUDGED, event),
+            )

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,7 +15,8 @@ from faststream.kafka import KafkaBroker
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from raftloop_core.events import adapter_for
-from raftloop_core.ops import group_status, topic_status
+from raftloop_core.messaging import admin_client
+from raftloop_core.ops import end_offsets, group_status, topic_status
 from raftloop_core.settings import KafkaSettings
 from raftloop_core.topics import DLT_SUFFIX, Topic
 from raftloop_hitl.store import ReviewStore
@@ -21,21 +24,35 @@ from raftloop_hitl.store import ReviewStore
 log = logging.getLogger(__name__)
 
 
+PublishedCheck = Callable[[str, str], bool]
+"""(topic, event_id) -> whether the event is already on the topic."""
+
+
 class OutboxRelay:
     """Publishes outbox rows in order and marks each sent only after the broker acked it.
 
-    A crash between the ack and the mark re-publishes that row with the same `event_id`, which
-    consumers dedupe on; a crash before the ack loses nothing because the row is still unsent.
+    Rows go out one at a time, so after a crash (or a publish error) at most the oldest unsent
+    row can already be on the broker without being marked. Before re-sending that row the relay
+    looks for its deterministic `event_id` on the topic, so a kill -9 between the broker's ack
+    and the mark does not publish it twice.
     """
 
     def __init__(
-        self, store: ReviewStore, broker: KafkaBroker, *, prefix: str, poll_s: float
+        self,
+        store: ReviewStore,
+        broker: KafkaBroker,
+        *,
+        prefix: str,
+        poll_s: float,
+        published: PublishedCheck | None = None,
     ) -> None:
         self.store = store
         self.broker = broker
         self.prefix = prefix
         self.poll_s = poll_s
+        self.check = published
         self._wake = asyncio.Event()
+        self._suspect = True  # the oldest unsent row may have reached the broker before a crash
         self.published = 0
 
     def wake(self) -> None:
@@ -46,10 +63,22 @@ class OutboxRelay:
         """Publish every pending row; returns how many were sent."""
         sent = 0
         while rows := await asyncio.to_thread(self.store.pending, 200):
-            for row_id, topic, key, payload in rows:
+            for row_id, topic, key, payload, event_id in rows:
+                if self._suspect and self.check is not None:
+                    found = await asyncio.to_thread(self.check, self.prefix + topic, event_id)
+                    self._suspect = False
+                    log.info(
+                        "checked the oldest unsent outbox row on the broker",
+                        extra={"event_id": event_id, "found": found},
+                    )
+                    if found:
+                        await asyncio.to_thread(self.store.mark_sent, [row_id])
+                        continue
+                self._suspect = True  # until the mark below is written
                 event = adapter_for(Topic(topic)).validate_json(payload)
                 await self.broker.publish(event, topic=self.prefix + topic, key=key.encode())
                 await asyncio.to_thread(self.store.mark_sent, [row_id])
+                self._suspect = False
                 sent += 1
         self.published += sent
         return sent
@@ -65,6 +94,60 @@ class OutboxRelay:
                 await asyncio.sleep(1.0)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=self.poll_s)
+
+
+def published_on_kafka(kafka: KafkaSettings, *, tail: int = 500) -> PublishedCheck:
+    """A check that scans the tail of every partition of a topic for an event id.
+
+    It reads on until the partition stays quiet rather than stopping at the reported end
+    offset, because a just-restarted broker connection can report a stale high-water mark.
+    """
+
+    def check(topic: str, event_id: str) -> bool:
+        from kafka import KafkaConsumer, TopicPartition
+
+        count = _partition_count(kafka, topic)
+        marks = end_offsets(kafka, {topic: count})
+        consumer = KafkaConsumer(
+            bootstrap_servers=kafka.servers,
+            group_id=None,
+            enable_auto_commit=False,
+            fetch_max_wait_ms=100,
+        )
+        try:
+            tps = [TopicPartition(topic, p) for p in range(count)]
+            consumer.assign(tps)
+            for tp in tps:
+                consumer.seek(tp, max(0, marks.get((topic, tp.partition), 0) - tail))
+            quiet, deadline = 0, time.monotonic() + 30
+            while quiet < 3 and time.monotonic() < deadline:
+                batch = consumer.poll(timeout_ms=300)
+                quiet = 0 if batch else quiet + 1
+                for records in batch.values():
+                    if any(_event_id(r.value) == event_id for r in records):
+                        return True
+            return False
+        finally:
+            consumer.close()
+
+    return check
+
+
+def _event_id(value: bytes | None) -> str | None:
+    try:
+        found = json.loads(value or b"{}").get("event_id")
+    except (ValueError, AttributeError):
+        return None
+    return found if isinstance(found, str) else None
+
+
+def _partition_count(kafka: KafkaSettings, topic: str) -> int:
+    admin = admin_client(kafka)
+    try:
+        described = admin.describe_topics([topic])
+    finally:
+        admin.close()
+    return len(described[0]["partitions"]) if described else 0
 
 
 @dataclass

@@ -23,7 +23,7 @@ from raftloop_core.service import ReadinessCheck, add_ops_routes, broker_check
 from raftloop_core.topics import Topic
 from raftloop_hitl import policies
 from raftloop_hitl.accounts import Accounts
-from raftloop_hitl.adapters import KafkaOpsMonitor, OutboxRelay
+from raftloop_hitl.adapters import KafkaOpsMonitor, OutboxRelay, published_on_kafka
 from raftloop_hitl.context import Ctx
 from raftloop_hitl.db import migrate
 from raftloop_hitl.routes_admin import admin_router
@@ -47,7 +47,13 @@ def create_app(
     store = ReviewStore(engine, lease_s=settings.lease_seconds)
     registry = CollectorRegistry()
     ops = KafkaOpsMonitor(settings.kafka, store, registry, cache_s=settings.ops_cache_s)
-    relay = OutboxRelay(store, broker, prefix=settings.topic_prefix, poll_s=settings.outbox_poll_s)
+    relay = OutboxRelay(
+        store,
+        broker,
+        prefix=settings.topic_prefix,
+        poll_s=settings.outbox_poll_s,
+        published=published_on_kafka(settings.kafka),
+    )
     ctx = Ctx(settings, engine, store, Accounts(engine), keys, make_templates(), relay, ops)
     if settings.consume:
         _subscribe(broker, settings, store, engine)

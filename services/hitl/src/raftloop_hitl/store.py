@@ -291,16 +291,16 @@ class ReviewStore:
 
     # ------------------------------------------------------------ outbox
 
-    def pending(self, limit: int = 100) -> list[tuple[int, str, str, str]]:
-        """Unsent outbox rows: (id, topic, key, payload), oldest first."""
+    def pending(self, limit: int = 100) -> list[tuple[int, str, str, str, str]]:
+        """Unsent outbox rows: (id, topic, key, payload, event_id), oldest first."""
         with self.engine.connect() as conn:
             rows = conn.execute(
-                select(Outbox.id, Outbox.topic, Outbox.key, Outbox.payload)
+                select(Outbox.id, Outbox.topic, Outbox.key, Outbox.payload, Outbox.event_id)
                 .where(Outbox.sent_at.is_(None))
                 .order_by(Outbox.id)
                 .limit(limit)
             ).all()
-        return [(r[0], r[1], r[2], r[3]) for r in rows]
+        return [(r[0], r[1], r[2], r[3], r[4]) for r in rows]
 
     def mark_sent(self, ids: Sequence[int]) -> None:
         """Mark outbox rows as acknowledged by the broker."""
