@@ -5,6 +5,7 @@ from __future__ import annotations
 import hmac
 import secrets
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +53,9 @@ def make_templates() -> Jinja2Templates:
         loader=jinja2.FileSystemLoader(HERE / "templates"),
         autoescape=True,
         undefined=jinja2.StrictUndefined,
+    )
+    env.filters["ts"] = lambda t: datetime.fromtimestamp(float(t), UTC).strftime(
+        "%Y-%m-%d %H:%M:%S"
     )
     return Jinja2Templates(env=env)
 

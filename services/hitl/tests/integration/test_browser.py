@@ -1,0 +1,140 @@
+"""The review UI in Debian's headless Chromium against the real service and broker."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+from pathlib import Path
+from uuid import uuid4
+
+import httpx
+import pytest
+
+from raftloop_core.credentials import ensure_dev_credentials
+from raftloop_core.settings import KafkaSettings
+from raftloop_core.topics import Topic
+from raftloop_hitl.domain import RoutingPolicy, sample
+
+from ..conftest import judged
+from ..support import Service, prefixed_topics, publish_judged, read_topic, settings_for
+
+pytestmark = pytest.mark.integration
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARTIFACTS = Path(__file__).resolve().parents[4] / "test-artifacts" / "hitl"
+CORRECTION = "Refunds take five business days."
+
+
+def single_review_id() -> object:
+    """An interaction id that the default policy does not send to several reviewers."""
+    rate = RoutingPolicy().overlap_rate
+    while True:
+        iid = uuid4()
+        if not sample(iid, "overlap", rate):
+            return iid
+
+
+def wait_open(service: Service, key: str, count: int) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        got = httpx.get(
+            f"{service.url}/api/v1/queue", headers={"authorization": f"Bearer {key}"}, timeout=5
+        )
+        if got.json()["open"] == count:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"queue never reached {count} items")
+
+
+def test_sign_in_claim_mark_correct_and_approve_with_the_keyboard(
+    tmp_path: Path, kafka_settings: KafkaSettings
+) -> None:
+    if not CHROMIUM.exists():
+        pytest.fail("Debian's chromium is missing: apt-get install -y chromium chromium-driver")
+    from playwright.sync_api import expect, sync_playwright
+
+    prefix = prefixed_topics(kafka_settings)
+    settings = settings_for(tmp_path, kafka_settings, prefix)
+    service = Service(settings, tmp_path / "hitl.log")
+    service.start()
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    try:
+        creds = ensure_dev_credentials(settings.runtime)
+        password = {a.username: a.password for a in creds.accounts}
+        # p=0.5 is the most uncertain, so it comes first; the second one carries a script tag.
+        first = judged(p=0.5, interaction_id=single_review_id())  # type: ignore[arg-type]
+        second = judged(
+            p=0.2,
+            interaction_id=single_review_id(),
+            answer="<script>alert(1)</script> 5 days",  # type: ignore[arg-type]
+        )
+        asyncio.run(publish_judged(kafka_settings, prefix, [first, second]))
+        wait_open(service, creds.api_keys["internal"], 2)
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(
+                executable_path=str(CHROMIUM),
+                args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+            )
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            dialogs: list[str] = []
+            page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+            page.goto(f"{service.url}/queue")
+            expect(page.locator("h1")).to_have_text("Sign in")
+            page.fill("input[name=username]", "reviewer")
+            page.fill("input[name=password]", password["reviewer"])
+            page.keyboard.press("Enter")
+            page.wait_for_url(re.compile(r"/queue$"))
+            expect(page.locator("tr[data-href]")).to_have_count(2)
+            page.screenshot(path=ARTIFACTS / "queue.png", full_page=True)
+
+            page.keyboard.press("n")  # claim the most valuable item
+            page.wait_for_url(re.compile(r"/items/\d+$"))
+            expect(page.locator("#model-answer")).to_have_text(first.interaction.answer)
+            page.keyboard.press("1")  # chunk 1 answers the question: the oracle
+            expect(page.locator('input[name="oracle"]').first).to_be_checked()
+            page.screenshot(path=ARTIFACTS / "item.png", full_page=True)
+            page.keyboard.press("c")
+            page.keyboard.type(CORRECTION)
+            page.keyboard.press("Control+Enter")
+
+            page.wait_for_url(re.compile(r"/items/\d+\?m=corrected$"))
+            expect(page.locator("#model-answer")).to_contain_text("<script>alert(1)</script>")
+            page.screenshot(path=ARTIFACTS / "item-escaped.png", full_page=True)
+            page.keyboard.press("a")
+            page.wait_for_url(re.compile(r"/queue\?m=approved"))
+            expect(page.locator("tr[data-href]")).to_have_count(0)
+            assert dialogs == []  # the script in the answer never ran
+
+            admin = browser.new_page(viewport={"width": 1400, "height": 1000})
+            admin.goto(f"{service.url}/login")
+            admin.fill("input[name=username]", "admin")
+            admin.fill("input[name=password]", password["admin"])
+            admin.keyboard.press("Enter")
+            admin.wait_for_url(re.compile(r"/queue$"))
+            admin.goto(f"{service.url}/ops")
+            expect(admin.locator("#topics")).to_contain_text(prefix + Topic.EXAMPLE_CURATED)
+            admin.screenshot(path=ARTIFACTS / "ops.png", full_page=True)
+            admin.goto(f"{service.url}/admin/audit")
+            expect(admin.locator("main table")).to_contain_text("corrected")
+            browser.close()
+
+        examples = [
+            json.loads(value)
+            for _, value in read_topic(kafka_settings, prefix + Topic.EXAMPLE_CURATED, expect=2)
+        ]
+        by_id = {e["interaction_id"]: e for e in examples}
+        assert len(examples) == 2
+        corrected = by_id[str(first.interaction.interaction_id)]
+        assert corrected["source"] == "corrected"
+        assert corrected["answer"] == CORRECTION
+        assert [c["chunk_id"] for c in corrected["oracle_chunks"]] == ["doc-1#0"]
+        assert corrected["oracle_chunks"][0]["text"] == first.interaction.retrieved[0].text
+        assert corrected["reviewer"] == "reviewer"
+        assert corrected["judge_version"] == first.judgement.judge_version
+        approved = by_id[str(second.interaction.interaction_id)]
+        assert approved["source"] == "approved"
+        assert approved["answer"] == second.interaction.answer
+    finally:
+        service.stop()
