@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -176,3 +177,31 @@ def test_no_credential_has_a_default_in_compose() -> None:
         for key, value in (body.get("environment") or {}).items():
             if re.search(r"(PASSWORD|SECRET|API_KEY|HASH_KEY)$", key) and value:
                 assert "${" in str(value), f"{svc}.{key} is hard-coded"
+
+
+def test_make_secrets_fills_an_env_that_compose_and_the_services_accept(tmp_path: Path) -> None:
+    from pydantic import SecretStr
+
+    from raftloop_core.api import KeyStore
+    from raftloop_core.settings import Mode, RuntimeSettings, require_secret
+
+    done = run(sys.executable, str(DEPLOY / "make_secrets.py"), "--out", str(tmp_path))
+    assert done.returncode == 0, done.stderr
+    env = dict(
+        line.split("=", 1)
+        for line in (tmp_path / ".env").read_text().splitlines()
+        if re.match(r"^[A-Z0-9_]+=", line)
+    )
+    assert (tmp_path / ".env").stat().st_mode & 0o077 == 0
+    store = KeyStore.from_file(Path(env["RAFTLOOP_API_KEYS_HOST_FILE"]))
+    caller = store.lookup(env["RAFTLOOP_INTERNAL_API_KEY"])
+    assert caller is not None
+    assert caller.role == "internal"
+    assert "rl-" not in (tmp_path / "api-keys.json").read_text()
+    production = RuntimeSettings(mode=Mode.PRODUCTION)
+    for name in SECRETS - {"RAFTLOOP_API_KEYS_HOST_FILE", "HITL_ADMIN_USERNAME"}:
+        require_secret(SecretStr(env[name]), name=name, env=name, runtime=production)
+    render_compose(tmp_path / ".env")
+    again = run(sys.executable, str(DEPLOY / "make_secrets.py"), "--out", str(tmp_path))
+    assert again.returncode == 1
+    assert "exists" in again.stderr

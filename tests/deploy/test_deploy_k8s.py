@@ -134,3 +134,18 @@ def test_base_renders_as_plain_manifests_too() -> None:
             assert doc["apiVersion"]
             assert doc["kind"]
             assert doc["metadata"]["name"].startswith("raftloop-")
+
+
+def test_base_manifests_pass_the_schema_without_kustomize() -> None:
+    """The same schema check on the base files as written, for machines without kubectl."""
+    kv = pytest.importorskip(
+        "kubernetes_validate", reason="pip install kubernetes-validate (bundled schemas, offline)"
+    )
+    version = kv.latest_version()
+    used("kubernetes-validate", f"{kv.version.__version__}, schemas of Kubernetes {version}")
+    for path in sorted((K8S / "base").glob("*.yaml")):
+        if path.name == "kustomization.yaml":
+            continue
+        for doc in yaml.safe_load_all(path.read_text()):
+            if not doc["apiVersion"].startswith("keda.sh/"):
+                kv.validate(doc, version, strict=True)
