@@ -9,23 +9,21 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request, Response
 from fastapi.staticfiles import StaticFiles
-from faststream.kafka import KafkaBroker
+from faststream.kafka import KafkaBroker, KafkaMessage
 from prometheus_client import CollectorRegistry
 from pydantic import SecretStr
 from sqlalchemy import Engine, text
 from starlette.middleware.sessions import SessionMiddleware
 
-from raftloop_core import events as ev
 from raftloop_core.api import KeyStore, install_error_handlers
 from raftloop_core.credentials import ensure_dev_credentials
 from raftloop_core.messaging import consumer_options
 from raftloop_core.service import ReadinessCheck, add_ops_routes, broker_check
-from raftloop_core.topics import Topic
-from raftloop_hitl import policies
 from raftloop_hitl.accounts import Accounts
 from raftloop_hitl.adapters import KafkaOpsMonitor, OutboxRelay, published_on_kafka
 from raftloop_hitl.context import Ctx
 from raftloop_hitl.db import migrate
+from raftloop_hitl.handlers import CONSUMED, Handlers
 from raftloop_hitl.routes_admin import admin_router
 from raftloop_hitl.routes_api import api_router
 from raftloop_hitl.routes_ops import ops_router
@@ -56,7 +54,7 @@ def create_app(
     )
     ctx = Ctx(settings, engine, store, Accounts(engine), keys, make_templates(), relay, ops)
     if settings.consume:
-        _subscribe(broker, settings, store, engine)
+        _subscribe(broker, settings, Handlers(store, engine))
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -113,59 +111,14 @@ def create_app(
     return app
 
 
-def _subscribe(
-    broker: KafkaBroker, settings: HitlSettings, store: ReviewStore, engine: Engine
-) -> None:
+def _subscribe(broker: KafkaBroker, settings: HitlSettings, handlers: Handlers) -> None:
+    topics = {settings.topic(t): t for t in CONSUMED}
     opts = consumer_options(settings.kafka, group_id=settings.group_id)
 
-    @broker.subscriber(settings.topic(Topic.INTERACTION_JUDGED), **opts)
-    async def on_interaction_judged(event: ev.InteractionJudged) -> None:
-        """interaction.judged -> review queue (or auto-accept where the policy allows)."""
-        await asyncio.to_thread(store.ingest_judged, event)
-
-    @broker.subscriber(settings.topic(Topic.CHAT_FEEDBACK), **opts)
-    async def on_feedback_received(event: ev.FeedbackReceived) -> None:
-        """chat.feedback -> attach to the item, re-route or re-prioritise it."""
-        await asyncio.to_thread(store.add_feedback, event)
-
-    async def record(
-        event: ev.Event, kind: str, summary: str, adapter: str | None, revision: int | None
-    ) -> None:
-        await asyncio.to_thread(
-            policies.add_timeline,
-            engine,
-            event_id=str(event.event_id),
-            kind=kind,
-            at=event.occurred_at.timestamp(),
-            summary=summary,
-            adapter_id=adapter,
-            revision=revision,
-        )
-
-    @broker.subscriber(settings.topic(Topic.TRAINING_RUN_FINISHED), **opts)
-    async def on_training_run_finished(event: ev.TrainingRunFinished) -> None:
-        """Training runs for the ops timeline."""
-        summary = f"run {event.run_id} {event.status}: {event.train_examples} examples"
-        await record(event, "training", summary, event.adapter_id, None)
-
-    @broker.subscriber(settings.topic(Topic.ADAPTER_PROMOTED), **opts)
-    async def on_adapter_promoted(event: ev.AdapterPromoted) -> None:
-        """Promotions for the ops timeline and the serving-adapter panel."""
-        summary = f"{event.alias} -> {event.adapter_id[:12]} (run {event.run_id})"
-        await record(event, "promoted", summary, event.adapter_id, event.revision)
-
-    @broker.subscriber(settings.topic(Topic.ADAPTER_ROLLED_BACK), **opts)
-    async def on_adapter_rolled_back(event: ev.AdapterRolledBack) -> None:
-        """Rollbacks for the ops timeline and the serving-adapter panel."""
-        target = event.to_adapter_id[:12] if event.to_adapter_id else "base model"
-        summary = f"{event.alias} rolled back to {target}: {event.reason or ''}"
-        await record(event, "rolled_back", summary, event.to_adapter_id, event.revision)
-
-    @broker.subscriber(settings.topic(Topic.ADAPTER_REJECTED), **opts)
-    async def on_adapter_rejected(event: ev.AdapterRejected) -> None:
-        """Gate refusals for the ops timeline."""
-        summary = f"{event.adapter_id[:12]} rejected: {'; '.join(event.reasons)}"
-        await record(event, "rejected", summary, event.adapter_id, None)
+    @broker.subscriber(*topics, **opts)
+    async def on_event(msg: KafkaMessage) -> None:
+        """Every consumed topic -> its `on_<event>` handler."""
+        await handlers.dispatch(topics[msg.raw_message.topic], msg.body)
 
 
 def _seed_accounts(settings: HitlSettings, accounts: Accounts) -> None:
