@@ -1,0 +1,107 @@
+"""hitl and ingest start in production mode with the compose stack's own environment.
+
+No Docker engine runs here, so the containers' processes are started on this machine instead:
+the same `uvicorn --factory` command and the same environment that `docker-compose config`
+renders, with only the infrastructure swapped for what this machine has (the test session's
+Kafka-protocol broker, the local PostgreSQL, a temporary data folder and keys file). The
+embedded broker has no idempotent producers and one node, so those two Kafka settings are the
+embedded ones; everything else (production mode, the secrets, the keys file, PostgreSQL through
+psycopg) is what the containers get.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from deploy_tools import render_compose, write_test_env
+from prometheus_client.parser import text_string_to_metric_families
+
+from raftloop_core.credentials import hash_key
+from raftloop_core.settings import KafkaSettings
+
+pytestmark = pytest.mark.integration
+
+PG = "postgresql+psycopg://postgres@127.0.0.1:5432"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def database() -> Iterator[str]:
+    """A fresh PostgreSQL database on the local server."""
+    psycopg = pytest.importorskip("psycopg")
+    name = f"deploy_{uuid.uuid4().hex[:12]}"
+    try:
+        admin = psycopg.connect("host=127.0.0.1 user=postgres dbname=postgres", autocommit=True)
+    except psycopg.OperationalError as exc:
+        pytest.skip(f"no PostgreSQL at 127.0.0.1:5432 ({exc})")
+    with admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+        yield f"{PG}/{name}"
+        admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+
+
+@pytest.mark.parametrize("svc", ["hitl", "ingest"])
+def test_service_starts_ready_in_production_with_the_compose_environment(
+    svc: str, tmp_path: Path, kafka_settings: KafkaSettings, database: str
+) -> None:
+    spec = render_compose(write_test_env(tmp_path))["services"][svc]
+    internal = "rl-" + uuid.uuid4().hex * 2
+    keys = tmp_path / "api-keys.json"
+    keys.write_text(
+        json.dumps([{"key_id": "i", "key_sha256": hash_key(internal), "role": "internal"}])
+    )
+    env = dict(spec["environment"]) | {
+        "KAFKA_BOOTSTRAP_SERVERS": kafka_settings.bootstrap_servers,
+        "KAFKA_ENABLE_IDEMPOTENCE": "false",
+        "KAFKA_REPLICATION_FACTOR": "1",
+        "DATABASE_URL": database,
+        "RAFTLOOP_DATA_DIR": str(tmp_path / "data"),
+        "RAFTLOOP_API_KEYS_FILE": str(keys),
+        "PATH": str(Path(sys.executable).parent),
+    }
+    assert env["RAFTLOOP_MODE"] == "production"
+    port = _free_port()
+    command = [sys.executable, "-m", *spec["command"]]
+    command[command.index("--port") + 1] = str(port)
+    command[command.index("--host") + 1] = "127.0.0.1"
+    log = (tmp_path / "service.log").open("w")
+    proc = subprocess.Popen(command, env=env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        ready = _wait_ready(f"http://127.0.0.1:{port}", proc, timeout_s=90)
+        assert ready, (tmp_path / "service.log").read_text()[-3000:]
+        metrics = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+        names = {family.name for family in text_string_to_metric_families(metrics)}
+        assert "raftloop_http_request_seconds" in names
+        assert not (tmp_path / "data" / "credentials.json").exists()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        log.close()
+
+
+def _wait_ready(base: str, proc: subprocess.Popen[bytes], *, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            return False
+        try:
+            if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
+                return True
+        except httpx.TransportError:
+            pass
+        time.sleep(0.5)
+    return False
