@@ -54,7 +54,7 @@ def database() -> Iterator[str]:
         admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
 
 
-@pytest.mark.parametrize("svc", ["hitl", "ingest"])
+@pytest.mark.parametrize("svc", ["hitl", "ingest", "judge", "trainer"])
 def test_service_starts_ready_in_production_with_the_compose_environment(
     svc: str, tmp_path: Path, kafka_settings: KafkaSettings, database: str
 ) -> None:
@@ -105,3 +105,32 @@ def _wait_ready(base: str, proc: subprocess.Popen[bytes], *, timeout_s: float) -
             pass
         time.sleep(0.5)
     return False
+
+
+@pytest.mark.parametrize(
+    ("svc", "secret"), [("hitl", "HITL_SESSION_SECRET"), ("ingest", "INGEST_PII_HASH_KEY")]
+)
+def test_service_refuses_production_without_its_secret(
+    svc: str, secret: str, tmp_path: Path, kafka_settings: KafkaSettings
+) -> None:
+    spec = render_compose(write_test_env(tmp_path))["services"][svc]
+    keys = tmp_path / "api-keys.json"
+    keys.write_text("[]")
+    env = {k: v for k, v in spec["environment"].items() if k != secret} | {
+        "KAFKA_BOOTSTRAP_SERVERS": kafka_settings.bootstrap_servers,
+        "RAFTLOOP_DATA_DIR": str(tmp_path / "data"),
+        "RAFTLOOP_API_KEYS_FILE": str(keys),
+        "PATH": str(Path(sys.executable).parent),
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", *spec["command"]],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode != 0
+    assert secret in done.stderr
+    assert not (tmp_path / "data" / "credentials.json").exists()
