@@ -9,7 +9,7 @@ import secrets
 import time
 from dataclasses import dataclass
 
-from sqlalchemy import Engine, select, update
+from sqlalchemy import Engine, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from raftloop_hitl.domain import ROLES
@@ -102,7 +102,7 @@ class Accounts:
         try:
             with self.engine.begin() as conn:
                 new_id = conn.execute(
-                    User.__table__.insert()
+                    insert(User)
                     .values(
                         username=username,
                         password_hash=hash_password(password),

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI, Request, Response
 from fastapi.staticfiles import StaticFiles
@@ -115,10 +116,11 @@ def _subscribe(broker: KafkaBroker, settings: HitlSettings, handlers: Handlers) 
     topics = {settings.topic(t): t for t in CONSUMED}
     opts = consumer_options(settings.kafka, group_id=settings.group_id)
 
-    @broker.subscriber(*topics, **opts)
+    @broker.subscriber(*topics, **opts)  # type: ignore[untyped-decorator]  # faststream's is untyped
     async def on_event(msg: KafkaMessage) -> None:
         """Every consumed topic -> its `on_<event>` handler."""
-        await handlers.dispatch(topics[msg.raw_message.topic], msg.body)
+        record: Any = msg.raw_message  # an aiokafka ConsumerRecord for a single-message subscriber
+        await handlers.dispatch(topics[record.topic], msg.body)
 
 
 def _seed_accounts(settings: HitlSettings, accounts: Accounts) -> None:

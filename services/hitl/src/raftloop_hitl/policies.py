@@ -8,7 +8,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Engine, func, select
+from sqlalchemy import Connection, Engine, delete, func, insert, select
 
 from raftloop_hitl import domain
 from raftloop_hitl.models import Audit, Guideline, Item, Policy, Review, TimelineEvent
@@ -33,9 +33,9 @@ def save_policy(
     conn: Connection, tenant: str, policy: domain.RoutingPolicy, actor: str, now: float
 ) -> None:
     """Store a tenant's routing policy and audit the change."""
-    conn.execute(Policy.__table__.delete().where(Policy.tenant == tenant))
+    conn.execute(delete(Policy).where(Policy.tenant == tenant))
     conn.execute(
-        Policy.__table__.insert().values(
+        insert(Policy).values(
             tenant=tenant, payload=policy.model_dump_json(), updated_by=actor, updated_at=now
         )
     )
@@ -47,7 +47,7 @@ def add_audit(
 ) -> None:
     """Append one line to the audit log."""
     conn.execute(
-        Audit.__table__.insert().values(
+        insert(Audit).values(
             at=now, tenant=tenant, actor=actor, action=action, target=target, detail=detail[:4000]
         )
     )
@@ -85,7 +85,7 @@ def add_guideline(engine: Engine, tenant: str, text: str, author: str, now: floa
     with engine.begin() as conn:
         version = (latest_guideline_version(conn, tenant) or 0) + 1
         conn.execute(
-            Guideline.__table__.insert().values(
+            insert(Guideline).values(
                 tenant=tenant, version=version, text=text, author=author, created_at=now
             )
         )
@@ -111,7 +111,7 @@ def add_timeline(
         if seen:
             return False
         conn.execute(
-            TimelineEvent.__table__.insert().values(
+            insert(TimelineEvent).values(
                 event_id=event_id,
                 kind=kind,
                 at=at,

@@ -87,7 +87,9 @@ def admin_router(ctx: Ctx) -> APIRouter:
     @router.post("/routing", dependencies=[Csrf])
     async def save_routing(request: Request, who: Admin) -> Response:
         form = await request.form()
-        raw = {k: form.get(k) for k in domain.RoutingPolicy.model_fields if k in form}
+        raw: dict[str, object] = {
+            k: form.get(k) for k in domain.RoutingPolicy.model_fields if k in form
+        }
         raw["auto_accept"] = form.get("auto_accept") == "on"
         try:
             policy = domain.RoutingPolicy.model_validate(raw)

@@ -9,7 +9,19 @@ from dataclasses import dataclass
 from typing import Any
 from uuid import UUID, uuid4
 
-from sqlalchemy import Connection, Engine, Row, exists, func, or_, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Engine,
+    Row,
+    delete,
+    exists,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
 
 from raftloop_core.events import Event, FeedbackReceived, InteractionJudged
 from raftloop_core.topics import Topic
@@ -108,11 +120,9 @@ class ReviewStore:
                 select(Item).where(Item.interaction_id == iid, Item.tenant == event.tenant)
             ).first()
             if row is None:
+                conn.execute(delete(PendingFeedback).where(PendingFeedback.interaction_id == iid))
                 conn.execute(
-                    PendingFeedback.__table__.delete().where(PendingFeedback.interaction_id == iid)
-                )
-                conn.execute(
-                    PendingFeedback.__table__.insert().values(
+                    insert(PendingFeedback).values(
                         interaction_id=iid, payload=event.model_dump_json()
                     )
                 )
@@ -337,11 +347,9 @@ def _ingest(conn: Connection, event: InteractionJudged, now: float) -> str:
     }
     if item is None:
         conn.execute(
-            Item.__table__.insert().values(
-                tenant=event.tenant, interaction_id=iid, created_at=now, **values
-            )
+            insert(Item).values(tenant=event.tenant, interaction_id=iid, created_at=now, **values)
         )
-        outcome = decision.state
+        outcome: str = decision.state
     elif _replaceable(item, event.revision):
         conn.execute(update(Item).where(Item.id == item.id).values(**values))
         outcome = f"revised:{decision.state}"
@@ -356,7 +364,7 @@ def _first_sight(conn: Connection, event: Event, topic: Topic, now: float) -> bo
     eid = str(event.event_id)
     if conn.execute(select(Inbox.event_id).where(Inbox.event_id == eid)).first():
         return False
-    conn.execute(Inbox.__table__.insert().values(event_id=eid, topic=str(topic), received_at=now))
+    conn.execute(insert(Inbox).values(event_id=eid, topic=str(topic), received_at=now))
     return True
 
 
@@ -366,7 +374,7 @@ def _replaceable(item: Row[Any], revision: int) -> bool:
     )
 
 
-def _free(now: float) -> object:
+def _free(now: float) -> ColumnElement[bool]:
     return or_(Item.lease_expires.is_(None), Item.lease_expires <= now)
 
 
@@ -374,7 +382,7 @@ def _enqueue(conn: Connection, topic: Topic, event: Event, now: float) -> None:
     from raftloop_core.events import event_key
 
     conn.execute(
-        Outbox.__table__.insert().values(
+        insert(Outbox).values(
             event_id=str(event.event_id),
             topic=str(topic),
             key=event_key(topic, event).decode(),
@@ -420,7 +428,7 @@ def _record(
 ) -> None:
     item_id, required = item.id, item.required_reviews
     conn.execute(
-        Review.__table__.insert().values(
+        insert(Review).values(
             id=str(decision.review_id),
             item_id=item_id,
             tenant=item.tenant,
@@ -455,9 +463,7 @@ def _skip(conn: Connection, item: Row[Any], reviewer: str, now: float) -> None:
     if not conn.execute(
         select(Skip.item_id).where(Skip.item_id == item_id, Skip.reviewer == reviewer)
     ).first():
-        conn.execute(
-            Skip.__table__.insert().values(item_id=item_id, reviewer=reviewer, created_at=now)
-        )
+        conn.execute(insert(Skip).values(item_id=item_id, reviewer=reviewer, created_at=now))
     conn.execute(
         update(Item)
         .where(Item.id == item_id)
