@@ -34,16 +34,25 @@ def session_secret(settings: HitlSettings) -> SecretStr:
 
 
 def build() -> FastAPI:
-    """Build the hitl app from the environment."""
+    """Build the hitl app from the environment; a missing setting ends it with one clear line."""
+    try:
+        return _build()
+    except SettingsError as exc:
+        raise SystemExit(f"hitl: {exc}") from None
+
+
+def _build() -> FastAPI:
     settings = HitlSettings()
     configure_logging("hitl", level=settings.runtime.log_level, fmt=settings.runtime.log_format)
     # In production accounts come from HITL_ADMIN_* (bootstrap) or already sit in the database.
     if settings.admin_username and settings.admin_password is None:
         raise SettingsError("HITL_ADMIN_USERNAME is set but HITL_ADMIN_PASSWORD is not; set both")
+    secret = session_secret(settings)
+    keys = KeyStore.for_runtime(settings.runtime, settings.api_keys_file)
     return create_app(
         settings,
         engine=make_engine(settings.database_url()),
         broker=make_broker(settings.kafka, client_id="hitl"),
-        keys=KeyStore.for_runtime(settings.runtime, settings.api_keys_file),
-        session_secret=session_secret(settings),
+        keys=keys,
+        session_secret=secret,
     )

@@ -80,6 +80,8 @@ def api_router(ctx: Ctx) -> APIRouter:
         except QueueError as exc:
             raise ApiError(exc.status, str(exc), code=type(exc).__name__.lower()) from exc
         ctx.relay.wake()
+        if not done.duplicate:
+            ctx.ops.c_reviews.labels(done.action).inc()
         return {
             "review_id": done.review_id,
             "item_id": done.item_id,

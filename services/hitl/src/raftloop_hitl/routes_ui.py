@@ -114,6 +114,7 @@ def ui_router(ctx: Ctx) -> APIRouter:
         except QueueError as exc:
             raise PageError(exc.status, str(exc)) from exc
         ctx.relay.wake()
+        ctx.ops.c_reviews.labels(action).inc()
         claim = ctx.store.claim(who.tenant, who.name)
         if claim is None:
             return RedirectResponse(f"/queue?m={action}%3B+queue+empty", status_code=303)
