@@ -101,7 +101,7 @@ def ui_router(ctx: Ctx) -> APIRouter:
         if action is None:
             raise PageError(400, "action must be approve, correct, reject or skip")
         try:
-            ctx.store.submit(
+            done = ctx.store.submit(
                 who.tenant,
                 item_id,
                 who.name,
@@ -114,7 +114,8 @@ def ui_router(ctx: Ctx) -> APIRouter:
         except QueueError as exc:
             raise PageError(exc.status, str(exc)) from exc
         ctx.relay.wake()
-        ctx.ops.c_reviews.labels(action).inc()
+        if not done.duplicate:
+            ctx.ops.c_reviews.labels(action).inc()
         claim = ctx.store.claim(who.tenant, who.name)
         if claim is None:
             return RedirectResponse(f"/queue?m={action}%3B+queue+empty", status_code=303)
