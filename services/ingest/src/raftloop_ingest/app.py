@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
-from faststream.kafka import KafkaBroker
+from faststream.kafka import KafkaBroker, KafkaMessage
 from prometheus_client import CollectorRegistry, Counter
 
 from raftloop_core.api import KeyStore, install_error_handlers
@@ -27,6 +27,7 @@ from raftloop_core.events import (
 from raftloop_core.messaging import consumer_options, make_broker
 from raftloop_core.service import add_ops_routes, broker_check
 from raftloop_core.topics import Topic
+from raftloop_ingest.dead_letters import RedactingDeadLetters
 from raftloop_ingest.domain import IngestStore, Publish, Scrubbers
 from raftloop_ingest.kb import KnowledgeBase
 from raftloop_ingest.pipeline import Pipeline
@@ -72,20 +73,31 @@ class IngestMetrics:
 
 
 def subscribe(
-    broker: KafkaBroker, settings: IngestSettings, pipeline: Pipeline, m: IngestMetrics
+    broker: KafkaBroker,
+    settings: IngestSettings,
+    pipeline: Pipeline,
+    m: IngestMetrics,
+    dead: RedactingDeadLetters,
 ) -> None:
     """Register the chat and feedback consumers on `broker`."""
-    options = consumer_options(settings.kafka, group_id=settings.group_id)
+    # One group per topic: two consumers of one group on different topics made the embedded
+    # broker's rebalances stall on restart.
+    chat_options = consumer_options(settings.kafka, group_id=settings.group_id)
+    feedback_options = consumer_options(settings.kafka, group_id=f"{settings.group_id}-feedback")
 
-    @broker.subscriber(settings.topic(Topic.CHAT_COMPLETED), **options)
-    async def on_chat_completed(event: ChatCompleted) -> None:
+    @broker.subscriber(settings.topic(Topic.CHAT_COMPLETED), **chat_options)
+    async def on_chat_completed(msg: KafkaMessage) -> None:
         """chat.completed -> interaction.ingested (revision 1)."""
-        m.observe(await pipeline.on_chat_completed(event))
+        event = await dead.parse(ChatCompleted, msg)
+        if event is not None:
+            m.observe(await pipeline.on_chat_completed(event))
 
-    @broker.subscriber(settings.topic(Topic.CHAT_FEEDBACK), **options)
-    async def on_feedback(event: FeedbackReceived) -> None:
+    @broker.subscriber(settings.topic(Topic.CHAT_FEEDBACK), **feedback_options)
+    async def on_feedback(msg: KafkaMessage) -> None:
         """chat.feedback -> interaction.ingested (next revision), or parked until the chat."""
-        m.observe(await pipeline.on_feedback(event))
+        event = await dead.parse(FeedbackReceived, msg)
+        if event is not None:
+            m.observe(await pipeline.on_feedback(event))
 
 
 def create_app(
@@ -102,7 +114,8 @@ def create_app(
         max_chars=settings.max_chars,
     )
     kb = KnowledgeBase(store, publisher_for(broker, settings, Topic.KB_DOCUMENT))
-    subscribe(broker, settings, pipeline, metrics)
+    dead = RedactingDeadLetters(broker, scrubbers)
+    subscribe(broker, settings, pipeline, metrics, dead)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:

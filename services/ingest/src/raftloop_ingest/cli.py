@@ -65,7 +65,9 @@ def _run(action, tenant: str) -> list[Outcome]:  # type: ignore[no-untyped-def]
         _fail(str(exc))
 
     async def go() -> list[Outcome]:
-        broker = make_broker(settings.kafka, client_id=f"{settings.kafka.client_id}-kb")
+        broker = make_broker(
+            settings.kafka, client_id=f"{settings.kafka.client_id}-kb", logger=None
+        )
         async with broker:
             await broker.start()
             kb = KnowledgeBase(

@@ -7,7 +7,7 @@ import io
 import re
 from dataclasses import dataclass, field
 from pathlib import Path, PurePath
-from typing import Literal
+from typing import Any, Literal
 
 from bs4 import BeautifulSoup
 from markdown_it import MarkdownIt
@@ -24,6 +24,32 @@ FORMATS: dict[str, Format] = {
     ".htm": "html",
     ".pdf": "pdf",
 }
+_BLOCK_TAGS = (
+    "p",
+    "div",
+    "br",
+    "li",
+    "tr",
+    "pre",
+    "blockquote",
+    "section",
+    "article",
+    "table",
+    "ul",
+    "ol",
+    "dd",
+    "dt",
+    "h1",
+    "h2",
+    "h3",
+    "h4",
+    "h5",
+    "h6",
+    "hr",
+    "main",
+    "aside",
+    "figcaption",
+)
 _DROP_TAGS = ("script", "style", "noscript", "template", "svg", "nav", "header", "footer")
 _BLANKS = re.compile(r"\n\s*\n+")
 _SPACES = re.compile(r"[ \t\u00a0]+")
@@ -108,8 +134,7 @@ def _md(raw: str) -> tuple[str, str, dict[str, str]]:
             title = tokens[i + 1].content
             break
     html = MarkdownIt("commonmark").render(raw)
-    text = BeautifulSoup(html, "html.parser").get_text("\n")
-    return title, text, {}
+    return title, _visible_text(BeautifulSoup(html, "html.parser")), {}
 
 
 def _html(raw: str) -> tuple[str, str, dict[str, str]]:
@@ -121,8 +146,15 @@ def _html(raw: str) -> tuple[str, str, dict[str, str]]:
         tag.decompose()
     if soup.title:
         soup.title.decompose()
-    body = soup.body or soup
-    return title, body.get_text("\n"), {}
+    return title, _visible_text(soup.body or soup), {}
+
+
+def _visible_text(root: Any) -> str:
+    """Text with line breaks at block boundaries only, so inline markup joins its words."""
+    for tag in root.find_all(_BLOCK_TAGS):
+        tag.insert_after("\n")
+    text: str = root.get_text("")
+    return text
 
 
 def _pdf(name: str, data: bytes) -> tuple[str, str, dict[str, str]]:

@@ -1,6 +1,7 @@
-"""The document API: upload knowledge documents, withdraw them."""
+"""The document API: upload knowledge documents, withdraw them.
 
-from __future__ import annotations
+No `from __future__ import annotations` here: FastAPI must see the local `CallerDep` alias.
+"""
 
 from typing import Annotated
 

@@ -1,0 +1,185 @@
+"""Ingest throughput on the real embedded broker vs raw aiokafka consume-produce loops.
+
+The same pre-produced chat events are read three ways, each by a fresh consumer group:
+  * ours: the ingest app (FastStream consumers, redaction, screen, dedupe, SQLite state,
+    per-message commit after the publish is acknowledged);
+  * raw_same_work: a hand-written aiokafka loop doing the same cleaning (redaction, screen,
+    question hash) without state, batching commits per fetched batch;
+  * raw_passthrough: a hand-written aiokafka loop that copies bytes (the broker's ceiling).
+Throughput is measured from the first output to the last, so group joins are not counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import tempfile
+import time
+from pathlib import Path
+from uuid import uuid4
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from raftloop_core import events as ev
+from raftloop_core.api import KeyStore
+from raftloop_core.embedded import EmbeddedBroker, free_port
+from raftloop_core.messaging import ensure_topics, make_broker
+from raftloop_core.settings import KafkaSettings
+from raftloop_core.topics import Topic
+from raftloop_ingest.adapters import SqlIngestStore, make_engine
+from raftloop_ingest.app import create_app
+from raftloop_ingest.domain import clean_interaction, question_hash, screened_texts
+from raftloop_ingest.redaction import Redactor
+from raftloop_ingest.screen import screen
+from raftloop_ingest.settings import IngestSettings
+
+TITLE = "Ingest throughput (interactions/s): ingest app vs raw aiokafka loops, embedded broker"
+N = 2_000
+TIMEOUT_S = 90.0
+
+
+def events(n: int) -> list[ev.ChatCompleted]:
+    rng = random.Random(1)
+    out = []
+    for i in range(n):
+        pii = f" My email is user{i}@example.com." if rng.random() < 0.5 else ""
+        question = f"How do I restore version {i % 40} of my vault?{pii}"
+        out.append(
+            ev.ChatCompleted(
+                interaction_id=uuid4(),
+                conversation_id=f"c{i}",
+                model="smollm2",
+                base_model="smollm2-135m",
+                messages=[
+                    ev.ChatMessage(role="system", content="You are Vellumbox support."),
+                    ev.ChatMessage(role="user", content=question),
+                ],
+                answer="Open the vault, choose Versions, pick the date and press Restore.",
+            )
+        )
+    return out
+
+
+async def count_outputs(kafka: KafkaSettings, topic: str, n: int) -> float:
+    """Seconds between the first and the n-th record on `topic`."""
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=kafka.servers, group_id=None, auto_offset_reset="earliest"
+    )
+    await consumer.start()
+    seen, first = 0, None
+    deadline = time.monotonic() + TIMEOUT_S
+    try:
+        while seen < n and time.monotonic() < deadline:
+            batch = await consumer.getmany(timeout_ms=200)
+            got = sum(len(v) for v in batch.values())
+            if got and first is None:
+                first = time.monotonic()
+            seen += got
+    finally:
+        await consumer.stop()
+    if seen < n or first is None:
+        raise RuntimeError(f"only {seen} of {n} outputs on {topic} in {TIMEOUT_S}s")
+    return max(time.monotonic() - first, 1e-6)
+
+
+async def ours(kafka: KafkaSettings, prefix: str, data: Path, redactor: Redactor) -> float:
+    settings = IngestSettings.model_validate(
+        {"topic_prefix": prefix, "group_id": "bench", "kafka": kafka, "runtime": {"data_dir": data}}
+    )
+    store = SqlIngestStore(make_engine(settings.database_url()))
+    app = create_app(settings, store=store, scrubbers=redactor, keys=KeyStore([]))
+    async with app.router.lifespan_context(app):
+        return await count_outputs(kafka, f"{prefix}{Topic.INTERACTION_INGESTED}", N)
+
+
+async def raw_loop(kafka: KafkaSettings, src: str, dst: str, redactor: Redactor | None) -> float:
+    consumer = AIOKafkaConsumer(
+        src,
+        bootstrap_servers=kafka.servers,
+        group_id=f"raw-{uuid4().hex[:6]}",
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        session_timeout_ms=kafka.session_timeout_ms,
+        heartbeat_interval_ms=kafka.heartbeat_interval_ms,
+    )
+    producer = AIOKafkaProducer(bootstrap_servers=kafka.servers, acks="all")
+    await consumer.start()
+    await producer.start()
+
+    async def loop() -> None:
+        while True:
+            batch = await consumer.getmany(timeout_ms=200, max_records=500)
+            sends = []
+            for records in batch.values():
+                for r in records:
+                    value = r.value if redactor is None else clean(r.value, redactor)
+                    sends.append(await producer.send(dst, value, key=r.key))
+            await asyncio.gather(*sends)
+            if batch:
+                await consumer.commit()
+
+    task = asyncio.create_task(loop())
+    try:
+        return await count_outputs(kafka, dst, N)
+    finally:
+        task.cancel()
+        await consumer.stop()
+        await producer.stop()
+
+
+def clean(value: bytes, redactor: Redactor) -> bytes:
+    event = ev.ChatCompleted.model_validate_json(value)
+    scrub = redactor.session(str(event.interaction_id))
+    flags = screen(screened_texts(event))
+    interaction = clean_interaction(event, scrub, flags=flags, feedback=None)
+    interaction = interaction.model_copy(
+        update={"question_hash": question_hash(event.tenant, interaction.question)}
+    )
+    out = ev.InteractionIngested(interaction=interaction, source_event_id=event.event_id)
+    return out.model_dump_json().encode()
+
+
+async def measure(kafka: KafkaSettings) -> dict[str, float | int | str]:
+    prefix = f"bench{uuid4().hex[:6]}."
+    chat_topic = f"{prefix}{Topic.CHAT_COMPLETED}"
+    names = {chat_topic: 6, f"{prefix}{Topic.INTERACTION_INGESTED}": 6, f"{prefix}raw1": 6}
+    names |= {f"{prefix}raw2": 6, f"{chat_topic}.dlt": 1, f"{prefix}{Topic.CHAT_FEEDBACK}": 6}
+    ensure_topics(kafka, names)
+    broker = make_broker(kafka)
+    async with broker:
+        await broker.start()
+        for event in events(N):
+            await broker.publish(
+                event, topic=chat_topic, key=ev.event_key(Topic.CHAT_COMPLETED, event)
+            )
+    redactor = Redactor(hash_key=b"bench")
+    with tempfile.TemporaryDirectory() as tmp:
+        ours_s = await ours(kafka, prefix, Path(tmp), redactor)
+    same_s = await raw_loop(kafka, chat_topic, f"{prefix}raw1", redactor)
+    pass_s = await raw_loop(kafka, chat_topic, f"{prefix}raw2", None)
+    ours_rate, same_rate, pass_rate = N / ours_s, N / same_s, N / pass_s
+    return {
+        "interactions": N,
+        "ingest_interactions_per_s": round(ours_rate, 1),
+        "raw_same_work_interactions_per_s": round(same_rate, 1),
+        "raw_passthrough_messages_per_s": round(pass_rate, 1),
+        "ingest_vs_raw_same_work": round(ours_rate / same_rate, 3),
+        "ingest_vs_raw_passthrough": round(ours_rate / pass_rate, 3),
+        "target": "ingest >= 0.8 x raw aiokafka loop (same work)",
+    }
+
+
+def run() -> dict[str, float | int | str]:
+    """Start an embedded broker, run all three paths over the same events, return figures."""
+    with EmbeddedBroker(port=free_port()) as broker:
+        kafka = KafkaSettings(
+            bootstrap_servers=broker.bootstrap_servers,
+            session_timeout_ms=3_000,
+            heartbeat_interval_ms=1_000,
+        )
+        return asyncio.run(measure(kafka))
+
+
+if __name__ == "__main__":
+    for key, value in run().items():
+        print(f"{key}: {value}")

@@ -1,0 +1,96 @@
+"""Dead letters without raw text: what ingest cannot parse is parked redacted.
+
+The shared middleware parks a message's raw bytes and the exception text, which for a chat
+event can hold personal data (pydantic errors quote the input). Ingest parses its input
+itself, so that it can park a redacted copy, with an error summary that never quotes input.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any, TypeVar
+
+from faststream.kafka import KafkaBroker, KafkaMessage
+from pydantic import BaseModel, ValidationError
+
+from raftloop_core.messaging import (
+    ATTEMPTS_HEADER,
+    ERROR_CLASS_HEADER,
+    ERROR_HEADER,
+    FAILED_AT_HEADER,
+    SOURCE_OFFSET_HEADER,
+    SOURCE_PARTITION_HEADER,
+    SOURCE_TOPIC_HEADER,
+)
+from raftloop_core.topics import dead_letter
+from raftloop_ingest.domain import Scrubbers
+
+log = logging.getLogger(__name__)
+
+REDACTED_HEADER = "x-redacted"
+M = TypeVar("M", bound=BaseModel)
+
+
+def describe(exc: Exception) -> str:
+    """An error summary that names fields and problems but never echoes the input."""
+    if isinstance(exc, ValidationError):
+        parts = [
+            f"{'.'.join(str(p) for p in e['loc']) or '(root)'}: {e['type']}"
+            for e in exc.errors(include_input=False, include_url=False)[:10]
+        ]
+        return f"ValidationError: {exc.error_count()} error(s): {'; '.join(parts)}"
+    if isinstance(exc, json.JSONDecodeError):
+        return f"JSONDecodeError: {exc.msg} at position {exc.pos}"
+    if isinstance(exc, UnicodeDecodeError):
+        return f"UnicodeDecodeError: {exc.reason} at byte {exc.start}"
+    return type(exc).__name__
+
+
+class RedactingDeadLetters:
+    """Parses messages of one model; parks what fails, redacted, on `<topic>.dlt`."""
+
+    def __init__(self, broker: KafkaBroker, scrubbers: Scrubbers) -> None:
+        self.broker = broker
+        self.scrubbers = scrubbers
+        self.parked = 0
+
+    async def parse(self, model: type[M], msg: KafkaMessage) -> M | None:
+        """The decoded event, or None after parking the message."""
+        body: bytes = msg.body or b""
+        try:
+            return model.model_validate_json(body.decode("utf-8"))
+        except (ValidationError, UnicodeDecodeError) as exc:
+            await self.park(msg, body, exc)
+            return None
+
+    async def park(self, msg: KafkaMessage, body: bytes, exc: Exception) -> None:
+        """Publish a redacted copy of `body` to the dead-letter topic of its source."""
+        record: Any = msg.raw_message
+        try:
+            text = body.decode("utf-8")
+            value = self.scrubbers.session("dead-letter").redact(text).encode()
+            note = "PII replaced by placeholders"
+        except UnicodeDecodeError:
+            value = b""
+            note = f"undecodable payload of {len(body)} bytes dropped"
+        error = describe(exc)
+        headers = {
+            ERROR_HEADER: error,
+            ERROR_CLASS_HEADER: type(exc).__name__,
+            SOURCE_TOPIC_HEADER: record.topic,
+            SOURCE_PARTITION_HEADER: str(record.partition),
+            SOURCE_OFFSET_HEADER: str(record.offset),
+            ATTEMPTS_HEADER: "1",
+            FAILED_AT_HEADER: str(time.time()),
+            REDACTED_HEADER: note,
+        }
+        await self.broker.publish(
+            value, topic=dead_letter(record.topic), key=record.key, headers=headers
+        )
+        self.parked += 1
+        log.warning(
+            "dead-lettered message",
+            extra={"topic": record.topic, "offset": record.offset, "error": error},
+        )

@@ -1,0 +1,173 @@
+"""Knowledge documents: `raftloop kb add|remove` and the upload endpoint on the real broker."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import pytest
+import raftloop_demo_kb
+import typer
+from ingest_support import Collector, create_topics, settings_for, wait_for
+from typer.testing import CliRunner
+
+from raftloop_core import events as ev
+from raftloop_core.api import ApiKey, KeyStore
+from raftloop_core.credentials import hash_key
+from raftloop_core.settings import KafkaSettings
+from raftloop_core.topics import Topic
+from raftloop_ingest.adapters import SqlIngestStore, make_engine
+from raftloop_ingest.app import create_app
+from raftloop_ingest.cli import register
+from raftloop_ingest.redaction import Redactor
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def kb_env(
+    kafka_settings: KafkaSettings,
+    unique: Callable[[str], str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> str:
+    prefix = unique("kb") + "."
+    create_topics(kafka_settings, prefix)
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", kafka_settings.bootstrap_servers)
+    monkeypatch.setenv("INGEST_TOPIC_PREFIX", prefix)
+    monkeypatch.setenv("RAFTLOOP_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    return prefix
+
+
+async def cli(*args: str) -> tuple[int, str, str]:
+    """Run the CLI in a thread: it calls asyncio.run itself, as `raftloop` does."""
+    app = typer.Typer()
+    register(app)
+    result = await asyncio.to_thread(CliRunner().invoke, app, list(args))
+    return result.exit_code, result.stdout, result.stderr
+
+
+def documents(records: list, tenant: str) -> list[ev.DocumentSubmitted | ev.DocumentDeleted]:  # type: ignore[type-arg]
+    adapter = ev.adapter_for(Topic.KB_DOCUMENT)
+    return [e for e in (adapter.validate_json(r.value) for r in records) if e.tenant == tenant]  # type: ignore[misc]
+
+
+async def test_kb_add_publishes_each_demo_document_once(
+    kafka_settings: KafkaSettings, kb_env: str
+) -> None:
+    topic = f"{kb_env}{Topic.KB_DOCUMENT}"
+    docs = raftloop_demo_kb.documents()
+    async with Collector(kafka_settings, [topic]) as seen:
+        code, out, err = await cli(
+            "kb", "add", str(raftloop_demo_kb.docs_dir()), "--tenant", "demo"
+        )
+        assert code == 0, err
+        await wait_for(lambda: len(seen.on(topic)) >= len(docs))
+        code, out2, _ = await cli("kb", "add", str(raftloop_demo_kb.docs_dir()), "--tenant", "demo")
+        assert code == 0
+        first = documents(seen.on(topic), "demo")
+        target = first[0].source
+        code, out3, _ = await cli("kb", "remove", target, "--tenant", "demo")
+        assert code == 0
+        await wait_for(lambda: len(seen.on(topic)) >= len(docs) + 1)
+
+    assert f"{len(docs)} submitted" in out
+    assert f"{len(docs)} unchanged" in out2  # a second run publishes nothing new
+    events = documents(seen.on(topic), "demo")
+    submitted = [e for e in events if isinstance(e, ev.DocumentSubmitted)]
+    assert len(submitted) == len(docs)
+    assert {e.format for e in submitted} == {"md", "txt", "html", "pdf"}
+    assert all(e.text and e.title and len(e.content_hash) == 64 for e in submitted)
+    assert len({e.document_id for e in submitted}) == len(docs)
+    [deleted] = [e for e in events if isinstance(e, ev.DocumentDeleted)]
+    assert deleted.document_id == first[0].document_id
+    assert "1 deleted" in out3
+    for record in seen.on(topic):
+        assert record.key is not None
+    html = next(e for e in submitted if e.format == "html")
+    assert "<" not in html.text[:200]
+
+
+async def test_bad_files_give_one_error_line_each_and_the_rest_continue(
+    kafka_settings: KafkaSettings, kb_env: str, tmp_path: Path
+) -> None:
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    (folder / "good.md").write_text("# Refunds\n\nRefunds take **five** business days.\n")
+    (folder / "broken.pdf").write_bytes(b"%PDF-1.4\n1 0 obj garbage without xref\n")
+    (folder / "notes.xyz").write_text("not a document type")
+    (folder / "dangling.txt").symlink_to(folder / "missing-target.txt")
+    topic = f"{kb_env}{Topic.KB_DOCUMENT}"
+    paths = [folder / n for n in ("broken.pdf", "notes.xyz", "nowhere.txt", "dangling.txt")]
+    async with Collector(kafka_settings, [topic]) as seen:
+        code, out, err = await cli(
+            "kb", "add", *map(str, paths), str(folder / "good.md"), "--tenant", "t1"
+        )
+        await wait_for(lambda: len(seen.on(topic)) >= 1)
+    errors = [line for line in err.splitlines() if line.strip()]
+    assert code == 1
+    assert len(errors) == 4, err
+    assert any("broken.pdf" in e and "PDF" in e for e in errors)
+    assert any("notes.xyz" in e and "unsupported file type" in e for e in errors)
+    assert any("nowhere.txt" in e and "no such file" in e for e in errors)
+    assert "Traceback" not in out + err
+    [event] = documents(seen.on(topic), "t1")
+    assert isinstance(event, ev.DocumentSubmitted)
+    assert event.title == "Refunds"
+    assert "five business days" in event.text
+    assert "**" not in event.text
+
+
+async def test_upload_endpoint_checks_the_key_and_uses_its_tenant(
+    kafka_settings: KafkaSettings, unique: Callable[[str], str], tmp_path: Path
+) -> None:
+    prefix = unique("up") + "."
+    create_topics(kafka_settings, prefix)
+    keys = KeyStore(
+        [
+            ApiKey(key_id="i", key_sha256=hash_key("internal-key"), tenant="acme", role="internal"),
+            ApiKey(key_id="c", key_sha256=hash_key("client-key"), tenant="acme", role="client"),
+        ]
+    )
+    settings = settings_for(kafka_settings, prefix, str(tmp_path), unique("g"))
+    store = SqlIngestStore(make_engine(settings.database_url()))
+    app = create_app(settings, store=store, scrubbers=Redactor(hash_key=b"k"), keys=keys)
+    topic = f"{prefix}{Topic.KB_DOCUMENT}"
+    files = [
+        ("files", ("faq.html", b"<html><title>FAQ</title><body><p>Hello there</p></body></html>")),
+        ("files", ("data.bin", b"\x00\x01")),
+    ]
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://ingest") as client,
+        Collector(kafka_settings, [topic]) as seen,
+    ):
+        missing = await client.post("/v1/documents", files=files)
+        client_role = await client.post(
+            "/v1/documents", files=files, headers={"Authorization": "Bearer client-key"}
+        )
+        auth = {"Authorization": "Bearer internal-key"}
+        ok = await client.post("/v1/documents", files=files, headers=auth)
+        again = await client.post("/v1/documents", files=files, headers=auth)
+        doc_id = ok.json()["documents"][0]["document_id"]
+        gone = await client.delete(f"/v1/documents/{doc_id}", headers=auth)
+        await wait_for(lambda: len(seen.on(topic)) >= 2)
+
+    assert missing.status_code == 401
+    assert missing.json()["error"]["code"] == "missing_api_key"
+    assert client_role.status_code == 403
+    assert ok.status_code == 200
+    body = ok.json()
+    assert body["tenant"] == "acme"
+    assert [d["status"] for d in body["documents"]] == ["submitted", "error"]
+    assert "unsupported file type" in body["documents"][1]["error"]
+    assert [d["status"] for d in again.json()["documents"]] == ["unchanged", "error"]
+    assert gone.json()["documents"][0]["status"] == "deleted"
+    submitted, deleted = documents(seen.on(topic), "acme")
+    assert isinstance(submitted, ev.DocumentSubmitted)
+    assert submitted.title == "FAQ"
+    assert submitted.text == "Hello there"
+    assert isinstance(deleted, ev.DocumentDeleted)
