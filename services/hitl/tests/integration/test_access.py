@@ -126,7 +126,42 @@ POSTS = [
     ("/admin/guidelines", {"text": "Be kind."}, 401, 403, 303, 303),
     ("/items/{other_item}/review", {"action": "approve", "lease_token": "x"}, 401, 404, 404, 409),
     ("/items/{item}/review", {"action": "approve", "lease_token": "x"}, 401, 409, 409, 404),
+    ("/queue/claim", {}, 401, 303, 303, 303),
 ]
+
+API_POSTS = [
+    # (path, json body, anonymous, reviewer, admin, other-tenant admin)
+    (
+        "/api/v1/items/{item}/reviews",
+        {"action": "approved", "lease_token": "x"},
+        401,
+        409,
+        409,
+        404,
+    ),
+    (
+        "/api/v1/items/{other_item}/reviews",
+        {"action": "approved", "lease_token": "x"},
+        401,
+        404,
+        404,
+        409,
+    ),
+    ("/api/v1/items/{item}/reviews", {"action": "bogus", "lease_token": "x"}, 401, 400, 400, 400),
+]
+
+
+@pytest.mark.parametrize(("path", "body", "anon", "reviewer", "admin", "other"), API_POSTS)
+async def test_api_posts(
+    world: World, path: str, body: dict[str, str], anon: int, reviewer: int, admin: int, other: int
+) -> None:
+    expected = dict(zip(WHO, (anon, reviewer, admin, other), strict=True))
+    for who in WHO:
+        headers = {"x-csrf-token": world.csrf[who]}
+        got = await world.clients[who].post(fill(path, world), json=body, headers=headers)
+        assert got.status_code == expected[who], (who, path, got.text[:300])
+        if got.status_code >= 400:
+            assert set(got.json()["error"]) == {"message", "type", "param", "code"}
 
 
 @pytest.mark.parametrize(("path", "form", "anon", "reviewer", "admin", "other"), POSTS)
