@@ -150,14 +150,18 @@ def train_command(
 
 def eval_command(
     adapter: Annotated[str | None, typer.Option(help="Adapter id; default: base only.")] = None,
-    out: Annotated[Path, typer.Option(help="Report folder.")] = Path("var/trainer/eval"),
+    out: Annotated[
+        Path | None, typer.Option(help="Report folder; default <data dir>/trainer/eval.")
+    ] = None,
     regression: Annotated[int, typer.Option(help="General questions to include.")] = 16,
 ) -> None:
     """Evaluate the base model (and an adapter) on the demo hold-out and regression sets."""
     from raftloop_trainer.offline import evaluate_on_demo
 
+    settings = TrainerSettings()
+    out = out or settings.state_dir / "eval"
     try:
-        payload = evaluate_on_demo(TrainerSettings(), adapter, out, regression=regression)
+        payload = evaluate_on_demo(settings, adapter, out, regression=regression)
     except (AdapterRefused, ValueError) as exc:
         _fail(str(exc))
     from raftloop_trainer.report import markdown
