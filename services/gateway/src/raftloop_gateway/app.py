@@ -69,6 +69,16 @@ async def _connect(broker: KafkaBroker, sender: KafkaSender, settings: GatewaySe
             delay = min(10.0, delay * 2)
 
 
+async def _probe(settings: GatewaySettings) -> bool:
+    """The broker answers and every topic exists (a broker that came back empty gets them)."""
+    try:
+        await asyncio.to_thread(ensure_topics, settings.kafka)
+    except Exception as exc:
+        log.info("broker still unreachable", extra={"error": repr(exc)[:200]})
+        return False
+    return True
+
+
 def create_app(
     settings: GatewaySettings,
     *,
@@ -96,6 +106,8 @@ def create_app(
             segment_bytes=settings.spool_segment_bytes,
         ),
         queue_size=settings.capture_queue,
+        linger_s=settings.capture_linger_ms / 1000,
+        probe=lambda: _probe(settings),
     )
     service = ChatService(
         settings,

@@ -133,11 +133,16 @@ class ChatService:
             canary=self.state.canary.adapter_id,
             canary_share=self.state.canary.share,
             conversation_id=conversation,
-            known=[body.model] if await self.state.known(body.model) else [],
+            known=[body.model] if await self._is_adapter(body.model) else [],
         )
         if route.adapter_id is not None:
             await self.state.verify(route.adapter_id)
         return route
+
+    async def _is_adapter(self, model: str) -> bool:
+        if model in (self.settings.served_model, "serving", self.backend.base_model):
+            return False  # the common case costs no file-system call
+        return await self.state.known(model)
 
     async def retrieve(self, caller: Caller, body: ChatRequest, messages: Sequence[ChatMessage]):
         """Context from rag for the last user turn (not for internal callers such as the judge)."""

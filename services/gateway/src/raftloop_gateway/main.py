@@ -34,7 +34,7 @@ def _backend(settings: GatewaySettings, registry: AdapterRegistry) -> Backend:
             timeout=settings.upstream_timeout_s,
             max_retries=settings.upstream_max_retries,
             http_client=httpx.AsyncClient(
-                limits=httpx.Limits(max_connections=512, max_keepalive_connections=512)
+                limits=httpx.Limits(max_connections=256, max_keepalive_connections=64)
             ),
         )
         from raftloop_gateway.upstream import UpstreamBackend

@@ -11,7 +11,7 @@ from typing import Annotated, Any
 from uuid import UUID, uuid4
 
 from fastapi import APIRouter, Header
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 
 from raftloop_core.api import Caller, error_body
 from raftloop_core.events import Feedback, FeedbackReceived
@@ -44,7 +44,7 @@ def build_router(service: ChatService, *, any_key: Any, chat_key: Any) -> APIRou
         body: ChatRequest,
         caller: Caller = chat_key,
         x_raftloop_conversation_id: Annotated[str | None, Header(max_length=128)] = None,
-    ) -> JSONResponse | StreamingResponse:
+    ) -> Response:
         """Create a chat completion (OpenAI-compatible)."""
         turn = await service.prepare(body, caller, x_raftloop_conversation_id)
         footer = sources_footer(turn.retrieved) if service.settings.rag_cite else ""
@@ -61,8 +61,10 @@ def build_router(service: ChatService, *, any_key: Any, chat_key: Any) -> APIRou
             async for piece in pieces:
                 turn.add(piece)
         service.finish(turn)
-        return JSONResponse(
-            render.completion(turn, footer).model_dump(mode="json"), headers=turn.headers
+        return Response(
+            render.completion(turn, footer).model_dump_json(),
+            media_type="application/json",
+            headers=turn.headers,
         )
 
     @router.get("/models", response_model=ModelList)

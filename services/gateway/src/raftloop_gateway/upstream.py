@@ -6,9 +6,11 @@ base model goes by `upstream_model`. Timeouts and retries are the client's own.
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
+import httpx
 import openai
 from openai import AsyncOpenAI
 
@@ -28,6 +30,27 @@ class UpstreamOverloaded(GatewayError):
 
     status = 429
     code = "upstream_rate_limited"
+
+
+def _piece(done: dict[str, Any]) -> Piece:
+    choice = done["choices"][0]
+    usage = done.get("usage") or {}
+    content = (choice.get("logprobs") or {}).get("content") or []
+    tokens = [
+        TokenInfo(
+            t["token"],
+            t["logprob"],
+            [(a["token"], a["logprob"]) for a in t.get("top_logprobs", [])],
+        )
+        for t in content
+    ]
+    return Piece(
+        text=choice["message"].get("content") or "",
+        tokens=tokens,
+        finish_reason=choice.get("finish_reason") or "stop",
+        prompt_tokens=usage.get("prompt_tokens"),
+        completion_tokens=usage.get("completion_tokens"),
+    )
 
 
 def _tokens(logprobs: Any) -> list[TokenInfo]:
@@ -80,16 +103,10 @@ class UpstreamBackend:
         args = self._arguments(request)
         try:
             if not request.stream:
-                done = await self.client.chat.completions.create(**args)
-                choice = done.choices[0]
-                usage = done.usage
-                yield Piece(
-                    text=choice.message.content or "",
-                    tokens=_tokens(choice.logprobs),
-                    finish_reason=choice.finish_reason or "stop",
-                    prompt_tokens=usage.prompt_tokens if usage else None,
-                    completion_tokens=usage.completion_tokens if usage else None,
-                )
+                # The client's own request path (auth, timeouts, retries), without building
+                # typed response models that would only be taken apart again.
+                raw = await self.client.post("/chat/completions", body=args, cast_to=httpx.Response)
+                yield _piece(json.loads(raw.content))
                 return
             stream = await self.client.chat.completions.create(
                 **args, stream=True, stream_options={"include_usage": True}
@@ -103,8 +120,10 @@ class UpstreamBackend:
             raise UpstreamFailed(
                 f"the upstream model server answered {exc.status_code}: {exc.message}"
             ) from exc
-        except openai.APIConnectionError as exc:
-            raise UpstreamFailed(f"the upstream model server is unreachable: {exc}") from exc
+        except (openai.APIConnectionError, KeyError, IndexError, ValueError) as exc:
+            raise UpstreamFailed(
+                f"the upstream model server failed or is unreachable: {exc!r}"
+            ) from exc
 
 
 async def _pieces(stream: Any) -> AsyncIterator[Piece]:
