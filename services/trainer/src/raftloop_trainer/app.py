@@ -84,9 +84,11 @@ def _subscribe(
         registry=metrics,
     )
 
-    @broker.subscriber(
+    subscriber = broker.subscriber(
         Topic.EXAMPLE_CURATED, **consumer_options(settings.kafka, group_id="trainer")
     )
+
+    @subscriber  # type: ignore[untyped-decorator]
     async def on_example_curated(event: ExampleCurated) -> None:
         """dataset.example.curated -> the dataset (idempotent on example id and content)."""
         outcome = await asyncio.to_thread(scheduler.runner.store.add, event)

@@ -51,7 +51,7 @@ def exact_match(prediction: str, reference: str) -> float:
 
 @cache
 def _rouge() -> Any:
-    from rouge_score import rouge_scorer
+    from rouge_score import rouge_scorer  # type: ignore[import-untyped]
 
     return rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
 

@@ -235,7 +235,7 @@ class Runner:
                 report_path=str(report),
             ),
         )
-        common = {
+        common: dict[str, Any] = {
             "alias": self.settings.alias,
             "base_model": self.base_model,
             "tenant": tenant,

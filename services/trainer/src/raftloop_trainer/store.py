@@ -174,7 +174,8 @@ class DatasetStore:
                 .where(examples.c.tenant == tenant, examples.c.base_model == base_model)
                 .order_by(examples.c.seq)
             ).all()
-        train, holdout = [], []
+        train: list[dict[str, Any]] = []
+        holdout: list[dict[str, Any]] = []
         for row in rows:
             data = {name: getattr(row, name) for name in LINEAGE}
             data["messages"] = json.loads(data["messages"])

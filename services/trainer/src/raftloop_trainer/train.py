@@ -89,7 +89,7 @@ def load_model(base_model_dir: Path, device: str) -> tuple[Any, Any]:
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     bf16 = device == "cuda" and torch.cuda.is_bf16_supported()
-    model = AutoModelForCausalLM.from_pretrained(
+    model: Any = AutoModelForCausalLM.from_pretrained(
         base_model_dir, dtype=torch.bfloat16 if bf16 else torch.float32
     )
     return tokenizer, model.to(device)
