@@ -25,8 +25,6 @@ from raftloop_core.logs import configure_logging
 from raftloop_core.messaging import make_broker
 from raftloop_core.settings import SettingsError
 from raftloop_trainer.adapters import KafkaEventSink, RunInProgress
-from raftloop_trainer.main import build_runner
-from raftloop_trainer.runner import NothingToTrain
 from raftloop_trainer.settings import TrainerSettings
 
 BROKER_TIMEOUT_S = 30.0
@@ -45,6 +43,10 @@ async def run_once(settings: TrainerSettings, tenant: str, trigger: str) -> int:
             file=sys.stderr,
         )
         return 1
+    # The runner pulls in the model stack: imported only once the broker answered.
+    from raftloop_trainer.main import build_runner
+    from raftloop_trainer.runner import NothingToTrain
+
     try:
         runner = build_runner(settings, KafkaEventSink(broker))
         result = await runner.run(tenant, trigger)
