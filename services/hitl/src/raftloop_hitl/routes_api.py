@@ -23,6 +23,12 @@ class ReviewIn(BaseModel):
     oracle_chunk_ids: list[str] = Field(default_factory=list, max_length=100)
 
 
+class LeaseIn(BaseModel):
+    """A lease to extend."""
+
+    lease_token: str = Field(min_length=1, max_length=64)
+
+
 def item_json(item: ItemView, who: Principal) -> dict[str, Any]:
     """An item as the API returns it (the lease token only to its holder)."""
     held = item.lease_owner == who.name
@@ -88,6 +94,15 @@ def api_router(ctx: Ctx) -> APIRouter:
             "action": done.action,
             "duplicate": done.duplicate,
         }
+
+    @router.post("/items/{item_id}/lease")
+    def renew(item_id: int, body: LeaseIn, who: Caller) -> dict[str, Any]:
+        expires = ctx.store.renew(who.tenant, item_id, who.name, body.lease_token)
+        if expires is None:
+            raise ApiError(
+                409, "the lease is gone (expired or not yours); claim again", code="leaselost"
+            )
+        return {"item_id": item_id, "expires_at": expires}
 
     @router.get("/queue")
     def queue(who: Caller) -> dict[str, Any]:

@@ -91,6 +91,7 @@ def ui_router(ctx: Ctx) -> APIRouter:
                 "held": held,
                 "reviews": ctx.store.reviews_of(who.tenant, item_id),
                 "guideline": policies.guidelines(ctx.engine, who.tenant)[0],
+                "lease_seconds": ctx.settings.lease_seconds,
             },
         )
 

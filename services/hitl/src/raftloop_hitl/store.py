@@ -189,6 +189,20 @@ class ReviewStore:
             add_audit(conn, tenant, reviewer, "claim", f"item:{item_id}", "", now)
             return Claim(item_id, token, expires)
 
+    def renew(self, tenant: str, item_id: int, reviewer: str, token: str) -> float | None:
+        """Extend a lease its holder still has (a reviewer still working); new expiry or None."""
+        with self.engine.begin() as conn:
+            now = self.clock()
+            expires = now + self.lease_s
+            done = conn.execute(
+                update(Item)
+                .where(Item.id == item_id, Item.tenant == tenant, Item.state == "open")
+                .where(Item.lease_owner == reviewer, Item.lease_token == token)
+                .where(Item.lease_expires > now)
+                .values(lease_expires=expires)
+            )
+            return expires if done.rowcount == 1 else None
+
     def release(self, tenant: str, item_id: int, reviewer: str, token: str) -> bool:
         """Give a lease back early (the reviewer left the item)."""
         with self.engine.begin() as conn:

@@ -100,3 +100,23 @@ def test_overlap_items_go_to_distinct_reviewers_then_agreement(engine: Engine) -
     stats = {s.reviewer: s for s in policies.reviewer_stats(engine, "default")}
     assert stats["alice"].total == 4
     assert stats["bob"].by_action == {"approved": 4}
+
+
+def test_a_lease_is_renewed_while_held_and_returns_once_expired(engine: Engine) -> None:
+    now = [1000.0]
+    store = ReviewStore(engine, lease_s=10, clock=lambda: now[0])
+    store.ingest_judged(judged(p=0.3))
+    claim = store.claim("default", "alice")
+    assert claim is not None
+    now[0] = 1005.0
+    assert store.renew("default", claim.item_id, "alice", claim.token) == 1015.0
+    assert store.renew("default", claim.item_id, "bob", claim.token) is None
+    now[0] = 1012.0
+    assert store.claim("default", "bob") is None  # renewed: still alice's
+    now[0] = 1016.0
+    assert store.renew("default", claim.item_id, "alice", claim.token) is None
+    taken = store.claim("default", "bob")
+    assert taken is not None
+    assert taken.item_id == claim.item_id
+    with pytest.raises(LeaseLost):
+        store.submit("default", claim.item_id, "alice", claim.token, "approved")

@@ -78,4 +78,19 @@
     box.addEventListener("change", function () { box.closest("li").classList.toggle("oracle", box.checked); });
   });
   if (page === "queue" && rows().length) select(1);
+
+  // Keep the lease while the reviewer is on the item page (renewed at a third of its length).
+  const review = document.getElementById("review-form");
+  const token = review && review.querySelector('input[name="lease_token"]');
+  if (review && token && token.value) {
+    const every = Math.max(5, Number(review.dataset.leaseSeconds) / 3) * 1000;
+    const csrf = review.querySelector('input[name="csrf_token"]').value;
+    setInterval(function () {
+      fetch("/api/v1/items/" + review.dataset.item + "/lease", {
+        method: "POST", credentials: "same-origin",
+        headers: { "content-type": "application/json", "x-csrf-token": csrf },
+        body: JSON.stringify({ lease_token: token.value }),
+      });
+    }, every);
+  }
 })();
