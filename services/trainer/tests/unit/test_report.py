@@ -1,0 +1,48 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from raftloop_trainer.distractors import LocalDistractorSource, chunk_text
+from raftloop_trainer.domain import GateDecision
+from raftloop_trainer.metrics import PairedDiff
+from raftloop_trainer.report import flat_metrics, report_payload, write_report
+
+
+def test_report_is_written_as_json_markdown_and_png(tmp_path: Path) -> None:
+    diffs = {
+        "holdout": [PairedDiff("token_f1", 0.2, 0.6, 0.4, 0.3, 0.5, 25)],
+        "regression": [PairedDiff("token_f1", 0.3, 0.28, -0.02, -0.06, 0.02, 8)],
+    }
+    payload = report_payload(
+        title="run-1",
+        baseline="base",
+        candidate="adapter:abc",
+        diffs=diffs,
+        decision=GateDecision(True, ["token_f1 gain +0.4"]),
+    )
+    path = write_report(tmp_path, payload)
+    assert json.loads(path.read_text())["decision"]["promote"] is True
+    md = (tmp_path / "report.md").read_text()
+    assert "**Gate: PROMOTE**" in md
+    assert "| token_f1 | 0.2000 | 0.6000 | +0.4000 | +0.3000 .. +0.5000 |" in md
+    assert (tmp_path / "report.png").read_bytes().startswith(b"\x89PNG")
+    flat = flat_metrics(diffs)
+    assert flat["holdout.token_f1.ci_low"] == 0.3
+    assert flat["regression.token_f1.diff"] == -0.02
+
+
+def test_local_distractors_rank_by_shared_words_and_skip_excluded_ids() -> None:
+    text = (
+        "Refunds take five days. Refunds go to the card. Support is open on Monday. "
+        "Plans cost money each month. Backups run every night at two."
+    )
+    chunks = chunk_text("doc", text, title="Doc", max_words=8)
+    assert all(len(c.text.split()) <= 10 for c in chunks)
+    assert " ".join(c.text for c in chunks) == text
+    source = LocalDistractorSource(chunks)
+    found = source.distractors("When do refunds reach my card?", k=2, exclude_ids=[])
+    assert "Refunds" in found[0].text
+    skipped = source.distractors("refunds", k=5, exclude_ids=[found[0].chunk_id])
+    assert found[0].chunk_id not in [c.chunk_id for c in skipped]
+    assert source.containing("Backups run every night") is not None
