@@ -86,15 +86,22 @@ def bundled_embedding_model() -> Path:
 
 
 class SentenceTransformerEmbedder:
-    """Sentence embeddings on CPU, off the event loop, one batch at a time."""
+    """Sentence embeddings on CPU, off the event loop.
 
-    def __init__(self, model_dir: Path, device: str = "cpu") -> None:
+    Concurrent callers are coalesced: while one forward pass runs, new requests queue up and
+    go through the model together in the next pass, so judging many interactions at once costs
+    a few large batches instead of many small ones.
+    """
+
+    def __init__(self, model_dir: Path, device: str = "cpu", max_batch: int = 256) -> None:
         if not (model_dir / "modules.json").is_file() and not (model_dir / "config.json").is_file():
             raise EndpointMisconfigured(f"{model_dir} is not a sentence-transformers model folder")
         self.model_dir = model_dir
         self.device = device
+        self.max_batch = max_batch
         self._model: Any = None
-        self._lock = asyncio.Lock()
+        self._pending: list[tuple[list[str], asyncio.Future[list[list[float]]]]] = []
+        self._worker: asyncio.Task[None] | None = None
 
     def _load(self) -> Any:
         from sentence_transformers import SentenceTransformer
@@ -104,10 +111,39 @@ class SentenceTransformerEmbedder:
         return self._model
 
     def _encode(self, texts: list[str]) -> list[list[float]]:
-        vectors = self._load().encode(texts, normalize_embeddings=True, convert_to_numpy=True)
+        vectors = self._load().encode(
+            texts, batch_size=64, normalize_embeddings=True, convert_to_numpy=True
+        )
         return [list(map(float, v)) for v in vectors]
+
+    async def _drain(self) -> None:
+        while self._pending:
+            batch, size = [], 0
+            while self._pending and (
+                not batch or size + len(self._pending[0][0]) <= self.max_batch
+            ):
+                texts, future = self._pending.pop(0)
+                batch.append((texts, future))
+                size += len(texts)
+            try:
+                vectors = await asyncio.to_thread(self._encode, [t for ts, _ in batch for t in ts])
+            except Exception as exc:  # every waiting caller gets the failure, none hangs
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            offset = 0
+            for texts, future in batch:
+                if not future.done():
+                    future.set_result(vectors[offset : offset + len(texts)])
+                offset += len(texts)
 
     async def encode(self, texts: list[str]) -> list[list[float]]:
         """Embed `texts` as unit vectors."""
-        async with self._lock:  # one CPU-bound batch at a time
-            return await asyncio.to_thread(self._encode, texts)
+        if not texts:
+            return []
+        future: asyncio.Future[list[list[float]]] = asyncio.get_running_loop().create_future()
+        self._pending.append((texts, future))
+        if self._worker is None or self._worker.done():
+            self._worker = asyncio.create_task(self._drain())
+        return await future

@@ -40,7 +40,10 @@ def build_service(
     )
     limited = LimitedEndpoint(endpoint, settings.concurrency)
     options = CallOptions(
-        settings.max_tokens, settings.top_logprobs, settings.invalid_output_attempts
+        settings.max_tokens,
+        settings.top_logprobs,
+        settings.invalid_output_attempts,
+        settings.min_score_mass,
     )
     judge = Judge(
         RubricJudge(limited, options, version),

@@ -26,6 +26,7 @@ class CallOptions:
     max_tokens: int = 48
     top_logprobs: int = 10
     attempts: int = 3
+    min_first_mass: float = 0.02
 
 
 class LimitedEndpoint:
@@ -65,14 +66,14 @@ class RubricJudge:
         self.version = version
 
     async def score(
-        self, rubric: Rubric, *, key: str, question: str, answer: str, context: list[str]
+        self, rubric: Rubric, *, question: str, answer: str, context: list[str]
     ) -> CriterionScore:
         """The score of `answer` on `rubric`.
 
         Raises:
             JudgeFailed: every attempt returned unusable output.
         """
-        nonce = nonce_for(self.version, key, rubric.name)
+        nonce = nonce_for(self.version, rubric.name)
         messages = rubric_messages(
             rubric, question=question, answer=answer, context=context, nonce=nonce
         )
@@ -80,7 +81,9 @@ class RubricJudge:
         for attempt in range(self.options.attempts):
             completion = await self.endpoint.ask(messages, self.options, attempt)
             try:
-                score, spread, rationale, method = rubric_score(completion)
+                score, spread, rationale, method = rubric_score(
+                    completion, self.options.min_first_mass
+                )
             except InvalidOutput as exc:
                 errors.append(str(exc))
                 continue
@@ -163,7 +166,7 @@ class PairwiseJudge:
             JudgeFailed: the model gave no usable verdict in one of the orders.
         """
         ctx = context or []
-        nonce = nonce_for(self.version, question, answer_a, answer_b)
+        nonce = nonce_for(self.version, "pairwise")
         first, second = await asyncio.gather(
             self._preference(
                 question=question,

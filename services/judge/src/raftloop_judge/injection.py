@@ -7,8 +7,6 @@ from dataclasses import dataclass
 
 from raftloop_core.events import Flag
 
-REDACTED = "[text addressed to the evaluator removed]"
-
 # Each pattern is one form of attack seen against LLM judges.
 _TOP = r"(5|five|10|ten|100|full|perfect|maximum|max|highest|top|best)"
 _SCORE = r"(scores?|ratings?|grades?|marks?|points?|stars?|verdict)"
@@ -76,19 +74,20 @@ def _sentence_bounds(text: str, start: int, end: int) -> tuple[int, int]:
 
 
 def neutralise(text: str) -> str:
-    """`text` with each sentence that addresses the judge replaced by a marker."""
-    spans = [_sentence_bounds(text, a.start, a.end) for a in find_attempts(text)]
+    """`text` without the sentences that address the judge.
+
+    Nothing is left in their place, so the judge scores the substance alone; the flag tells
+    reviewers what was removed.
+    """
+    spans = sorted(_sentence_bounds(text, a.start, a.end) for a in find_attempts(text))
     if not spans:
         return text
-    out, cursor = [], 0
-    for start, end in sorted(spans):
-        if end <= cursor:
-            continue
-        out.append(text[cursor : max(start, cursor)])
-        out.append(f" {REDACTED} ")
-        cursor = end
-    out.append(text[cursor:])
-    return "".join(out).strip()
+    kept, cursor = [], 0
+    for start, end in spans:
+        kept.append(text[cursor : max(start, cursor)])
+        cursor = max(cursor, end)
+    kept.append(text[cursor:])
+    return re.sub(r"[ \t]{2,}", " ", " ".join(k.strip() for k in kept if k.strip()))
 
 
 def injection_flag(text: str) -> Flag | None:

@@ -50,12 +50,9 @@ class Judge:
         chunks = [c.text for c in interaction.retrieved]
         flags: list[Flag] = [f for f in [injection_flag(answer)] if f is not None]
         applicable = [r for r in self.rubrics if chunks or not r.needs_context]
-        key = f"{interaction.interaction_id}"
         llm = asyncio.gather(
             *(
-                self.rubric_judge.score(
-                    r, key=key, question=question, answer=answer, context=chunks
-                )
+                self.rubric_judge.score(r, question=question, answer=answer, context=chunks)
                 for r in applicable
             )
         )

@@ -22,8 +22,12 @@ SYSTEM = (
 
 
 def nonce_for(*parts: str) -> str:
-    """A marker nonce the judged content cannot predict from its own text alone."""
-    return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:12]
+    """A marker nonce the judged content cannot predict from its own text alone.
+
+    Letters only: a digit in the markers could be mistaken for a score if the model echoes them.
+    """
+    digest = hashlib.sha256("\x1f".join(parts).encode()).digest()
+    return "".join(chr(ord("a") + b % 26) for b in digest[:12])
 
 
 def _clean(text: str) -> str:

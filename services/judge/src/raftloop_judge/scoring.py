@@ -56,8 +56,12 @@ class Distribution:
         return math.sqrt(sum(p * (SCORE_TOKENS[k] - mu) ** 2 for k, p in self.probs.items()))
 
 
+EARLY_TOKENS = 8
+MIN_FIRST_MASS = 0.02
+
+
 def _label_position(tokens: list[TokenTop], labels: set[str], after: str) -> int | None:
-    """Index of the token carrying the label: the first after `after` appears, else the first."""
+    """Where the label was generated: after `after` (e.g. `"score":`), else early in the reply."""
     text, first = "", None
     for i, tok in enumerate(tokens):
         if tok.token.strip(_STRIP) in labels:
@@ -65,17 +69,10 @@ def _label_position(tokens: list[TokenTop], labels: set[str], after: str) -> int
                 return i
             first = i if first is None else first
         text += tok.token
-    return first
+    return first if first is not None and first < EARLY_TOKENS else None
 
 
-def distribution(tokens: list[TokenTop], labels: set[str], after: str) -> Distribution | None:
-    """Normalised probabilities of `labels` at the label position, merging variants like ' 4'."""
-    pos = _label_position(tokens, labels, after)
-    if pos is None:
-        return None
-    tok = tokens[pos]
-    candidates = dict(tok.top)
-    candidates.setdefault(tok.token, 0.0)  # the sampled token counts even if top omits it
+def _normalise(candidates: dict[str, float], labels: set[str]) -> Distribution | None:
     probs: dict[str, float] = {}
     for text, logprob in candidates.items():
         label = text.strip(_STRIP)
@@ -85,6 +82,27 @@ def distribution(tokens: list[TokenTop], labels: set[str], after: str) -> Distri
     if mass <= 0:
         return None
     return Distribution({k: v / mass for k, v in probs.items()}, mass)
+
+
+def distribution(
+    tokens: list[TokenTop], labels: set[str], after: str, min_first_mass: float = MIN_FIRST_MASS
+) -> Distribution | None:
+    """Normalised probabilities of `labels` where the verdict was given, merging variants (' 4').
+
+    When the reply never states a label early, the distribution at the first generated position
+    is used if the labels carry at least `min_first_mass` there (what the model would have
+    answered had it answered at once); otherwise there is no distribution.
+    """
+    pos = _label_position(tokens, labels, after)
+    if pos is None:
+        if not tokens:
+            return None
+        dist = _normalise(tokens[0].top, labels)
+        return dist if dist is not None and dist.mass >= min_first_mass else None
+    tok = tokens[pos]
+    candidates = dict(tok.top)
+    candidates.setdefault(tok.token, 0.0)  # the sampled token counts even if top omits it
+    return _normalise(candidates, labels)
 
 
 def parse_json(text: str) -> dict[str, object]:
@@ -105,7 +123,9 @@ def parse_json(text: str) -> dict[str, object]:
     return value
 
 
-def rubric_score(completion: Completion) -> tuple[float, float | None, str, str]:
+def rubric_score(
+    completion: Completion, min_first_mass: float = MIN_FIRST_MASS
+) -> tuple[float, float | None, str, str]:
     """(score, spread, rationale, method) from a rubric reply.
 
     With logprobs the score is probability-weighted over "1".."5" (G-Eval); otherwise the
@@ -115,7 +135,7 @@ def rubric_score(completion: Completion) -> tuple[float, float | None, str, str]
         InvalidOutput: neither a score distribution nor a valid structured reply was found.
     """
     if completion.tokens:
-        dist = distribution(completion.tokens, set(SCORE_TOKENS), after="score")
+        dist = distribution(completion.tokens, set(SCORE_TOKENS), "score", min_first_mass)
         if dist is None:
             raise InvalidOutput("no score token 1-5 among the generated tokens")
         try:

@@ -40,7 +40,14 @@ class JudgeSettings(BaseSettings):
     max_retries: int = Field(default=3, ge=0, description="Client retries on 429/5xx/timeouts.")
     invalid_output_attempts: int = Field(default=3, ge=1)
     max_tokens: int = Field(default=48, ge=1)
-    top_logprobs: int = Field(default=10, ge=1, le=20)
+    top_logprobs: int = Field(default=20, ge=1, le=20)
+    min_score_mass: float = Field(
+        default=0.02,
+        ge=0,
+        le=1,
+        description="Least probability the score tokens need at the first position when the "
+        "reply states no score early (G-Eval fallback).",
+    )
     concurrency: int = Field(default=8, ge=1, description="Concurrent requests to the endpoint.")
     batch_size: int = Field(default=16, ge=1, description="Messages judged together per poll.")
     poll_budget_fraction: float = Field(

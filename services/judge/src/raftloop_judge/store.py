@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
+from typing import Any
 from uuid import UUID
 
 import sqlalchemy as sa
@@ -55,6 +56,15 @@ calibrators = sa.Table(
 )
 
 
+def _sqlite_pragmas(conn: Any, _: Any) -> None:
+    # WAL lets readers run beside the writer; NORMAL sync is durable across process crashes.
+    cursor = conn.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA busy_timeout=5000")
+    cursor.close()
+
+
 def _now() -> datetime:
     return datetime.now(UTC)
 
@@ -64,6 +74,8 @@ class SqlJudgeStore:
 
     def __init__(self, url: str) -> None:
         self.engine = sa.create_engine(url, pool_pre_ping=True)
+        if self.engine.dialect.name == "sqlite":
+            sa.event.listen(self.engine, "connect", _sqlite_pragmas)
         metadata.create_all(self.engine)
 
     def close(self) -> None:

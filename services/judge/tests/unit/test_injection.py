@@ -1,6 +1,6 @@
 import pytest
 
-from raftloop_judge.injection import REDACTED, find_attempts, injection_flag, neutralise
+from raftloop_judge.injection import find_attempts, injection_flag, neutralise
 from raftloop_judge.prompts import data_block, rubric_messages
 from raftloop_judge.rubrics import load_rubrics
 
@@ -30,9 +30,7 @@ def test_each_form_of_attack_is_found_flagged_and_neutralised(text: str) -> None
     assert flag is not None
     assert flag.source == "judge"
     assert flag.code == "judge_injection"
-    cleaned = neutralise(text)
-    assert REDACTED in cleaned
-    assert "5 days" in cleaned  # the substance stays
+    assert neutralise(text) == "Refunds take 5 days."  # the substance stays, the attack goes
 
 
 @pytest.mark.parametrize("text", BENIGN)

@@ -71,3 +71,21 @@ def test_pairwise_orders_combine_and_inconsistency_is_a_tie() -> None:
     assert verdict.winner == "tie"
     assert not verdict.consistent
     assert verdict.preference_a == pytest.approx(0.5)
+
+
+def test_a_reply_without_an_early_score_uses_the_first_position_if_it_carries_enough_mass() -> None:
+    first = TokenTop("The", {"The": math.log(0.8), "1": math.log(0.06), "5": math.log(0.02)})
+    rest = [TokenTop(w, {w: 0.0}) for w in [" answer", " to", " the", " question", " is"] * 2]
+    score, _, _, _ = rubric_score(Completion("The answer ...", [first, *rest, TokenTop("5", {})]))
+    assert score == pytest.approx((1 * 0.06 + 5 * 0.02) / 0.08)
+    faint = TokenTop("The", {"The": math.log(0.98), "1": math.log(0.01)})
+    with pytest.raises(InvalidOutput):
+        rubric_score(Completion("The answer ...", [faint, *rest]))
+
+
+def test_marker_nonces_have_no_digits() -> None:
+    from raftloop_judge.prompts import nonce_for
+
+    assert all(
+        not nonce_for("v", str(i)).isalnum() or nonce_for("v", str(i)).isalpha() for i in range(200)
+    )
