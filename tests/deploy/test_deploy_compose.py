@@ -205,3 +205,15 @@ def test_make_secrets_fills_an_env_that_compose_and_the_services_accept(tmp_path
     again = run(sys.executable, str(DEPLOY / "make_secrets.py"), "--out", str(tmp_path))
     assert again.returncode == 1
     assert "exists" in again.stderr
+
+
+def test_gpu_override_gives_the_trainer_a_gpu(tmp_path: Path) -> None:
+    exe = tool("docker-compose")
+    env = write_test_env(tmp_path)
+    files = ["-f", str(COMPOSE), "-f", str(DEPLOY / "compose.gpu.yaml")]
+    done = run(exe, *files, "--env-file", str(env), "config")
+    assert done.returncode == 0, done.stderr
+    trainer = yaml.safe_load(done.stdout)["services"]["trainer"]
+    assert trainer["environment"]["TRAINER_DEVICE"] == "cuda"
+    (device,) = trainer["deploy"]["resources"]["reservations"]["devices"]
+    assert device["capabilities"] == ["gpu"]
