@@ -45,12 +45,14 @@ class OutboxRelay:
         prefix: str,
         poll_s: float,
         published: PublishedCheck | None = None,
+        leader: Callable[[], bool] | None = None,
     ) -> None:
         self.store = store
         self.broker = broker
         self.prefix = prefix
         self.poll_s = poll_s
         self.check = published
+        self.leader = leader
         self._wake = asyncio.Event()
         self._suspect = True  # the oldest unsent row may have reached the broker before a crash
         self.published = 0
@@ -88,7 +90,10 @@ class OutboxRelay:
         while True:
             self._wake.clear()
             try:
-                await self.drain()
+                if self.leader is None or await asyncio.to_thread(self.leader):
+                    await self.drain()
+                else:
+                    self._suspect = True  # whoever leads may die mid-send; check on takeover
             except Exception as exc:
                 log.warning("outbox publish failed; retrying", extra={"error": repr(exc)})
                 await asyncio.sleep(1.0)

@@ -30,7 +30,7 @@ from raftloop_hitl.routes_api import api_router
 from raftloop_hitl.routes_ops import ops_router
 from raftloop_hitl.routes_ui import ui_router
 from raftloop_hitl.settings import HitlSettings
-from raftloop_hitl.store import ReviewStore
+from raftloop_hitl.store import RelayLeadership, ReviewStore
 from raftloop_hitl.web import HERE, PageError, make_templates, page_error_handler, security_headers
 
 
@@ -44,6 +44,7 @@ def create_app(
 ) -> FastAPI:
     """The review service: pages, API, consumers and relay, all started by the lifespan."""
     store = ReviewStore(engine, lease_s=settings.lease_seconds)
+    leadership = RelayLeadership(engine)
     registry = CollectorRegistry()
     ops = KafkaOpsMonitor(settings.kafka, store, registry, cache_s=settings.ops_cache_s)
     relay = OutboxRelay(
@@ -52,6 +53,7 @@ def create_app(
         prefix=settings.topic_prefix,
         poll_s=settings.outbox_poll_s,
         published=published_on_kafka(settings.kafka),
+        leader=leadership.acquire,
     )
     ctx = Ctx(settings, engine, store, Accounts(engine), keys, make_templates(), relay, ops)
     if settings.consume:
@@ -73,6 +75,7 @@ def create_app(
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            await asyncio.to_thread(leadership.release)
             await broker.stop()
             engine.dispose()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -22,12 +23,15 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy.exc import SQLAlchemyError
 
 from raftloop_core.events import Event, FeedbackReceived, InteractionJudged
 from raftloop_core.topics import Topic
 from raftloop_hitl import domain
 from raftloop_hitl.models import Inbox, Item, Outbox, PendingFeedback, Review, Skip
 from raftloop_hitl.policies import add_audit, latest_guideline_version, load_policy
+
+log = logging.getLogger(__name__)
 
 
 class QueueError(Exception):
@@ -520,3 +524,50 @@ def _view(row: Row[Any]) -> ItemView:
         event=InteractionJudged.model_validate_json(g["payload"]),
         feedback=json.loads(g["feedback"]) if g["feedback"] else None,
     )
+
+
+class RelayLeadership:
+    """Only one process publishes the outbox, so replicas never send a row twice.
+
+    PostgreSQL: a session advisory lock held on a dedicated connection (released when the
+    process dies). SQLite serves one machine, where one process owns the file: always leader.
+    """
+
+    KEY = 0x6869_746C  # "hitl"
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._conn: Connection | None = None
+
+    def acquire(self) -> bool:
+        """Whether this process is (still, or now) the leader."""
+        if self.engine.dialect.name != "postgresql":
+            return True
+        if self._conn is not None:
+            try:
+                self._conn.exec_driver_sql("SELECT 1")
+                self._conn.commit()
+                return True
+            except SQLAlchemyError:  # the connection died, and the lock with it
+                self._conn = None
+        conn = self.engine.connect()
+        got = conn.exec_driver_sql(f"SELECT pg_try_advisory_lock({self.KEY})").scalar()
+        conn.commit()
+        if got:
+            self._conn = conn
+            return True
+        conn.close()
+        return False
+
+    def release(self) -> None:
+        """Step down (at shutdown)."""
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        try:
+            conn.exec_driver_sql(f"SELECT pg_advisory_unlock({self.KEY})")
+            conn.commit()
+        except SQLAlchemyError as exc:  # closing the session drops the lock anyway
+            log.warning("could not unlock the outbox relay lock", extra={"error": repr(exc)})
+        finally:
+            conn.close()

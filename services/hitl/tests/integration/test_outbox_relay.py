@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from uuid import uuid4
 
 import pytest
 from sqlalchemy import Engine
@@ -11,7 +12,8 @@ from raftloop_core.messaging import make_broker
 from raftloop_core.settings import KafkaSettings
 from raftloop_core.topics import Topic
 from raftloop_hitl.adapters import OutboxRelay, published_on_kafka
-from raftloop_hitl.store import ReviewStore
+from raftloop_hitl.domain import sample
+from raftloop_hitl.store import RelayLeadership, ReviewStore
 
 from ..conftest import judged
 from ..support import prefixed_topics, read_topic
@@ -24,7 +26,8 @@ async def test_a_row_published_but_not_marked_is_not_sent_again(
 ) -> None:
     prefix = prefixed_topics(kafka_settings)
     store = ReviewStore(sqlite_engine, lease_s=60)
-    store.ingest_judged(judged(p=0.2))
+    iid = next(i for i in iter(uuid4, None) if not sample(i, "overlap", 0.1))
+    store.ingest_judged(judged(p=0.2, interaction_id=iid))
     claim = store.claim("default", "alice")
     assert claim is not None
     store.submit("default", claim.item_id, "alice", claim.token, "approved")
@@ -47,3 +50,14 @@ async def test_a_row_published_but_not_marked_is_not_sent_again(
     examples = read_topic(kafka_settings, prefix + Topic.EXAMPLE_CURATED, expect=1, settle_s=1)
     assert len(reviews) == 1
     assert len(examples) == 1
+
+
+def test_only_one_replica_relays_on_postgresql(pg_engine: Engine, sqlite_engine: Engine) -> None:
+    first, second = RelayLeadership(pg_engine), RelayLeadership(pg_engine)
+    assert first.acquire()
+    assert first.acquire()  # still the leader
+    assert not second.acquire()
+    first.release()
+    assert second.acquire()
+    second.release()
+    assert RelayLeadership(sqlite_engine).acquire()  # one process owns a SQLite file
