@@ -18,6 +18,8 @@ log = logging.getLogger(__name__)
 
 SCROLL_PAGE = 1_000
 UPSERT_BATCH = 256
+LOCAL_WIDEN = 4
+"""Local mode first searches this many times k without a filter (see `_search_then_keep_tenant`)."""
 _INDEXED_FIELDS = ("tenant", "document_id")
 
 
@@ -77,13 +79,12 @@ class SentenceTransformerEmbedder:
 class QdrantIndex:
     """One Qdrant collection, local mode or server, cosine distance."""
 
-    def __init__(
-        self, client: AsyncQdrantClient, collection: str, *, payload_indexes: bool = True
-    ) -> None:
+    def __init__(self, client: AsyncQdrantClient, collection: str, *, local: bool = False) -> None:
         self.client = client
         self.collection = collection
-        # Local mode scans payloads anyway and warns about indexes; a server needs them.
-        self.payload_indexes = payload_indexes
+        # Local mode has no payload indexes (it warns about them) and checks a filter in Python,
+        # point by point; a server needs the indexes and filters fast with them.
+        self.local = local
 
     async def ensure(self, dimension: int) -> None:
         """Create the collection with `dimension`, or check that the existing one matches.
@@ -96,7 +97,7 @@ class QdrantIndex:
                 self.collection,
                 vectors_config=models.VectorParams(size=dimension, distance=models.Distance.COSINE),
             )
-            for name in _INDEXED_FIELDS if self.payload_indexes else ():
+            for name in () if self.local else _INDEXED_FIELDS:
                 await self.client.create_payload_index(
                     self.collection, name, models.PayloadSchemaType.KEYWORD
                 )
@@ -156,11 +157,36 @@ class QdrantIndex:
 
     async def search(self, query: Query) -> list[Hit]:
         """Nearest points within the query's tenant and filters."""
+        if self.local and not (
+            query.match or query.exclude_point_ids or query.exclude_document_ids
+        ):
+            found = await self._search_then_keep_tenant(query)
+            if found is not None:
+                return found
+        return await self._search(query, _filter(query), query.limit)
+
+    async def _search_then_keep_tenant(self, query: Query) -> list[Hit] | None:
+        """Local mode: an unfiltered (vectorised) search, then keep the tenant's points.
+
+        Exact, not approximate: when the global top L holds at least k of the tenant's points,
+        those are the tenant's top k, since any better one of the tenant's would be in the top L
+        too; when it returned fewer than L points, it saw every point. Otherwise (None) the
+        caller runs the filtered search. Isolation does not depend on this: the tenant check
+        below is on the stored payload.
+        """
+        wide = query.limit * LOCAL_WIDEN
+        hits = await self._search(query, None, wide)
+        mine = [h for h in hits if h.payload.get("tenant") == query.tenant]
+        if len(mine) >= query.limit or len(hits) < wide:
+            return mine[: query.limit]
+        return None
+
+    async def _search(self, query: Query, flt: models.Filter | None, limit: int) -> list[Hit]:
         response = await self.client.query_points(
             self.collection,
             query=query.vector,
-            query_filter=_filter(query),
-            limit=query.limit,
+            query_filter=flt,
+            limit=limit,
             with_payload=True,
             with_vectors=query.with_vectors,
         )

@@ -50,7 +50,5 @@ def build() -> FastAPI:
         device=settings.embedding_device,
         batch_size=settings.embedding_batch_size,
     )
-    index = QdrantIndex(
-        qdrant_client(settings), settings.collection, payload_indexes=bool(settings.qdrant_url)
-    )
+    index = QdrantIndex(qdrant_client(settings), settings.collection, local=not settings.qdrant_url)
     return create_app(settings, embedder=embedder, index=index, keys=keys)

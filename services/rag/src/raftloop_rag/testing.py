@@ -59,7 +59,7 @@ def auth(who: str) -> dict[str, str]:
 
 
 async def wait_for(
-    predicate: Callable[[], bool], timeout_s: float = 120.0, what: Callable[[], str] = str
+    predicate: Callable[[], bool], timeout_s: float = 300.0, what: Callable[[], str] = str
 ) -> None:
     """Poll until `predicate` holds.
 
@@ -119,9 +119,7 @@ async def running_rag(
     """Start rag on real local-mode Qdrant and the session broker; stop it afterwards."""
     ensure_topics(settings.kafka, {settings.topic: 3, dead_letter(settings.topic): 1})
     location = settings.local_path()
-    index = QdrantIndex(
-        AsyncQdrantClient(path=str(location)), settings.collection, payload_indexes=False
-    )
+    index = QdrantIndex(AsyncQdrantClient(path=str(location)), settings.collection, local=True)
     app = create_app(settings, embedder=embedder, index=index, keys=keys)
     producer = make_broker(settings.kafka)
     async with app.router.lifespan_context(app), producer:

@@ -57,7 +57,7 @@ async def test_a_collection_of_another_dimension_is_a_clear_error() -> None:
     await client.create_collection(
         "kb", vectors_config=models.VectorParams(size=8, distance=models.Distance.COSINE)
     )
-    index = QdrantIndex(client, "kb", payload_indexes=False)
+    index = QdrantIndex(client, "kb", local=True)
     with pytest.raises(IndexConfigError, match=r"size 8.*makes 384.*RAG_COLLECTION"):
         await index.ensure(384)
     await index.ensure(8)  # the matching size is accepted as it is
