@@ -70,7 +70,8 @@ def ui_router(ctx: Ctx) -> APIRouter:
     ) -> Response:
         if release_item is not None and release_token:
             ctx.store.release(who.tenant, release_item, who.name, release_token)
-        claim = ctx.store.claim(who.tenant, who.name)
+        # "Next" from an item page means another item, not the one just left.
+        claim = ctx.store.claim(who.tenant, who.name, exclude=release_item)
         if claim is None:
             return RedirectResponse("/queue?m=queue+empty", status_code=303)
         return RedirectResponse(f"/items/{claim.item_id}", status_code=303)

@@ -151,7 +151,7 @@ class ReviewStore:
 
     # ------------------------------------------------------------ claims
 
-    def claim(self, tenant: str, reviewer: str) -> Claim | None:
+    def claim(self, tenant: str, reviewer: str, *, exclude: int | None = None) -> Claim | None:
         """Lease the most valuable item this reviewer may take; None when there is none.
 
         Atomic: PostgreSQL locks the chosen row with `FOR UPDATE SKIP LOCKED`; SQLite runs the
@@ -172,6 +172,7 @@ class ReviewStore:
                 .where(Item.tenant == tenant, Item.state == "open", _free(now))
                 .where(~exists().where(Review.item_id == Item.id, Review.reviewer == reviewer))
                 .where(~exists().where(Skip.item_id == Item.id, Skip.reviewer == reviewer))
+                .where(Item.id != (exclude if exclude is not None else -1))
                 .order_by(Item.priority.desc(), Item.id)
                 .limit(1)
             )

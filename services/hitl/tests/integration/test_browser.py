@@ -70,8 +70,10 @@ def test_sign_in_claim_mark_correct_and_approve_with_the_keyboard(
             interaction_id=single_review_id(),
             answer="<script>alert(1)</script> 5 days",  # type: ignore[arg-type]
         )
-        asyncio.run(publish_judged(kafka_settings, prefix, [first, second]))
-        wait_open(service, creds.api_keys["internal"], 2)
+        third = judged(p=0.15, interaction_id=single_review_id())  # type: ignore[arg-type]
+        fourth = judged(p=0.1, interaction_id=single_review_id())  # type: ignore[arg-type]
+        asyncio.run(publish_judged(kafka_settings, prefix, [first, second, third, fourth]))
+        wait_open(service, creds.api_keys["internal"], 4)
         with sync_playwright() as pw:
             browser = pw.chromium.launch(
                 executable_path=str(CHROMIUM),
@@ -86,7 +88,7 @@ def test_sign_in_claim_mark_correct_and_approve_with_the_keyboard(
             page.fill("input[name=password]", password["reviewer"])
             page.keyboard.press("Enter")
             page.wait_for_url(re.compile(r"/queue$"))
-            expect(page.locator("tr[data-href]")).to_have_count(2)
+            expect(page.locator("tr[data-href]")).to_have_count(4)
             page.screenshot(path=ARTIFACTS / "queue.png", full_page=True)
 
             page.keyboard.press("n")  # claim the most valuable item
@@ -103,8 +105,14 @@ def test_sign_in_claim_mark_correct_and_approve_with_the_keyboard(
             expect(page.locator("#model-answer")).to_contain_text("<script>alert(1)</script>")
             page.screenshot(path=ARTIFACTS / "item-escaped.png", full_page=True)
             page.keyboard.press("a")
-            page.wait_for_url(re.compile(r"/queue\?m=approved"))
-            expect(page.locator("tr[data-href]")).to_have_count(0)
+            page.wait_for_url(re.compile(r"/items/\d+\?m=approved$"))
+            page.keyboard.press("r")  # reject with a reason, keyboard only
+            page.keyboard.type("Makes up a refund policy.")
+            page.keyboard.press("Control+Enter")
+            page.wait_for_url(re.compile(r"/items/\d+\?m=rejected$"))
+            page.keyboard.press("s")  # skip: it stays in the queue for someone else
+            page.wait_for_url(re.compile(r"/queue\?m=skipped"))
+            expect(page.locator("tr[data-href]")).to_have_count(1)
             assert dialogs == []  # the script in the answer never ran
 
             admin = browser.new_page(viewport={"width": 1400, "height": 1000})
@@ -136,5 +144,15 @@ def test_sign_in_claim_mark_correct_and_approve_with_the_keyboard(
         approved = by_id[str(second.interaction.interaction_id)]
         assert approved["source"] == "approved"
         assert approved["answer"] == second.interaction.answer
+        reviews = [
+            json.loads(value)
+            for _, value in read_topic(kafka_settings, prefix + Topic.REVIEW_COMPLETED, expect=4)
+        ]
+        actions = {r["interaction_id"]: (r["action"], r["reason"]) for r in reviews}
+        assert actions[str(third.interaction.interaction_id)] == (
+            "rejected",
+            "Makes up a refund policy.",
+        )
+        assert actions[str(fourth.interaction.interaction_id)] == ("skipped", None)
     finally:
         service.stop()

@@ -120,3 +120,15 @@ def test_a_lease_is_renewed_while_held_and_returns_once_expired(engine: Engine) 
     assert taken.item_id == claim.item_id
     with pytest.raises(LeaseLost):
         store.submit("default", claim.item_id, "alice", claim.token, "approved")
+
+
+def test_leaving_an_item_claims_another_one(engine: Engine) -> None:
+    store = ReviewStore(engine, lease_s=60)
+    store.ingest_judged(judged(p=0.5))
+    store.ingest_judged(judged(p=0.2))
+    first = store.claim("default", "alice")
+    assert first is not None
+    assert store.release("default", first.item_id, "alice", first.token)
+    second = store.claim("default", "alice", exclude=first.item_id)
+    assert second is not None
+    assert second.item_id != first.item_id
