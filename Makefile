@@ -27,10 +27,16 @@ up: install
 	$(BIN)/raftloop up
 
 # Debian packages the tests need: Chromium for the review UI's browser tests (never a
-# downloaded browser build).
+# downloaded browser build), docker-compose and promtool to validate deploy/ offline.
 system-deps:
-	@command -v chromium >/dev/null || { apt-get update -qq && \
-		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; }
+	@missing=""; \
+	command -v chromium >/dev/null || missing="$$missing chromium chromium-driver"; \
+	command -v docker-compose >/dev/null || missing="$$missing docker-compose"; \
+	command -v promtool >/dev/null || missing="$$missing prometheus"; \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages:$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
 	@pg_isready -q -h 127.0.0.1 -p 5432 || pg_ctlcluster --skip-systemctl-redirect \
 		$$(ls /etc/postgresql | head -1) main start || echo "PostgreSQL not started: its tests will fail"
 
