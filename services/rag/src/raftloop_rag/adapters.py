@@ -55,7 +55,7 @@ class SentenceTransformerEmbedder:
     @property
     def max_tokens(self) -> int:
         """The model's sequence limit less [CLS] and [SEP]."""
-        return int(self.model.max_seq_length) - 2
+        return int(self.model.max_seq_length or 256) - 2
 
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
         """Tokens of each text, without special tokens."""
@@ -195,7 +195,7 @@ class QdrantIndex:
                 id=str(p.id),
                 score=float(p.score),
                 payload=p.payload or {},
-                vector=list(p.vector) if isinstance(p.vector, list) else None,
+                vector=_dense(p.vector),
             )
             for p in response.points
         ]
@@ -219,7 +219,15 @@ class QdrantIndex:
 def _match(key: str, value: object) -> models.FieldCondition:
     if isinstance(value, list):
         return models.FieldCondition(key=key, match=models.MatchAny(any=value))
-    return models.FieldCondition(key=key, match=models.MatchValue(value=value))  # type: ignore[arg-type]
+    if isinstance(value, str | int):
+        return models.FieldCondition(key=key, match=models.MatchValue(value=value))
+    raise TypeError(f"cannot match {key!r} on a {type(value).__name__}")
+
+
+def _dense(vector: object) -> list[float] | None:
+    if isinstance(vector, list) and all(isinstance(x, float | int) for x in vector):
+        return [float(x) for x in vector]
+    return None
 
 
 def _scope(tenant: str, document_id: str) -> models.Filter:

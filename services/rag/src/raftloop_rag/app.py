@@ -73,7 +73,7 @@ def chunking_policy(settings: RagSettings, embedder: Embedder) -> ChunkingPolicy
 def subscribe(broker: KafkaBroker, settings: RagSettings, indexer: Indexer, m: RagMetrics) -> None:
     """Register the indexing consumer on `broker`."""
 
-    @broker.subscriber(
+    @broker.subscriber(  # type: ignore[untyped-decorator]  # faststream's is untyped
         settings.topic, **consumer_options(settings.kafka, group_id=settings.consumer_group)
     )
     async def on_document(event: DocumentEvent) -> None:

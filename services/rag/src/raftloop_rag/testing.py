@@ -133,11 +133,13 @@ def rag_settings(
     kafka: KafkaSettings, folder: Path, unique: Callable[[str], str], **overrides: object
 ) -> RagSettings:
     """Settings with their own Qdrant folder, collection, topic and consumer group."""
-    return RagSettings(
-        kafka=kafka,
-        qdrant_path=folder,
-        collection=unique("kb"),
-        topic=unique(str(Topic.KB_DOCUMENT)),
-        consumer_group=unique("rag"),
-        **overrides,
+    return RagSettings.model_validate(
+        {
+            "kafka": kafka,
+            "qdrant_path": folder,
+            "collection": unique("kb"),
+            "topic": unique(str(Topic.KB_DOCUMENT)),
+            "consumer_group": unique("rag"),
+        }
+        | overrides
     )
