@@ -7,6 +7,7 @@ from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from raftloop_hitl import policies
+from raftloop_hitl.accounts import LoginThrottle
 from raftloop_hitl.context import Ctx
 from raftloop_hitl.store import QueueError
 from raftloop_hitl.web import CSRF_FIELD, PageError, Principal, check_csrf, render
@@ -20,6 +21,7 @@ def ui_router(ctx: Ctx) -> APIRouter:
     user_dep = ctx.user_dep()
     User = Annotated[Principal, Depends(user_dep)]
     t = ctx.templates
+    throttle = LoginThrottle()
 
     async def csrf(request: Request) -> None:
         if "uid" not in request.session and request.url.path != "/login":
@@ -38,11 +40,16 @@ def ui_router(ctx: Ctx) -> APIRouter:
     def login(
         request: Request, username: Annotated[str, Form()], password: Annotated[str, Form()]
     ) -> Response:
+        if throttle.blocked(username):
+            message = "too many failed sign-ins for this user; wait 15 minutes or ask an admin"
+            return render(request, t, "login.html", {"error": message}, status=429)
         account = ctx.accounts.authenticate(username, password)
         if account is None:
+            throttle.failed(username)
             return render(
                 request, t, "login.html", {"error": "wrong username or password"}, status=401
             )
+        throttle.succeeded(username)
         request.session.clear()
         request.session.update({"uid": account.id, "uname": account.username})
         return RedirectResponse("/queue", status_code=303)

@@ -19,7 +19,7 @@ from raftloop_hitl.db import make_engine
 from raftloop_hitl.main import session_secret
 
 from ..conftest import judged
-from ..support import prefixed_topics, settings_for, sign_in
+from ..support import csrf_of, prefixed_topics, settings_for, sign_in
 
 pytestmark = pytest.mark.integration
 
@@ -239,3 +239,12 @@ async def test_session_cookie_is_httponly_and_samesite(world: World) -> None:
     assert "samesite=strict" in cookie
     await client.aclose()
     await asyncio.sleep(0)
+
+
+async def test_repeated_failed_sign_ins_are_throttled(world: World) -> None:
+    client = httpx.AsyncClient(transport=httpx.ASGITransport(app=world.app), base_url="http://hitl")
+    token = csrf_of((await client.get("/login")).text)
+    form = {"username": "ghost", "password": "nope-nope-nope", "csrf_token": token}
+    statuses = [(await client.post("/login", data=form)).status_code for _ in range(6)]
+    assert statuses == [401] * 5 + [429]
+    await client.aclose()
