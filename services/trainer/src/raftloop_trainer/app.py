@@ -106,7 +106,11 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        interrupted = await asyncio.to_thread(runner.store.interrupt_running)
+        if interrupted:
+            log.warning("runs interrupted by a restart will resume", extra={"runs": interrupted})
         await broker.start()
+        scheduler.wake.set()  # check the triggers at once: an interrupted run resumes
         watcher = asyncio.create_task(scheduler.watch(), name="trigger-watch")
         try:
             yield

@@ -209,6 +209,24 @@ class DatasetStore:
                 .values(status=status, finished_at=datetime.now(UTC), **fields)
             )
 
+    def interrupt_running(self) -> int:
+        """Mark runs left `running` by a killed process as failed, so triggers fire again.
+
+        The next run over the same data has the same dataset version, so it finds the killed
+        job's folder and resumes from its last checkpoint.
+        """
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                runs.update()
+                .where(runs.c.status == "running")
+                .values(
+                    status="failed",
+                    error="interrupted: the trainer stopped during the run",
+                    finished_at=datetime.now(UTC),
+                )
+            )
+            return int(result.rowcount or 0)
+
     def update_run(self, run_id: str, **fields: Any) -> None:
         """Set fields of a run (dataset version, counts) while it runs."""
         with self.engine.begin() as conn:

@@ -27,13 +27,21 @@ from raftloop_trainer.train import LoraParams
 
 log = logging.getLogger(__name__)
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+# Training and generating on 2 CPU cores takes minutes; the fixtures count toward the timeout.
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(3600)]
 
-PARAMS = LoraParams(epochs=1, batch_size=4, top_layers=8, max_length=384, learning_rate=1e-3)
-TRAIN_LIMIT = 48
+PARAMS = LoraParams(
+    epochs=1,
+    batch_size=4,
+    top_layers=12,
+    max_length=384,
+    learning_rate=2e-3,
+    target_modules=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
+)
+TRAIN_LIMIT = None
 BAD_LIMIT = 24
 REGRESSION = 8
-MAX_NEW_TOKENS = 48
+MAX_NEW_TOKENS = 80
 
 
 @pytest.fixture(scope="module")

@@ -115,6 +115,17 @@ def test_failed_runs_do_not_consume_examples(store: DatasetStore) -> None:
     assert store.pending()[0].new_examples == before
 
 
+def test_runs_left_running_by_a_crash_are_marked_failed(store: DatasetStore) -> None:
+    for i in range(10):
+        store.add(curated(f"Q{i}?", f"A{i}."))
+    before = store.pending()[0].new_examples
+    store.start_run("run-k", "acme", "tiny", "test", store.snapshot("acme", "tiny").max_seq)
+    assert store.pending()[0].new_examples == 0
+    assert store.interrupt_running() == 1
+    assert store.run("run-k")["status"] == "failed"  # type: ignore[index]
+    assert store.pending()[0].new_examples == before
+
+
 def test_schema_is_created_idempotently(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'x.sqlite3'}"
     DatasetStore(url)
