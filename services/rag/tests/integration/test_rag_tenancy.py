@@ -6,13 +6,16 @@ import hashlib
 from collections.abc import AsyncIterator, Callable
 
 import pytest
+from faststream.kafka import KafkaMessage
 
 from raftloop_core.api import KeyStore
 from raftloop_core.events import DocumentDeleted, DocumentSubmitted
+from raftloop_core.messaging import ERROR_CLASS_HEADER, consumer_options, make_broker
 from raftloop_core.settings import KafkaSettings
+from raftloop_core.topics import dead_letter
 from raftloop_rag.adapters import SentenceTransformerEmbedder
 from raftloop_rag.domain import point_id
-from raftloop_rag.testing import KEYS, RagService, auth, rag_settings, running_rag
+from raftloop_rag.testing import KEYS, RagService, auth, rag_settings, running_rag, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -234,3 +237,26 @@ async def test_ops_routes(rag: RagService) -> None:
     metrics = (await rag.http.get("/metrics")).text
     assert 'raftloop_rag_documents_total{outcome="indexed"}' in metrics
     assert "raftloop_rag_retrieval_seconds_bucket" in metrics
+
+
+async def test_a_malformed_document_event_is_dead_lettered_and_indexing_goes_on(
+    rag: RagService, kafka_settings: KafkaSettings, unique: Callable[[str], str]
+) -> None:
+    parked: list[KafkaMessage] = []
+    watcher = make_broker(kafka_settings)
+
+    @watcher.subscriber(
+        dead_letter(rag.settings.topic), **consumer_options(kafka_settings, group_id=unique("dlt"))
+    )
+    async def park(msg: KafkaMessage) -> None:
+        parked.append(msg)
+
+    async with watcher:
+        await watcher.start()
+        await rag.producer.publish(
+            b'{"action": "submitted", "document_id": "x"}', topic=rag.settings.topic, key=b"x"
+        )
+        await rag.apply(doc("after.md", "acme", "# After\n\nIndexed after a bad message."))
+        await wait_for(lambda: len(parked) == 1)
+    assert parked[0].headers[ERROR_CLASS_HEADER] == "ValidationError"
+    assert await rag.index.count(tenant="acme", document_id="after.md") == 1

@@ -1,0 +1,148 @@
+"""Indexer and Retriever decisions with hand-written fakes of the Embedder and VectorIndex ports."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+
+import numpy as np
+
+from raftloop_core.events import DocumentDeleted, DocumentSubmitted
+from raftloop_rag.chunking import ChunkingPolicy
+from raftloop_rag.domain import Hit, Point, Query, Vectors, point_id
+from raftloop_rag.indexing import Indexer
+from raftloop_rag.retrieval import RetrievalRequest, Retriever
+
+
+class FakeEmbedder:
+    name = "fake"
+    dimension = 4
+    max_tokens = 64
+
+    def __init__(self) -> None:
+        self.embedded = 0
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        return [len(t.split()) for t in texts]
+
+    def embed(self, texts: Sequence[str]) -> Vectors:
+        self.embedded += len(texts)
+        rows = [[len(t) % 7 + 1.0, t.count("a") + 1.0, 1.0, float(i)] for i, t in enumerate(texts)]
+        array = np.asarray(rows, dtype=np.float32)
+        return array / np.linalg.norm(array, axis=1, keepdims=True)
+
+
+class FakeIndex:
+    def __init__(self) -> None:
+        self.points: dict[str, Point] = {}
+        self.queries: list[Query] = []
+
+    async def ensure(self, dimension: int) -> None:
+        return None
+
+    async def ready(self) -> bool:
+        return True
+
+    async def upsert(self, points: Sequence[Point]) -> None:
+        self.points.update({p.id: p for p in points})
+
+    async def point_ids(self, tenant: str, document_id: str) -> dict[str, str]:
+        return {
+            pid: str(p.payload["fingerprint"])
+            for pid, p in self.points.items()
+            if p.payload["tenant"] == tenant and p.payload["document_id"] == document_id
+        }
+
+    async def delete(self, ids: Sequence[str]) -> None:
+        for pid in ids:
+            self.points.pop(pid, None)
+
+    async def search(self, query: Query) -> list[Hit]:
+        self.queries.append(query)
+        mine = [p for p in self.points.values() if p.payload["tenant"] == query.tenant]
+        scored = [
+            Hit(p.id, float(np.dot(p.vector, query.vector)), p.payload, p.vector) for p in mine
+        ]
+        return sorted(scored, key=lambda h: -h.score)[: query.limit]
+
+    async def count(self, tenant: str | None = None, document_id: str | None = None) -> int:
+        return len(self.points)
+
+    async def close(self) -> None:
+        return None
+
+
+def submitted(text: str, tenant: str = "acme") -> DocumentSubmitted:
+    return DocumentSubmitted(
+        tenant=tenant,
+        document_id="doc.md",
+        source="kb/doc.md",
+        title="Doc",
+        text=text,
+        content_hash=hashlib.sha256(text.encode()).hexdigest(),
+        format="md",
+    )
+
+
+TEXT = "\n\n".join(f"## Part {i}\n\n" + "Refunds take days. " * 20 for i in range(4))
+
+
+def make() -> tuple[Indexer, FakeEmbedder, FakeIndex]:
+    embedder, index = FakeEmbedder(), FakeIndex()
+    return Indexer(embedder, index, ChunkingPolicy(48, 8)), embedder, index
+
+
+async def test_an_unchanged_document_is_not_embedded_again() -> None:
+    indexer, embedder, index = make()
+    first = await indexer.submitted(submitted(TEXT))
+    embedded = embedder.embedded
+    again = await indexer.submitted(submitted(TEXT))
+    assert first.upserted == len(index.points) > 1
+    assert again.skipped
+    assert embedder.embedded == embedded
+
+
+async def test_a_partly_written_document_is_indexed_again() -> None:
+    indexer, _, index = make()
+    await indexer.submitted(submitted(TEXT))
+    total = len(index.points)
+    await index.delete([point_id("acme", "doc.md", total - 1)])  # as if a crash cut the upsert
+    result = await indexer.submitted(submitted(TEXT))
+    assert not result.skipped
+    assert len(index.points) == total
+
+
+async def test_another_chunking_setup_reindexes_the_same_content() -> None:
+    indexer, embedder, index = make()
+    await indexer.submitted(submitted(TEXT))
+    finer = Indexer(embedder, index, ChunkingPolicy(24, 4))
+    result = await finer.submitted(submitted(TEXT))
+    assert not result.skipped
+    assert len(index.points) == result.upserted
+    assert {p.payload["fingerprint"] for p in index.points.values()} == {
+        finer.fingerprint(submitted(TEXT), result.upserted)
+    }
+
+
+async def test_deletion_is_scoped_to_the_events_tenant() -> None:
+    indexer, _, index = make()
+    await indexer.submitted(submitted(TEXT, tenant="acme"))
+    await indexer.submitted(submitted("# Other\n\nGlobex text.", tenant="globex"))
+    result = await indexer.deleted(DocumentDeleted(tenant="acme", document_id="doc.md"))
+    assert result.deleted > 0
+    assert {p.payload["tenant"] for p in index.points.values()} == {"globex"}
+
+
+async def test_mmr_asks_for_more_candidates_and_returns_k() -> None:
+    indexer, embedder, index = make()
+    await indexer.submitted(submitted(TEXT))
+    retriever = Retriever(embedder, index, mmr_lambda=0.5, mmr_candidates=3)
+    chunks = await retriever.retrieve(
+        RetrievalRequest(query="refunds", k=2, tenant="acme", mmr=True)
+    )
+    assert len(chunks) == 2
+    assert index.queries[-1].limit == 6
+    assert index.queries[-1].with_vectors
+    plain = await retriever.retrieve(RetrievalRequest(query="refunds", k=2, tenant="acme"))
+    assert index.queries[-1].limit == 2
+    assert plain[0].chunk_id == f"doc.md#{plain[0].chunk_index}"
