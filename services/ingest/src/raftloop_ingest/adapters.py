@@ -25,7 +25,7 @@ from sqlalchemy import (
 )
 
 from raftloop_core.events import Feedback, Interaction
-from raftloop_ingest.domain import PendingFeedback, StoredInteraction
+from raftloop_ingest.domain import BatchState, PendingFeedback, StoredInteraction
 
 metadata = MetaData()
 
@@ -130,16 +130,6 @@ class SqlIngestStore:
             mapping=json.loads(row.mapping),
         )
 
-    def first_with_hash(self, tenant: str, qhash: str) -> UUID | None:
-        """The first interaction seen with this question hash."""
-        with self.engine.connect() as conn:
-            value = conn.execute(
-                select(question_hashes.c.interaction_id).where(
-                    question_hashes.c.tenant == tenant, question_hashes.c.question_hash == qhash
-                )
-            ).scalar()
-        return UUID(value) if value else None
-
     def feedback_seen(self, event_id: UUID) -> bool:
         """Whether this feedback event was already processed."""
         with self.engine.connect() as conn:
@@ -150,6 +140,78 @@ class SqlIngestStore:
 
     def save_ingested(self, stored: StoredInteraction, *, feedback_event_id: UUID | None) -> None:
         """Record a published revision in one transaction."""
+        with self.engine.begin() as conn:
+            self._save(conn, stored, feedback_event_id)
+
+    def lookup_batch(self, ids: list[UUID]) -> BatchState:
+        """What the store knows about a batch of interactions, in three queries."""
+        keys = [str(i) for i in ids]
+        with self.engine.connect() as conn:
+            known = conn.execute(
+                select(interactions.c.interaction_id).where(interactions.c.interaction_id.in_(keys))
+            ).scalars()
+            existing = {UUID(k) for k in known}
+            rows = conn.execute(
+                select(pending_feedback).where(pending_feedback.c.interaction_id.in_(keys))
+            ).all()
+        pending = {
+            UUID(r.interaction_id): PendingFeedback(
+                UUID(r.interaction_id),
+                Feedback.model_validate_json(r.payload),
+                json.loads(r.mapping),
+            )
+            for r in rows
+        }
+        return BatchState(existing, pending)
+
+    def firsts(self, tenant: str, hashes: list[str]) -> dict[str, UUID]:
+        """The first interaction of each question hash seen before, in one query."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(question_hashes.c.question_hash, question_hashes.c.interaction_id).where(
+                    question_hashes.c.tenant == tenant,
+                    question_hashes.c.question_hash.in_(hashes),
+                )
+            ).all()
+        return {r.question_hash: UUID(r.interaction_id) for r in rows}
+
+    def save_many(self, stored: list[StoredInteraction]) -> None:
+        """Record first revisions of new interactions in one transaction, in bulk."""
+        if not stored:
+            return
+        now = _now()
+        rows = [
+            {
+                "interaction_id": str(s.interaction.interaction_id),
+                "tenant": s.tenant,
+                "source_event_id": str(s.source_event_id),
+                "revision": s.revision,
+                "payload": s.interaction.model_dump_json(),
+                "mapping": json.dumps(s.mapping),
+                "updated_at": now,
+            }
+            for s in stored
+        ]
+        firsts = [
+            {
+                "tenant": s.tenant,
+                "question_hash": s.interaction.question_hash,
+                "interaction_id": str(s.interaction.interaction_id),
+            }
+            for s in stored
+            if s.interaction.question_hash and s.interaction.duplicate_of is None
+        ]
+        with self.engine.begin() as conn:
+            conn.execute(insert(interactions), rows)
+            conn.execute(
+                delete(pending_feedback).where(
+                    pending_feedback.c.interaction_id.in_([r["interaction_id"] for r in rows])
+                )
+            )
+            if firsts:
+                conn.execute(insert(question_hashes), firsts)
+
+    def _save(self, conn: Any, stored: StoredInteraction, feedback_event_id: UUID | None) -> None:
         iid = str(stored.interaction.interaction_id)
         values = {
             "tenant": stored.tenant,
@@ -159,24 +221,19 @@ class SqlIngestStore:
             "mapping": json.dumps(stored.mapping),
             "updated_at": _now(),
         }
-        with self.engine.begin() as conn:
-            changed = conn.execute(
-                update(interactions).where(interactions.c.interaction_id == iid).values(**values)
-            ).rowcount
-            if not changed:
-                conn.execute(insert(interactions).values(interaction_id=iid, **values))
-            conn.execute(delete(pending_feedback).where(pending_feedback.c.interaction_id == iid))
-            qhash = stored.interaction.question_hash
-            if qhash and stored.interaction.duplicate_of is None:
-                self._insert_ignore(
-                    conn,
-                    question_hashes,
-                    tenant=stored.tenant,
-                    question_hash=qhash,
-                    interaction_id=iid,
-                )
-            if feedback_event_id is not None:
-                self._insert_ignore(conn, feedback_seen, event_id=str(feedback_event_id))
+        changed = conn.execute(
+            update(interactions).where(interactions.c.interaction_id == iid).values(**values)
+        ).rowcount
+        if not changed:
+            conn.execute(insert(interactions).values(interaction_id=iid, **values))
+        conn.execute(delete(pending_feedback).where(pending_feedback.c.interaction_id == iid))
+        qhash = stored.interaction.question_hash
+        if qhash and stored.interaction.duplicate_of is None:
+            self._insert_ignore(
+                conn, question_hashes, tenant=stored.tenant, question_hash=qhash, interaction_id=iid
+            )
+        if feedback_event_id is not None:
+            self._insert_ignore(conn, feedback_seen, event_id=str(feedback_event_id))
 
     def save_pending(self, pending: PendingFeedback, *, feedback_event_id: UUID) -> None:
         """Park feedback until its interaction arrives (the latest feedback wins)."""

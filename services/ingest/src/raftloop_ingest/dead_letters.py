@@ -58,16 +58,25 @@ class RedactingDeadLetters:
 
     async def parse(self, model: type[M], msg: KafkaMessage) -> M | None:
         """The decoded event, or None after parking the message."""
-        body: bytes = msg.body or b""
+        return await self.parse_record(model, msg.raw_message)
+
+    async def parse_batch(self, model: type[M], msg: KafkaMessage) -> list[M]:
+        """The decodable events of a batch message; the others are parked."""
+        records = msg.raw_message if isinstance(msg.raw_message, tuple) else (msg.raw_message,)
+        parsed = [await self.parse_record(model, r) for r in records]
+        return [p for p in parsed if p is not None]
+
+    async def parse_record(self, model: type[M], record: Any) -> M | None:
+        """The decoded event of one consumer record, or None after parking it."""
+        body: bytes = record.value or b""
         try:
             return model.model_validate_json(body.decode("utf-8"))
         except (ValidationError, UnicodeDecodeError) as exc:
-            await self.park(msg, body, exc)
+            await self.park(record, body, exc)
             return None
 
-    async def park(self, msg: KafkaMessage, body: bytes, exc: Exception) -> None:
+    async def park(self, record: Any, body: bytes, exc: Exception) -> None:
         """Publish a redacted copy of `body` to the dead-letter topic of its source."""
-        record: Any = msg.raw_message
         try:
             text = body.decode("utf-8")
             value = self.scrubbers.session("dead-letter").redact(text).encode()

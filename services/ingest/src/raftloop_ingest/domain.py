@@ -94,6 +94,14 @@ class PendingFeedback:
     mapping: dict[str, str]
 
 
+@dataclass(frozen=True)
+class BatchState:
+    """The store's view of a batch of chat events: already ingested ids, parked feedback."""
+
+    existing: set[UUID]
+    pending: dict[UUID, PendingFeedback]
+
+
 class IngestStore(Protocol):
     """Durable state: processed interactions, the feedback join, question hashes, documents."""
 
@@ -105,16 +113,24 @@ class IngestStore(Protocol):
         """Feedback waiting for its interaction."""
         ...
 
-    def first_with_hash(self, tenant: str, qhash: str) -> UUID | None:
-        """The first interaction seen with this question hash."""
-        ...
-
     def feedback_seen(self, event_id: UUID) -> bool:
         """Whether this feedback event was already processed."""
         ...
 
     def save_ingested(self, stored: StoredInteraction, *, feedback_event_id: UUID | None) -> None:
         """Record a published revision (clears pending feedback, keeps the question hash)."""
+        ...
+
+    def lookup_batch(self, ids: list[UUID]) -> BatchState:
+        """Which of `ids` were ingested before, and the feedback parked for the others."""
+        ...
+
+    def firsts(self, tenant: str, hashes: list[str]) -> dict[str, UUID]:
+        """The first interaction seen with each of these question hashes."""
+        ...
+
+    def save_many(self, stored: list[StoredInteraction]) -> None:
+        """Record first revisions of new interactions in one transaction."""
         ...
 
     def save_pending(self, pending: PendingFeedback, *, feedback_event_id: UUID) -> None:

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from uuid import UUID
 
 from raftloop_core.events import ChatCompleted, FeedbackReceived, InteractionIngested
 from raftloop_ingest.domain import (
@@ -43,42 +44,67 @@ class Pipeline:
 
     async def on_chat_completed(self, event: ChatCompleted) -> InteractionIngested | None:
         """Publish the cleaned interaction unless it was ingested before."""
+        out = await self.on_chat_batch([event])
+        return out[0] if out else None
+
+    async def on_chat_batch(self, events: list[ChatCompleted]) -> list[InteractionIngested]:
+        """Clean a batch, publish every output concurrently, then record them in one go.
+
+        Recording only after every publish is acknowledged keeps the crash argument of the
+        module docstring: a kill before the record re-reads the batch and republishes the
+        same event ids.
+        """
         async with self.lock:
-            if self.store.get(event.interaction_id) is not None:
-                log.info("duplicate chat event skipped", extra=_ids(event))
-                return None
-            pending = self.store.pending(event.interaction_id)
-            scrub = self.scrubbers.session(
-                str(event.interaction_id), pending.mapping if pending else None
-            )
-            flags = screen(screened_texts(event), max_chars=self.max_chars)
-            interaction = clean_interaction(
-                event, scrub, flags=flags, feedback=pending.feedback if pending else None
-            )
-            qhash = question_hash(event.tenant, interaction.question)
-            first = self.store.first_with_hash(event.tenant, qhash)
-            interaction = interaction.model_copy(
-                update={
-                    "question_hash": qhash,
-                    "duplicate_of": first if first != event.interaction_id else None,
-                }
-            )
-            out = InteractionIngested(
-                event_id=ingested_event_id(event.event_id, 1),
-                tenant=event.tenant,
-                interaction=interaction,
-                source_event_id=event.event_id,
-                revision=1,
-            )
-            await self.publish(out)
-            self.store.save_ingested(
-                StoredInteraction(interaction, event.tenant, event.event_id, 1, scrub.mapping),
-                feedback_event_id=None,
-            )
-        log.debug(
-            "interaction ingested",
-            extra=_ids(event) | {"flags": len(flags), "pii_types": ",".join(scrub.types)},
+            state = self.store.lookup_batch([e.interaction_id for e in events])
+            fresh: dict[UUID, ChatCompleted] = {}
+            for event in events:
+                if event.interaction_id in state.existing or event.interaction_id in fresh:
+                    log.info("duplicate chat event skipped", extra=_ids(event))
+                    continue
+                fresh[event.interaction_id] = event
+            staged = [self._clean(e, state.pending.get(e.interaction_id)) for e in fresh.values()]
+            staged = self._mark_duplicates(staged)
+            outs = [
+                InteractionIngested(
+                    event_id=ingested_event_id(s.source_event_id, 1),
+                    tenant=s.tenant,
+                    interaction=s.interaction,
+                    source_event_id=s.source_event_id,
+                    revision=1,
+                )
+                for s in staged
+            ]
+            await asyncio.gather(*(self.publish(out) for out in outs))
+            self.store.save_many(staged)
+        log.debug("interactions ingested", extra={"count": len(outs)})
+        return outs
+
+    def _clean(self, event: ChatCompleted, pending: PendingFeedback | None) -> StoredInteraction:
+        scrub = self.scrubbers.session(
+            str(event.interaction_id), pending.mapping if pending else None
         )
+        flags = screen(screened_texts(event), max_chars=self.max_chars)
+        interaction = clean_interaction(
+            event, scrub, flags=flags, feedback=pending.feedback if pending else None
+        )
+        interaction = interaction.model_copy(
+            update={"question_hash": question_hash(event.tenant, interaction.question)}
+        )
+        return StoredInteraction(interaction, event.tenant, event.event_id, 1, scrub.mapping)
+
+    def _mark_duplicates(self, staged: list[StoredInteraction]) -> list[StoredInteraction]:
+        """Point each interaction at the first one with its question hash (store, then batch)."""
+        out = []
+        seen: dict[tuple[str, str], UUID] = {}
+        for tenant in {s.tenant for s in staged}:
+            hashes = [s.interaction.question_hash or "" for s in staged if s.tenant == tenant]
+            seen |= {(tenant, h): i for h, i in self.store.firsts(tenant, hashes).items()}
+        for s in staged:
+            key = (s.tenant, s.interaction.question_hash or "")
+            first = seen.setdefault(key, s.interaction.interaction_id)
+            if first != s.interaction.interaction_id:
+                s = replace(s, interaction=s.interaction.model_copy(update={"duplicate_of": first}))
+            out.append(s)
         return out
 
     async def on_feedback(self, event: FeedbackReceived) -> InteractionIngested | None:

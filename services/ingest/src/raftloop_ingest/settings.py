@@ -26,6 +26,8 @@ class IngestSettings(BaseSettings):
         pattern=r"^[A-Za-z0-9._-]*$",
         description="Prepended to every topic name; isolates tests or environments on one cluster.",
     )
+    batch_size: int = Field(default=200, ge=1, description="Chat events handled per batch.")
+    batch_timeout_ms: int = Field(default=50, ge=0)
     max_chars: int = Field(default=20_000, ge=100, description="Longer interactions are flagged.")
     max_upload_bytes: int = Field(default=20_000_000, ge=1_024)
     pii_score_threshold: float = Field(default=0.35, ge=0, le=1)
