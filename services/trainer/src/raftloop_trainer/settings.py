@@ -12,6 +12,16 @@ from raftloop_core.settings import DatabaseSettings, KafkaSettings, RuntimeSetti
 from raftloop_trainer.domain import GatePolicy, TriggerPolicy
 from raftloop_trainer.train import LoraParams
 
+CPU_DEFAULT_LORA = LoraParams(
+    epochs=1.0,
+    batch_size=4,
+    top_layers=12,
+    max_length=384,
+    learning_rate=2e-3,
+    target_modules=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
+)
+"""Tuned on SmolLM2-135M and the demo KB to fit a few CPU minutes (see the SmolLM2 gate test)."""
+
 
 class TrainerSettings(BaseSettings):
     """Everything the trainer can be told; every field has a working development default."""
@@ -39,7 +49,7 @@ class TrainerSettings(BaseSettings):
     rag_api_key: SecretStr | None = Field(default=None, description="An internal-role key.")
     distractors: int = Field(default=1, ge=0, le=8, description="Distractor chunks per example.")
     p_oracle: float = Field(default=0.8, ge=0.0, le=1.0)
-    lora: LoraParams = Field(default_factory=lambda: LoraParams(top_layers=8, epochs=1.0))
+    lora: LoraParams = Field(default_factory=lambda: CPU_DEFAULT_LORA)
     device: str = Field(default="auto", description="auto, cpu or cuda.")
 
     min_new_examples: int = Field(default=50, ge=1, description="New examples that start a run.")
@@ -52,7 +62,7 @@ class TrainerSettings(BaseSettings):
     max_regression_drop: float = Field(default=0.05, ge=0)
     min_holdout_items: int = Field(default=5, ge=1)
     regression_items: int = Field(default=16, ge=0, description="General questions checked.")
-    eval_max_new_tokens: int = Field(default=64, ge=1)
+    eval_max_new_tokens: int = Field(default=80, ge=1, description="Room for quote + answer.")
 
     @property
     def state_dir(self) -> Path:

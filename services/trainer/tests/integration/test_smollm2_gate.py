@@ -38,7 +38,7 @@ PARAMS = LoraParams(
     learning_rate=2e-3,
     target_modules=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
 )
-TRAIN_LIMIT = None
+TRAIN_LIMIT = 96
 BAD_LIMIT = 24
 REGRESSION = 8
 MAX_NEW_TOKENS = 80
