@@ -118,7 +118,8 @@ class SentenceTransformerEmbedder:
 
     async def _drain(self) -> None:
         while self._pending:
-            batch, size = [], 0
+            batch: list[tuple[list[str], asyncio.Future[list[list[float]]]]] = []
+            size = 0
             while self._pending and (
                 not batch or size + len(self._pending[0][0]) <= self.max_batch
             ):

@@ -87,7 +87,7 @@ def create_app(
     consumer = BatchConsumer(service, DeadLetterPolicy(broker, settings.kafka), deadline)
     group = settings.consumer_group
 
-    @broker.subscriber(
+    @broker.subscriber(  # type: ignore[untyped-decorator]  # faststream's is untyped
         settings.input_topic,
         batch=True,
         max_records=settings.batch_size,
@@ -96,16 +96,16 @@ def create_app(
     )
     async def on_interactions_ingested(msg: KafkaMessage) -> None:
         """interaction.ingested -> interaction.judged, a batch at a time."""
-        await consumer.consume(msg.raw_message)  # type: ignore[arg-type]
+        await consumer.consume(msg.raw_message)
 
-    @broker.subscriber(
+    @broker.subscriber(  # type: ignore[untyped-decorator]
         settings.review_topic, **consumer_options(settings.kafka, group_id=f"{group}-calibration")
     )
     async def on_review_completed(event: ReviewCompleted) -> None:
         """review.completed -> a calibration label (and an approved answer)."""
         await service.on_review(event)
 
-    @broker.subscriber(
+    @broker.subscriber(  # type: ignore[untyped-decorator]
         settings.curated_topic, **consumer_options(settings.kafka, group_id=f"{group}-references")
     )
     async def on_example_curated(event: ExampleCurated) -> None:

@@ -104,7 +104,7 @@ class Calibrator:
 
 def fit_calibrator(labels: Sequence[LabelRecord], c: float = 1.0) -> Calibrator | None:
     """Fit on the labels' judge features; None until both outcomes have been seen."""
-    from sklearn.linear_model import LogisticRegression
+    from sklearn.linear_model import LogisticRegression  # type: ignore[import-untyped]
 
     if len({label.approved for label in labels}) < 2:
         return None

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import httpx
 from fastapi import FastAPI
 from openai import AsyncOpenAI
 
@@ -16,11 +15,13 @@ from raftloop_core.credentials import ensure_dev_credentials
 from raftloop_core.logs import configure_logging
 from raftloop_core.settings import SettingsError, require_secret
 from raftloop_judge.adapters import (
+    EndpointMisconfigured,
     OpenAIChatEndpoint,
     SentenceTransformerEmbedder,
     bundled_embedding_model,
 )
 from raftloop_judge.app import create_app
+from raftloop_judge.rubrics import RubricError
 from raftloop_judge.settings import JudgeSettings
 from raftloop_judge.store import SqlJudgeStore
 
@@ -52,7 +53,7 @@ def build() -> FastAPI:
         client = AsyncOpenAI(
             base_url=settings.endpoint_url,
             api_key=endpoint_key(settings),
-            timeout=httpx.Timeout(settings.request_timeout_s, connect=5.0),
+            timeout=settings.request_timeout_s,
             max_retries=settings.max_retries,
         )
         model_dir = (
@@ -61,12 +62,12 @@ def build() -> FastAPI:
             else bundled_embedding_model()
         )
         embedder = SentenceTransformerEmbedder(model_dir)
-    except SettingsError as exc:
+        return create_app(
+            settings,
+            endpoint=OpenAIChatEndpoint(client, settings.model),
+            embedder=embedder,
+            store=SqlJudgeStore(settings.database_url()),
+            keys=keys,
+        )
+    except (SettingsError, RubricError, EndpointMisconfigured) as exc:
         raise SystemExit(f"judge: {exc}") from None
-    return create_app(
-        settings,
-        endpoint=OpenAIChatEndpoint(client, settings.model),
-        embedder=embedder,
-        store=SqlJudgeStore(settings.database_url()),
-        keys=keys,
-    )

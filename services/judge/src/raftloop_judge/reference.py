@@ -101,9 +101,11 @@ class ReferenceEvaluator:
     ) -> list[CriterionScore]:
         """Every reference score that applies to this interaction."""
         sents = sentences(answer)
-        vecs = np.asarray(
-            await self.embedder.encode([question, answer, *sents, *chunks]), dtype=np.float32
-        )
+        wanted = [question, answer, *sents, *chunks]
+        unique = list(dict.fromkeys(wanted))  # a one-sentence answer is embedded once
+        encoded = await self.embedder.encode(unique)
+        by_text = dict(zip(unique, encoded, strict=True))
+        vecs = np.asarray([by_text[t] for t in wanted], dtype=np.float32)
         q_vec, a_vec = vecs[0], vecs[1]
         sent_vecs, chunk_vecs = vecs[2 : 2 + len(sents)], vecs[2 + len(sents) :]
         out = [_score("ref_relevance", relevance(q_vec, a_vec, question, answer))]

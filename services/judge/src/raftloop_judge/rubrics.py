@@ -7,7 +7,7 @@ import json
 import tomllib
 from pathlib import Path
 
-import yaml
+import yaml  # type: ignore[import-untyped]
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 BUNDLED = Path(__file__).parent / "rubrics"

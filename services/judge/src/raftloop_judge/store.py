@@ -33,7 +33,8 @@ judgements = sa.Table(
 labels = sa.Table(
     "judge_labels",
     metadata,
-    sa.Column("review_id", sa.String(64), primary_key=True),
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("review_id", sa.String(64), nullable=False, unique=True),
     sa.Column("payload", sa.Text, nullable=False),
     sa.Column("at", sa.DateTime(timezone=True), nullable=False, index=True),
 )
@@ -138,7 +139,7 @@ class SqlJudgeStore:
     def recent_labels(self, limit: int) -> list[LabelRecord]:
         """The newest `limit` labels, oldest first."""
         with self.engine.connect() as conn:
-            query = sa.select(labels.c.payload).order_by(labels.c.at.desc()).limit(limit)
+            query = sa.select(labels.c.payload).order_by(labels.c.id.desc()).limit(limit)
             rows = conn.execute(query).all()
         return [LabelRecord(**json.loads(r[0])) for r in reversed(rows)]
 

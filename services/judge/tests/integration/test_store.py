@@ -1,0 +1,77 @@
+"""The judge's SQL state on SQLite and PostgreSQL: idempotent writes, windows, calibrator."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from uuid import uuid4
+
+import pytest
+import sqlalchemy as sa
+
+from raftloop_core.events import InteractionJudged, Judgement
+from raftloop_judge.domain import LabelRecord, Reference
+from raftloop_judge.store import SqlJudgeStore
+
+from .test_endpoint_behaviours import ingested
+
+pytestmark = pytest.mark.integration
+PG = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(
+    request: pytest.FixtureRequest, tmp_path: Path, unique: Callable[[str], str]
+) -> Iterator[SqlJudgeStore]:
+    if request.param == "sqlite":
+        s = SqlJudgeStore(f"sqlite:///{tmp_path / 'judge.sqlite3'}")
+        yield s
+        s.close()
+        return
+    schema = unique("judge").replace("-", "_")
+    admin = sa.create_engine(PG)
+    with admin.begin() as conn:
+        conn.execute(sa.text(f"CREATE SCHEMA {schema}"))
+    s = SqlJudgeStore(f"{PG}?options=-csearch_path%3D{schema}")
+    yield s
+    s.close()
+    with admin.begin() as conn:
+        conn.execute(sa.text(f"DROP SCHEMA {schema} CASCADE"))
+    admin.dispose()
+
+
+def test_state_round_trips_and_writes_are_idempotent(store: SqlJudgeStore) -> None:
+    event = ingested("How long?", "Five days.")
+    judged = InteractionJudged(
+        event_id=uuid4(),
+        interaction=event.interaction,
+        judgement=Judgement(judge_version="v", overall=4.0),
+        ingested_event_id=event.event_id,
+    )
+    assert not store.is_processed(event.event_id)
+    store.save_judgement(judged)
+    store.save_judgement(judged)  # a second save after a crash is harmless
+    assert store.saved_judgement(judged.event_id) == judged
+    assert store.latest_judgement(event.interaction.interaction_id) == judged
+    store.mark_processed(event.event_id, judged.event_id)
+    store.mark_processed(event.event_id, judged.event_id)
+    assert store.is_processed(event.event_id)
+
+    labels = [
+        LabelRecord(str(i), "x", i % 2 == 0, {"overall": float(i)}, {"overall": True}, {})
+        for i in range(5)
+    ]
+    assert all(store.add_label(label) for label in labels)
+    assert not store.add_label(labels[0])
+    assert [label.review_id for label in store.recent_labels(3)] == ["2", "3", "4"]
+
+    ref = Reference("r1", "default", "How long?", "Five days.", [0.6, 0.8])
+    assert store.add_reference(ref)
+    assert not store.add_reference(ref)
+    assert store.references("default") == [ref]
+    assert store.references("other") == []
+
+    assert store.load_calibrator() is None
+    store.save_calibrator('{"a": 1}')
+    store.save_calibrator('{"a": 2}')
+    assert store.load_calibrator() == '{"a": 2}'
