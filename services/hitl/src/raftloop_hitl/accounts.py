@@ -52,6 +52,7 @@ class Account:
     role: str
     tenant: str
     active: bool
+    epoch: int = 0
 
 
 class LoginThrottle:
@@ -102,7 +103,7 @@ class Accounts:
         ok = verify_password(password, stored)
         if row is None or not ok or not row.active:
             return None
-        return Account(row.id, row.username, row.role, row.tenant, row.active)
+        return Account(row.id, row.username, row.role, row.tenant, row.active, row.session_epoch)
 
     def get(self, user_id: int) -> Account | None:
         """An active account by id."""
@@ -110,7 +111,7 @@ class Accounts:
             row = conn.execute(select(User).where(User.id == user_id)).first()
         if row is None or not row.active:
             return None
-        return Account(row.id, row.username, row.role, row.tenant, row.active)
+        return Account(row.id, row.username, row.role, row.tenant, row.active, row.session_epoch)
 
     def list(self, tenant: str) -> list[Account]:
         """Accounts of one tenant."""
@@ -180,13 +181,16 @@ class Accounts:
         if password:
             _check("x", password, "reviewer")
             values["password_hash"] = hash_password(password)
+        if password or role is not None or active is False:
+            values["session_epoch"] = User.session_epoch + 1  # existing sessions end
         with self.engine.begin() as conn:
             done = conn.execute(
                 update(User).where(User.id == user_id, User.tenant == tenant).values(**values)
             )
             if done.rowcount != 1:
                 return False
-            detail = ",".join(f"{k}={v}" for k, v in values.items() if k != "password_hash")
+            shown = ("password_hash", "session_epoch")
+            detail = ",".join(f"{k}={v}" for k, v in values.items() if k not in shown)
             detail += ",password=changed" if password else ""
             add_audit(conn, tenant, actor, "user.update", f"user:{user_id}", detail, time.time())
         return True

@@ -21,6 +21,9 @@ class User(Base):
     tenant: Mapped[str] = mapped_column(String(63))
     active: Mapped[bool] = mapped_column(Boolean, default=True)
     created_at: Mapped[float] = mapped_column(Float)
+    session_epoch: Mapped[int] = mapped_column(
+        Integer, default=0, server_default="0", doc="Bumped to sign the user out everywhere."
+    )
 
 
 class Item(Base):

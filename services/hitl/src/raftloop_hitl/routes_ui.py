@@ -51,7 +51,9 @@ def ui_router(ctx: Ctx) -> APIRouter:
             )
         throttle.succeeded(username)
         request.session.clear()
-        request.session.update({"uid": account.id, "uname": account.username})
+        request.session.update(
+            {"uid": account.id, "uname": account.username, "epoch": account.epoch}
+        )
         return RedirectResponse("/queue", status_code=303)
 
     @router.post("/logout", dependencies=[Csrf])

@@ -88,6 +88,8 @@ def session_principal(request: Request, accounts: Accounts) -> Principal | None:
     account = accounts.get(user_id)
     if account is None or request.session.get("uname") != account.username:
         return None
+    if request.session.get("epoch", 0) != account.epoch:
+        return None  # password or role changed since this session began
     return Principal(account.username, account.role, account.tenant, "session")
 
 

@@ -121,7 +121,7 @@ POSTS = [
         400,
         400,
     ),
-    ("/admin/users/{other_user}", {"role": "admin"}, 401, 403, 404, 303),
+    ("/admin/users/{other_user}", {"active": "on"}, 401, 403, 404, 303),
     ("/admin/routing", {"review_below": "0.8"}, 401, 403, 303, 303),
     ("/admin/guidelines", {"text": "Be kind."}, 401, 403, 303, 303),
     ("/items/{other_item}/review", {"action": "approve", "lease_token": "x"}, 401, 404, 404, 409),
@@ -247,4 +247,19 @@ async def test_repeated_failed_sign_ins_are_throttled(world: World) -> None:
     form = {"username": "ghost", "password": "nope-nope-nope", "csrf_token": token}
     statuses = [(await client.post("/login", data=form)).status_code for _ in range(6)]
     assert statuses == [401] * 5 + [429]
+    await client.aclose()
+
+
+async def test_changing_a_password_signs_the_user_out(world: World) -> None:
+    accounts = world.app.state.ctx.accounts
+    user = accounts.create("temp-reviewer", "temp-password-123", "reviewer", "default")
+    client = httpx.AsyncClient(transport=httpx.ASGITransport(app=world.app), base_url="http://hitl")
+    await sign_in(client, "temp-reviewer", "temp-password-123")
+    assert (await client.get("/queue")).status_code == 200
+    changed = await world.clients["admin"].post(
+        f"/admin/users/{user.id}",
+        data={"password": "a-new-password-456", "csrf_token": world.csrf["admin"]},
+    )
+    assert changed.status_code == 303
+    assert (await client.get("/queue")).status_code == 401
     await client.aclose()
