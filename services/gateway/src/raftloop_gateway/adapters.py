@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
 import httpx
 from faststream.kafka import KafkaBroker
@@ -30,7 +31,7 @@ class KafkaSender:
         """Send records; return those that were not acknowledged."""
         if not self.connected:
             return records
-        futures = []
+        futures: list[Any] = []
         for record in records:
             try:
                 futures.append(

@@ -38,13 +38,13 @@ def _subscribe(broker: KafkaBroker, state: ServingState) -> None:
     # truth, so replaying old switches on start is harmless (older revisions are ignored).
     options: dict[str, Any] = {"auto_offset_reset": "earliest"}
 
-    @broker.subscriber(Topic.ADAPTER_PROMOTED, **options)
+    @broker.subscriber(Topic.ADAPTER_PROMOTED, **options)  # type: ignore[untyped-decorator]
     async def on_adapter_promoted(event: AdapterPromoted) -> None:
         """adapter.promoted -> re-read the alias and load the adapter."""
         if event.alias == state.alias and event.revision > state.revision:
             await state.refresh(min_revision=event.revision)
 
-    @broker.subscriber(Topic.ADAPTER_ROLLED_BACK, **options)
+    @broker.subscriber(Topic.ADAPTER_ROLLED_BACK, **options)  # type: ignore[untyped-decorator]
     async def on_adapter_rolled_back(event: AdapterRolledBack) -> None:
         """adapter.rolled_back -> re-read the alias."""
         if event.alias == state.alias and event.revision > state.revision:

@@ -12,7 +12,8 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
 
 from raftloop_core.events import Event, event_key
 from raftloop_core.topics import Topic
@@ -23,7 +24,7 @@ log = logging.getLogger(__name__)
 Send = Callable[[list[Record]], Awaitable[list[Record]]]
 """Publishes records; returns those that failed, in order."""
 
-Probe = Callable[[], Awaitable[bool]]
+Probe = Callable[[], Coroutine[Any, Any, bool]]
 """Checks the broker is back (and its topics exist) before the spool is drained."""
 
 DRAIN_BATCH = 200
@@ -106,7 +107,7 @@ class CapturePublisher:
             self._queue.clear()
 
     def _take(self, limit: int = BATCH) -> list[Record]:
-        batch = []
+        batch: list[Record] = []
         while self._queue and len(batch) < limit:
             batch.append(self._queue.popleft())
         return batch

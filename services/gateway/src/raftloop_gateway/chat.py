@@ -144,7 +144,9 @@ class ChatService:
             return False  # the common case costs no file-system call
         return await self.state.known(model)
 
-    async def retrieve(self, caller: Caller, body: ChatRequest, messages: Sequence[ChatMessage]):
+    async def retrieve(
+        self, caller: Caller, body: ChatRequest, messages: Sequence[ChatMessage]
+    ) -> list[RetrievedChunk]:
         """Context from rag for the last user turn (not for internal callers such as the judge)."""
         metadata = body.metadata or {}
         if self.retriever is None or caller.role == "internal" or metadata.get("rag") == "off":

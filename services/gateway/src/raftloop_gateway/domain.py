@@ -7,7 +7,7 @@ No framework imports and no I/O; the ports that `adapters.py`, `local.py`, `upst
 from __future__ import annotations
 
 import hashlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -119,7 +119,7 @@ class Backend(Protocol):
         """Whether requests can be served now."""
         ...
 
-    def generate(self, request: GenerationRequest) -> AsyncIterator[Piece]:
+    def generate(self, request: GenerationRequest) -> AsyncGenerator[Piece, None]:
         """Yield the answer in pieces (one piece when not streaming is fine)."""
         ...
 

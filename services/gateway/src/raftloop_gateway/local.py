@@ -10,7 +10,7 @@ import asyncio
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -67,7 +67,7 @@ class LocalBackend:
 
         try:
             tokenizer = AutoTokenizer.from_pretrained(self.model_path)
-            model = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=torch.float32)
+            model: Any = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=torch.float32)
         except (OSError, ValueError) as exc:
             self.load_error = f"cannot load the base model from {self.model_path}: {exc}"
             log.error(self.load_error)
@@ -138,21 +138,23 @@ class LocalBackend:
     def _activate(self, key: str) -> None:
         from peft import PeftModel
 
-        if not isinstance(self._model, PeftModel):
+        model: Any = self._model
+        if not isinstance(model, PeftModel):
             if key != BASE:
                 raise KeyError(key)
             return
+        lora: Any = model.base_model
         if key == BASE:
-            self._model.base_model.disable_adapter_layers()
+            lora.disable_adapter_layers()
             return
         if key not in self._loaded:
             raise KeyError(key)
-        self._model.base_model.enable_adapter_layers()
-        self._model.set_adapter(key)
+        lora.enable_adapter_layers()
+        model.set_adapter(key)
 
     # ---------------------------------------------------------------- generation
 
-    async def generate(self, request: GenerationRequest) -> AsyncIterator[Piece]:
+    async def generate(self, request: GenerationRequest) -> AsyncGenerator[Piece, None]:
         """Stream the answer; closing the iterator stops generation at the next token."""
         if not self.ready:
             raise NotReady(self.load_error or "the model is still loading; retry in a few seconds")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 
 import httpx
+import httpx2
 from fastapi import FastAPI
 from openai import AsyncOpenAI
 
@@ -33,8 +34,9 @@ def _backend(settings: GatewaySettings, registry: AdapterRegistry) -> Backend:
             api_key=key,
             timeout=settings.upstream_timeout_s,
             max_retries=settings.upstream_max_retries,
-            http_client=httpx.AsyncClient(
-                limits=httpx.Limits(max_connections=256, max_keepalive_connections=64)
+            # openai's own HTTP library (httpx2), with a pool sized for a busy gateway.
+            http_client=httpx2.AsyncClient(
+                limits=httpx2.Limits(max_connections=256, max_keepalive_connections=64)
             ),
         )
         from raftloop_gateway.upstream import UpstreamBackend

@@ -7,10 +7,10 @@ base model goes by `upstream_model`. Timeouts and retries are the client's own.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from typing import Any
 
-import httpx
+import httpx2
 import openai
 from openai import AsyncOpenAI
 
@@ -98,14 +98,16 @@ class UpstreamBackend:
             args["top_logprobs"] = request.top_logprobs
         return args
 
-    async def generate(self, request: GenerationRequest) -> AsyncIterator[Piece]:
+    async def generate(self, request: GenerationRequest) -> AsyncGenerator[Piece, None]:
         """Stream through when the client streams; otherwise one piece."""
         args = self._arguments(request)
         try:
             if not request.stream:
                 # The client's own request path (auth, timeouts, retries), without building
                 # typed response models that would only be taken apart again.
-                raw = await self.client.post("/chat/completions", body=args, cast_to=httpx.Response)
+                raw = await self.client.post(
+                    "/chat/completions", body=args, cast_to=httpx2.Response
+                )
                 yield _piece(json.loads(raw.content))
                 return
             stream = await self.client.chat.completions.create(

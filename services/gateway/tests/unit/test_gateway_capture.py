@@ -108,3 +108,37 @@ async def test_stop_spools_what_is_still_queued(tmp_path: Path) -> None:
     head = Spool(tmp_path, max_bytes=10_000_000, segment_bytes=2_000).peek(10)
     assert head is not None
     assert len(head[2]) == 3
+
+
+async def test_the_spool_drains_only_after_the_probe_says_the_broker_is_back(
+    tmp_path: Path,
+) -> None:
+    broker = FakeBroker()
+    broker.up = False
+    answers = [False, False, True]
+    probes: list[bool] = []
+
+    async def probe() -> bool:
+        probes.append(answers[len(probes)] if len(probes) < len(answers) else True)
+        return probes[-1]
+
+    spool = Spool(tmp_path, max_bytes=10_000_000, segment_bytes=2_000)
+    publisher = CapturePublisher(broker, spool, retry_s=0.02, retry_max_s=0.05, probe=probe)
+    publisher.start()
+    events = [_event(i) for i in range(5)]
+    for e in events:
+        publisher.submit(Topic.CHAT_COMPLETED, e)
+    for _ in range(100):
+        if spool.pending:
+            break
+        await asyncio.sleep(0.02)
+    broker.up = True
+    for _ in range(300):
+        if len(broker.received) == len(events):
+            break
+        await asyncio.sleep(0.02)
+    await publisher.stop()
+    assert probes[:3] == [False, False, True]  # refused twice, drained after the third
+    assert [ChatCompleted.model_validate_json(r.value).event_id for r in broker.received] == [
+        e.event_id for e in events
+    ]
