@@ -6,88 +6,37 @@ import json
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any
-from uuid import UUID, uuid4
+from uuid import uuid4
 
-from sqlalchemy import (
-    ColumnElement,
-    Connection,
-    Engine,
-    Row,
-    delete,
-    exists,
-    func,
-    insert,
-    or_,
-    select,
-    update,
-)
+from sqlalchemy import Connection, Engine, delete, exists, func, insert, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
-from raftloop_core.events import Event, FeedbackReceived, InteractionJudged
+from raftloop_core.events import FeedbackReceived, InteractionJudged
 from raftloop_core.topics import Topic
 from raftloop_hitl import domain
-from raftloop_hitl.models import Inbox, Item, Outbox, PendingFeedback, Review, Skip
-from raftloop_hitl.policies import add_audit, latest_guideline_version, load_policy
+from raftloop_hitl.models import Item, Outbox, PendingFeedback, Review, Skip
+from raftloop_hitl.policies import add_audit, load_policy
+from raftloop_hitl.transitions import (
+    Claim,
+    ItemView,
+    LeaseLost,
+    NotFound,
+    QueueError,
+    Submitted,
+    decisions_of,
+    enqueue,
+    first_sight,
+    ingest_event,
+    lease_free,
+    make_decision,
+    record_review,
+    record_skip,
+    view_of,
+)
+
+__all__ = ["Claim", "ItemView", "LeaseLost", "NotFound", "QueueError", "ReviewStore", "Submitted"]
 
 log = logging.getLogger(__name__)
-
-
-class QueueError(Exception):
-    """Base of queue errors; `status` is the HTTP status that fits."""
-
-    status = 400
-
-
-class NotFound(QueueError):
-    """No such item in the caller's tenant."""
-
-    status = 404
-
-
-class LeaseLost(QueueError):
-    """The caller does not hold the item's lease (expired and taken, or never claimed)."""
-
-    status = 409
-
-
-@dataclass(frozen=True)
-class Claim:
-    """A held lease on an item."""
-
-    item_id: int
-    token: str
-    expires_at: float
-
-
-@dataclass(frozen=True)
-class ItemView:
-    """An item with its decoded event, for pages and the API."""
-
-    id: int
-    tenant: str
-    state: str
-    reasons: list[str]
-    priority: float
-    required_reviews: int
-    reviews_done: int
-    lease_owner: str | None
-    lease_token: str | None
-    lease_expires: float | None
-    created_at: float
-    event: InteractionJudged
-    feedback: dict[str, object] | None
-
-
-@dataclass(frozen=True)
-class Submitted:
-    """The outcome of a submission; `duplicate` when the same lease token was seen before."""
-
-    review_id: str
-    item_id: int
-    action: str
-    duplicate: bool
 
 
 class ReviewStore:
@@ -106,19 +55,19 @@ class ReviewStore:
     def ingest_judged(self, event: InteractionJudged) -> str:
         """Queue (or route past the queue) a judged interaction; idempotent per event id."""
         with self.engine.begin() as conn:
-            return _ingest(conn, event, self.clock())
+            return ingest_event(conn, event, self.clock())
 
     def ingest_many(self, events: Sequence[InteractionJudged]) -> list[str]:
         """Ingest a batch in one transaction (bulk loads and batched consumers)."""
         with self.engine.begin() as conn:
-            return [_ingest(conn, event, self.clock()) for event in events]
+            return [ingest_event(conn, event, self.clock()) for event in events]
 
     def add_feedback(self, event: FeedbackReceived) -> str:
         """Attach user feedback to its item (or keep it until the item arrives)."""
         iid = str(event.interaction_id)
         with self.engine.begin() as conn:
             now = self.clock()
-            if not _first_sight(conn, event, Topic.CHAT_FEEDBACK, now):
+            if not first_sight(conn, event, Topic.CHAT_FEEDBACK, now):
                 return "duplicate"
             row = conn.execute(
                 select(Item).where(Item.interaction_id == iid, Item.tenant == event.tenant)
@@ -169,7 +118,7 @@ class ReviewStore:
                 return Claim(held.id, str(held.lease_token), float(held.lease_expires))
             query = (
                 select(Item.id)
-                .where(Item.tenant == tenant, Item.state == "open", _free(now))
+                .where(Item.tenant == tenant, Item.state == "open", lease_free(now))
                 .where(~exists().where(Review.item_id == Item.id, Review.reviewer == reviewer))
                 .where(~exists().where(Skip.item_id == Item.id, Skip.reviewer == reviewer))
                 .where(Item.id != (exclude if exclude is not None else -1))
@@ -184,7 +133,7 @@ class ReviewStore:
             token, expires = str(uuid4()), now + self.lease_s
             done = conn.execute(
                 update(Item)
-                .where(Item.id == item_id, _free(now))
+                .where(Item.id == item_id, lease_free(now))
                 .values(
                     lease_owner=reviewer, lease_token=token, lease_expires=expires, leased_at=now
                 )
@@ -259,18 +208,20 @@ class ReviewStore:
                     "never claimed); claim the next item"
                 )
             event = InteractionJudged.model_validate_json(item.payload)
-            decision = _decision(event, reviewer, action, answer, reason, oracle_chunk_ids, conn)
+            decision = make_decision(
+                event, reviewer, action, answer, reason, oracle_chunk_ids, conn
+            )
             if action == "skipped":
-                _skip(conn, item, reviewer, now)
+                record_skip(conn, item, reviewer, now)
             else:
-                _record(conn, item, decision, token, now)
-            _enqueue(conn, Topic.REVIEW_COMPLETED, domain.review_event(event, decision), now)
+                record_review(conn, item, decision, token, now)
+            enqueue(conn, Topic.REVIEW_COMPLETED, domain.review_event(event, decision), now)
             if action != "skipped" and item.reviews_done + 1 >= item.required_reviews:
                 example = domain.curated_example(
-                    event, _decisions(conn, item.id), revision=item.revision
+                    event, decisions_of(conn, item.id), revision=item.revision
                 )
                 if example is not None:
-                    _enqueue(conn, Topic.EXAMPLE_CURATED, example, now)
+                    enqueue(conn, Topic.EXAMPLE_CURATED, example, now)
             detail = json.dumps({"reason": reason, "oracle": list(oracle_chunk_ids)})
             add_audit(conn, tenant, reviewer, action, f"item:{item_id}", detail, now)
             return Submitted(str(decision.review_id), item_id, action, duplicate=False)
@@ -283,7 +234,7 @@ class ReviewStore:
             row = conn.execute(
                 select(Item).where(Item.id == item_id, Item.tenant == tenant)
             ).first()
-        return None if row is None else _view(row)
+        return None if row is None else view_of(row)
 
     def queue(self, tenant: str, *, limit: int = 100) -> list[ItemView]:
         """Open items by priority."""
@@ -294,7 +245,7 @@ class ReviewStore:
                 .order_by(Item.priority.desc(), Item.id)
                 .limit(limit)
             ).all()
-        return [_view(r) for r in rows]
+        return [view_of(r) for r in rows]
 
     def depth(self, tenant: str | None = None) -> dict[str, tuple[int, float]]:
         """Open items and the age of the oldest one, per tenant."""
@@ -336,195 +287,6 @@ class ReviewStore:
         if ids:
             with self.engine.begin() as conn:
                 conn.execute(update(Outbox).where(Outbox.id.in_(ids)).values(sent_at=self.clock()))
-
-
-def _ingest(conn: Connection, event: InteractionJudged, now: float) -> str:
-    if not _first_sight(conn, event, Topic.INTERACTION_JUDGED, now):
-        return "duplicate"
-    iid = str(event.interaction.interaction_id)
-    item = conn.execute(select(Item).where(Item.interaction_id == iid)).first()
-    pending = conn.execute(
-        select(PendingFeedback.payload).where(PendingFeedback.interaction_id == iid)
-    ).scalar()
-    feedback = event.interaction.feedback
-    if feedback is None and pending is not None:
-        feedback = FeedbackReceived.model_validate_json(pending).feedback
-    policy = load_policy(conn, event.tenant)
-    decision = domain.route(event, policy, feedback)
-    values = {
-        "revision": event.revision,
-        "event_id": str(event.event_id),
-        "payload": event.model_dump_json(),
-        "question": event.interaction.question[:2000],
-        "state": decision.state,
-        "reasons": ",".join(decision.reasons),
-        "priority": decision.priority,
-        "required_reviews": decision.required_reviews,
-        "flagged": bool(event.interaction.flags or event.judgement.flags),
-        "feedback": feedback.model_dump_json() if feedback else None,
-        "updated_at": now,
-    }
-    if item is None:
-        conn.execute(
-            insert(Item).values(tenant=event.tenant, interaction_id=iid, created_at=now, **values)
-        )
-        outcome: str = decision.state
-    elif _replaceable(item, event.revision):
-        conn.execute(update(Item).where(Item.id == item.id).values(**values))
-        outcome = f"revised:{decision.state}"
-    else:
-        return "stale"
-    if decision.state == "auto_accepted":
-        _enqueue(conn, Topic.EXAMPLE_CURATED, domain.auto_example(event), now)
-    return outcome
-
-
-def _first_sight(conn: Connection, event: Event, topic: Topic, now: float) -> bool:
-    eid = str(event.event_id)
-    if conn.execute(select(Inbox.event_id).where(Inbox.event_id == eid)).first():
-        return False
-    conn.execute(insert(Inbox).values(event_id=eid, topic=str(topic), received_at=now))
-    return True
-
-
-def _replaceable(item: Row[Any], revision: int) -> bool:
-    return (
-        revision > item.revision and item.reviews_done == 0 and item.state in ("open", "not_routed")
-    )
-
-
-def _free(now: float) -> ColumnElement[bool]:
-    return or_(Item.lease_expires.is_(None), Item.lease_expires <= now)
-
-
-def _enqueue(conn: Connection, topic: Topic, event: Event, now: float) -> None:
-    from raftloop_core.events import event_key
-
-    conn.execute(
-        insert(Outbox).values(
-            event_id=str(event.event_id),
-            topic=str(topic),
-            key=event_key(topic, event).decode(),
-            payload=event.model_dump_json(),
-            created_at=now,
-        )
-    )
-
-
-def _decision(
-    event: InteractionJudged,
-    reviewer: str,
-    action: domain.Action,
-    answer: str | None,
-    reason: str | None,
-    oracle: Sequence[str],
-    conn: Connection,
-) -> domain.Decision:
-    known = {c.chunk_id for c in event.interaction.retrieved}
-    unknown = [c for c in oracle if c not in known]
-    if unknown:
-        raise QueueError(f"oracle chunk ids {unknown} are not among this item's retrieved chunks")
-    answer = (answer or "").strip() or None
-    reason = (reason or "").strip() or None
-    if action == "corrected" and answer is None:
-        raise QueueError("a correction needs the corrected answer")
-    if action == "rejected" and reason is None:
-        raise QueueError("a rejection needs a reason")
-    final = event.interaction.answer if action == "approved" else answer
-    return domain.Decision(
-        review_id=uuid4(),
-        reviewer=reviewer,
-        action=action,
-        final_answer=final if action in ("approved", "corrected") else None,
-        reason=reason,
-        oracle_chunk_ids=tuple(dict.fromkeys(oracle)),
-        guideline_version=latest_guideline_version(conn, event.tenant),
-    )
-
-
-def _record(
-    conn: Connection, item: Row[Any], decision: domain.Decision, token: str, now: float
-) -> None:
-    item_id, required = item.id, item.required_reviews
-    conn.execute(
-        insert(Review).values(
-            id=str(decision.review_id),
-            item_id=item_id,
-            tenant=item.tenant,
-            reviewer=decision.reviewer,
-            action=decision.action,
-            final_answer=decision.final_answer,
-            reason=decision.reason,
-            oracle_chunk_ids=json.dumps(list(decision.oracle_chunk_ids)),
-            lease_token=token,
-            guideline_version=decision.guideline_version,
-            claimed_at=item.leased_at,
-            created_at=now,
-        )
-    )
-    done = item.reviews_done + 1
-    conn.execute(
-        update(Item)
-        .where(Item.id == item_id)
-        .values(
-            reviews_done=done,
-            state="done" if done >= required else "open",
-            lease_owner=None,
-            lease_token=None,
-            lease_expires=None,
-            updated_at=now,
-        )
-    )
-
-
-def _skip(conn: Connection, item: Row[Any], reviewer: str, now: float) -> None:
-    item_id = item.id
-    if not conn.execute(
-        select(Skip.item_id).where(Skip.item_id == item_id, Skip.reviewer == reviewer)
-    ).first():
-        conn.execute(insert(Skip).values(item_id=item_id, reviewer=reviewer, created_at=now))
-    conn.execute(
-        update(Item)
-        .where(Item.id == item_id)
-        .values(lease_owner=None, lease_token=None, lease_expires=None, updated_at=now)
-    )
-
-
-def _decisions(conn: Connection, item_id: int) -> list[domain.Decision]:
-    rows = conn.execute(
-        select(Review).where(Review.item_id == item_id).order_by(Review.created_at, Review.id)
-    ).all()
-    return [
-        domain.Decision(
-            review_id=UUID(r.id),
-            reviewer=r.reviewer,
-            action=r.action,
-            final_answer=r.final_answer,
-            reason=r.reason,
-            oracle_chunk_ids=tuple(json.loads(r.oracle_chunk_ids)),
-            guideline_version=r.guideline_version,
-        )
-        for r in rows
-    ]
-
-
-def _view(row: Row[Any]) -> ItemView:
-    g = row._mapping
-    return ItemView(
-        id=g["id"],
-        tenant=g["tenant"],
-        state=g["state"],
-        reasons=[r for r in g["reasons"].split(",") if r],
-        priority=g["priority"],
-        required_reviews=g["required_reviews"],
-        reviews_done=g["reviews_done"],
-        lease_owner=g["lease_owner"],
-        lease_token=g["lease_token"],
-        lease_expires=g["lease_expires"],
-        created_at=g["created_at"],
-        event=InteractionJudged.model_validate_json(g["payload"]),
-        feedback=json.loads(g["feedback"]) if g["feedback"] else None,
-    )
 
 
 class RelayLeadership:
