@@ -36,6 +36,7 @@ from raftloop_ingest.settings import IngestSettings
 
 TITLE = "Ingest throughput (interactions/s): ingest app vs raw aiokafka loops, embedded broker"
 N = 2_000
+ROUNDS = 2
 TIMEOUT_S = 90.0
 
 
@@ -80,9 +81,17 @@ async def count_outputs(kafka: KafkaSettings, topic: str, n: int, started: list[
     return time.monotonic() - started[0]
 
 
-async def ours(kafka: KafkaSettings, prefix: str, data: Path, redactor: Redactor) -> float:
+async def ours(
+    kafka: KafkaSettings, prefix: str, data: Path, redactor: Redactor, expected: int
+) -> float:
+    """Seconds the ingest app (fresh group, fresh state) takes; `expected` outputs in all."""
     settings = IngestSettings.model_validate(
-        {"topic_prefix": prefix, "group_id": "bench", "kafka": kafka, "runtime": {"data_dir": data}}
+        {
+            "topic_prefix": prefix,
+            "group_id": f"bench-{uuid4().hex[:6]}",
+            "kafka": kafka,
+            "runtime": {"data_dir": data},
+        }
     )
     store = SqlIngestStore(make_engine(settings.database_url()))
     app = create_app(settings, store=store, scrubbers=redactor, keys=KeyStore([]))
@@ -97,10 +106,15 @@ async def ours(kafka: KafkaSettings, prefix: str, data: Path, redactor: Redactor
 
     pipeline.on_chat_batch = timed
     async with app.router.lifespan_context(app):
-        return await count_outputs(kafka, f"{prefix}{Topic.INTERACTION_INGESTED}", N, started)
+        return await count_outputs(
+            kafka, f"{prefix}{Topic.INTERACTION_INGESTED}", expected, started
+        )
 
 
-async def raw_loop(kafka: KafkaSettings, src: str, dst: str, redactor: Redactor | None) -> float:
+async def raw_loop(
+    kafka: KafkaSettings, src: str, dst: str, redactor: Redactor | None, expected: int = N
+) -> float:
+    """Seconds a hand-written aiokafka loop takes; `expected` outputs on `dst` in all."""
     consumer = AIOKafkaConsumer(
         src,
         bootstrap_servers=kafka.servers,
@@ -132,7 +146,7 @@ async def raw_loop(kafka: KafkaSettings, src: str, dst: str, redactor: Redactor 
 
     task = asyncio.create_task(loop())
     try:
-        return await count_outputs(kafka, dst, N, started)
+        return await count_outputs(kafka, dst, expected, started)
     finally:
         task.cancel()
         await consumer.stop()
@@ -165,13 +179,18 @@ async def measure(kafka: KafkaSettings) -> dict[str, float | int | str]:
                 event, topic=chat_topic, key=ev.event_key(Topic.CHAT_COMPLETED, event)
             )
     redactor = Redactor(hash_key=b"bench")
-    with tempfile.TemporaryDirectory() as tmp:
-        ours_s = await ours(kafka, prefix, Path(tmp), redactor)
-    same_s = await raw_loop(kafka, chat_topic, f"{prefix}raw1", redactor)
+    ours_s, same_s = [], []
+    # Alternate the two paths and keep each one's best round: the machine is shared, and
+    # the best round is the least disturbed one.
+    for round_ in range(1, ROUNDS + 1):
+        with tempfile.TemporaryDirectory() as tmp:
+            ours_s.append(await ours(kafka, prefix, Path(tmp), redactor, N * round_))
+        same_s.append(await raw_loop(kafka, chat_topic, f"{prefix}raw1", redactor, N * round_))
     pass_s = await raw_loop(kafka, chat_topic, f"{prefix}raw2", None)
-    ours_rate, same_rate, pass_rate = N / ours_s, N / same_s, N / pass_s
+    ours_rate, same_rate, pass_rate = N / min(ours_s), N / min(same_s), N / pass_s
     return {
         "interactions": N,
+        "rounds": ROUNDS,
         "ingest_interactions_per_s": round(ours_rate, 1),
         "raw_same_work_interactions_per_s": round(same_rate, 1),
         "raw_passthrough_messages_per_s": round(pass_rate, 1),

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from uuid import UUID
 
 from raftloop_core.events import ChatCompleted, FeedbackReceived, InteractionIngested
@@ -57,29 +57,41 @@ class Pipeline:
         async with self.lock:
             state = self.store.lookup_batch([e.interaction_id for e in events])
             fresh: dict[UUID, ChatCompleted] = {}
+            outs: list[InteractionIngested] = []
             for event in events:
                 if event.interaction_id in state.existing or event.interaction_id in fresh:
                     log.info("duplicate chat event skipped", extra=_ids(event))
                     continue
                 fresh[event.interaction_id] = event
-            staged = [self._clean(e, state.pending.get(e.interaction_id)) for e in fresh.values()]
-            staged = self._mark_duplicates(staged)
-            outs = [
-                InteractionIngested(
-                    event_id=ingested_event_id(s.source_event_id, 1),
-                    tenant=s.tenant,
-                    interaction=s.interaction,
-                    source_event_id=s.source_event_id,
+            staged: list[StoredInteraction] = []
+            sends: list[asyncio.Task[None]] = []
+            firsts: dict[tuple[str, str], UUID] = {}
+            for event in fresh.values():
+                stored = self._clean(event, state.pending.get(event.interaction_id), firsts)
+                staged.append(stored)
+                out = InteractionIngested(
+                    event_id=ingested_event_id(stored.source_event_id, 1),
+                    tenant=stored.tenant,
+                    interaction=stored.interaction,
+                    source_event_id=stored.source_event_id,
                     revision=1,
                 )
-                for s in staged
-            ]
-            await asyncio.gather(*(self.publish(out) for out in outs))
+                outs.append(out)
+                # Send while the next one is cleaned: the producer batches in the background.
+                sends.append(asyncio.create_task(self.publish(out)))
+                await asyncio.sleep(0)
+            await asyncio.gather(*sends)
             self.store.save_many(staged)
         log.debug("interactions ingested", extra={"count": len(outs)})
         return outs
 
-    def _clean(self, event: ChatCompleted, pending: PendingFeedback | None) -> StoredInteraction:
+    def _clean(
+        self,
+        event: ChatCompleted,
+        pending: PendingFeedback | None,
+        firsts: dict[tuple[str, str], UUID],
+    ) -> StoredInteraction:
+        """Redact and screen one chat event; mark it a duplicate of the first with its hash."""
         scrub = self.scrubbers.session(
             str(event.interaction_id), pending.mapping if pending else None
         )
@@ -87,25 +99,19 @@ class Pipeline:
         interaction = clean_interaction(
             event, scrub, flags=flags, feedback=pending.feedback if pending else None
         )
+        qhash = question_hash(event.tenant, interaction.question)
+        key = (event.tenant, qhash)
+        if key not in firsts:
+            known = self.store.firsts(event.tenant, [qhash]).get(qhash)
+            firsts[key] = known or event.interaction_id
+        first = firsts[key]
         interaction = interaction.model_copy(
-            update={"question_hash": question_hash(event.tenant, interaction.question)}
+            update={
+                "question_hash": qhash,
+                "duplicate_of": first if first != event.interaction_id else None,
+            }
         )
         return StoredInteraction(interaction, event.tenant, event.event_id, 1, scrub.mapping)
-
-    def _mark_duplicates(self, staged: list[StoredInteraction]) -> list[StoredInteraction]:
-        """Point each interaction at the first one with its question hash (store, then batch)."""
-        out = []
-        seen: dict[tuple[str, str], UUID] = {}
-        for tenant in {s.tenant for s in staged}:
-            hashes = [s.interaction.question_hash or "" for s in staged if s.tenant == tenant]
-            seen |= {(tenant, h): i for h, i in self.store.firsts(tenant, hashes).items()}
-        for s in staged:
-            key = (s.tenant, s.interaction.question_hash or "")
-            first = seen.setdefault(key, s.interaction.interaction_id)
-            if first != s.interaction.interaction_id:
-                s = replace(s, interaction=s.interaction.model_copy(update={"duplicate_of": first}))
-            out.append(s)
-        return out
 
     async def on_feedback(self, event: FeedbackReceived) -> InteractionIngested | None:
         """Join feedback to its interaction: a new revision now, or parked until it arrives."""
