@@ -134,7 +134,9 @@ async def test_judge_service_end_to_end_on_the_broker(
             )
             await probe.publish(review, topic=settings.review_topic, key=b"k")
         service = app.state.service
-        await wait_for(lambda: service.calibrator is not None)
+        await wait_for(
+            lambda: len(service.store.recent_labels(100)) == 6 and service.calibrator is not None
+        )
 
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://judge") as http:
