@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 TITLE = "Trainer throughput: RAFT LoRA job vs bare transformers+peft loop (SmolLM2, CPU)"
-EXAMPLES = 12
+EXAMPLES = 8
 BATCH = 2
 
 
