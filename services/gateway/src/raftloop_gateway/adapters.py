@@ -46,15 +46,16 @@ class KafkaSender:
             except Exception as exc:  # the producer refused before sending: broker gone
                 log.warning("publish failed", extra={"error": repr(exc)})
                 futures.append(exc)
+        waiting = [f for f in futures if isinstance(f, asyncio.Future)]
+        if waiting:
+            # One wait for the whole batch: a per-record wait_for costs a task each.
+            await asyncio.wait(waiting, timeout=self.timeout_s)
         failed: list[Record] = []
         for record, future in zip(records, futures, strict=True):
-            if isinstance(future, Exception):
+            if not isinstance(future, asyncio.Future) or not future.done() or future.cancelled():
                 failed.append(record)
-                continue
-            try:
-                await asyncio.wait_for(asyncio.shield(future), self.timeout_s)
-            except Exception as exc:
-                log.warning("publish not acknowledged", extra={"error": repr(exc)})
+            elif future.exception() is not None:
+                log.warning("publish not acknowledged", extra={"error": repr(future.exception())})
                 failed.append(record)
         return failed
 

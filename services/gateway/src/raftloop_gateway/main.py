@@ -88,7 +88,8 @@ def build() -> FastAPI:
         kafka = settings.kafka.model_copy(
             update={"request_timeout_ms": settings.publish_timeout_ms}
         )
-        broker = make_broker(kafka, client_id=f"{kafka.client_id}-gateway")
+        # A few ms of producer linger turns a drained batch into one produce request.
+        broker = make_broker(kafka, client_id=f"{kafka.client_id}-gateway", linger_ms=5)
         return create_app(
             settings,
             keys=keys,

@@ -55,7 +55,7 @@ class GatewaySettings(BaseSettings):
     capture: bool = True
     capture_queue: int = Field(default=10_000, ge=1)
     capture_linger_ms: int = Field(
-        default=20, ge=0, le=1000, description="Wait to batch events into one produce request."
+        default=50, ge=0, le=1000, description="Wait to batch events into one produce request."
     )
     spool_max_bytes: int = Field(default=256 * 1024 * 1024, ge=64 * 1024)
     spool_segment_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
