@@ -100,3 +100,14 @@ def test_mapping_never_holds_raw_values(redactor: Redactor) -> None:
 def test_text_without_pii_is_unchanged(redactor: Redactor) -> None:
     text = "How long do refunds take on the annual plan? Version 3.2, order 1234."
     assert redactor.session("i6").redact(text) == text
+
+
+def test_the_prefilter_passes_every_corpus_text_with_pii() -> None:
+    from raftloop_ingest.redaction import MAY_HOLD_PII
+
+    for sample in corpus():
+        if sample.spans:
+            assert MAY_HOLD_PII.search(sample.text), sample.text
+    assert MAY_HOLD_PII.search("fe80::beef") is not None
+    assert MAY_HOLD_PII.search("abcd:ef::beef") is not None
+    assert MAY_HOLD_PII.search("How long do refunds take on the annual plan?") is None
