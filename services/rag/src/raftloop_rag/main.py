@@ -15,6 +15,7 @@ from raftloop_core.logs import configure_logging
 from raftloop_core.settings import SettingsError
 from raftloop_rag.adapters import QdrantIndex, SentenceTransformerEmbedder
 from raftloop_rag.app import create_app
+from raftloop_rag.domain import IndexConfigError
 from raftloop_rag.settings import RagSettings
 
 
@@ -39,16 +40,21 @@ def qdrant_client(settings: RagSettings) -> AsyncQdrantClient:
 
 
 def build() -> FastAPI:
-    """Build the rag app from the environment."""
+    """Build the rag app from the environment; a configuration problem exits with one line."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     settings = RagSettings()
     configure_logging("rag", level=settings.runtime.log_level, fmt=settings.runtime.log_format)
-    keys = KeyStore.for_runtime(settings.runtime, settings.api_keys_file)
-    embedder = SentenceTransformerEmbedder(
-        settings.model_path(),
-        device=settings.embedding_device,
-        batch_size=settings.embedding_batch_size,
-    )
-    index = QdrantIndex(qdrant_client(settings), settings.collection, local=not settings.qdrant_url)
+    try:
+        keys = KeyStore.for_runtime(settings.runtime, settings.api_keys_file)
+        model = settings.model_path()
+        # The Qdrant client first: a locked local folder is reported before the model loads.
+        index = QdrantIndex(
+            qdrant_client(settings), settings.collection, local=not settings.qdrant_url
+        )
+        embedder = SentenceTransformerEmbedder(
+            model, device=settings.embedding_device, batch_size=settings.embedding_batch_size
+        )
+    except (SettingsError, IndexConfigError) as exc:
+        raise SystemExit(f"rag: {exc}") from None
     return create_app(settings, embedder=embedder, index=index, keys=keys)

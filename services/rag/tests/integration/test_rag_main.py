@@ -50,6 +50,8 @@ async def test_build_runs_on_embedded_defaults(
         # Local mode allows one client per folder: a second rag on it fails with a clear line.
         with pytest.raises(SettingsError, match="one client per folder"):
             qdrant_client(RagSettings())
+        with pytest.raises(SystemExit, match=r"^rag: the local Qdrant folder .* is in use"):
+            build()
 
 
 async def test_a_collection_of_another_dimension_is_a_clear_error() -> None:
