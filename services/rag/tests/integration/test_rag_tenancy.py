@@ -46,7 +46,9 @@ def long_text(marker: str, sections: int) -> str:
 
 
 ACME = doc("refunds.md", "acme", long_text("ACME", 4))
-ACME_OTHER = doc("shipping.md", "acme", "# Shipping\n\nACME ships parcels in two days.")
+ACME_OTHER = doc("shipping.md", "acme", "# Shipping\n\nACME ships parcels in two days.").model_copy(
+    update={"metadata": {"lang": "en"}}
+)
 # Same document id as acme's, other tenant: must never be seen by acme nor overwrite acme's chunks.
 GLOBEX = doc("refunds.md", "globex", long_text("GLOBEX", 3))
 GLOBEX_SECRET = doc("secret.md", "globex", "# Secret\n\nGLOBEX refunds take ninety days.")
@@ -146,6 +148,14 @@ async def test_excluded_chunks_and_documents_are_left_out(rag: RagService) -> No
     assert {c["document_id"] for c in rest.json()["chunks"]} == {"shipping.md"}
     bad = await rag.retrieve("acme", query="x", exclude_ids=["refunds.md"])
     assert bad.status_code == 400
+
+
+async def test_filters_narrow_within_the_tenant(rag: RagService) -> None:
+    english = await rag.retrieve("acme", query="refunds", k=50, filters={"metadata.lang": "en"})
+    assert [c["document_id"] for c in english.json()["chunks"]] == ["shipping.md"]
+    first = await rag.retrieve("acme", query="refunds", k=50, filters={"chunk_index": 0})
+    assert {c["chunk_index"] for c in first.json()["chunks"]} == {0}
+    assert {c["document_id"] for c in first.json()["chunks"]} >= {"refunds.md", "shipping.md"}
 
 
 async def test_reindexing_the_same_documents_keeps_the_point_count(rag: RagService) -> None:
