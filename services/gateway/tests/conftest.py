@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -37,7 +38,8 @@ async def gateway_events(
 ) -> AsyncIterator[EventLog]:
     """Everything published on the gateway's topics during the session."""
     topics = [Topic.CHAT_COMPLETED, Topic.CHAT_FEEDBACK, Topic.ADAPTER_PROMOTED]
-    async with EventLog(kafka_settings, [str(t) for t in topics], "gw-test-log") as log:
+    group = f"gw-test-log-{uuid.uuid4().hex[:8]}"
+    async with EventLog(kafka_settings, [str(t) for t in topics], group) as log:
         yield log
 
 
