@@ -36,7 +36,7 @@ from raftloop_ingest.settings import IngestSettings
 
 TITLE = "Ingest throughput (interactions/s): ingest app vs raw aiokafka loops, embedded broker"
 N = 2_000
-ROUNDS = 2
+ROUNDS = 3
 TIMEOUT_S = 90.0
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 from faststream.kafka import KafkaBroker, KafkaMessage
@@ -95,11 +96,12 @@ def subscribe(
 
     # Batches: outputs of a batch are published concurrently and committed once, which is
     # where the throughput is (see bench/bench_ingest.py); ordering per key is unchanged.
-    @broker.subscriber(
+    @broker.subscriber(  # type: ignore[untyped-decorator]  # FastStream's overloads
         settings.topic(Topic.CHAT_COMPLETED),
         batch=True,
         max_records=settings.batch_size,
         batch_timeout_ms=settings.batch_timeout_ms,
+        decoder=_raw_body,
         **chat_options,
     )
     async def on_chat_completed(msg: KafkaMessage) -> None:
@@ -117,12 +119,17 @@ def subscribe(
         for out in outs:
             m.observe(out)
 
-    @broker.subscriber(settings.topic(Topic.CHAT_FEEDBACK), **feedback_options)
+    @broker.subscriber(settings.topic(Topic.CHAT_FEEDBACK), **feedback_options)  # type: ignore[untyped-decorator]
     async def on_feedback(msg: KafkaMessage) -> None:
         """chat.feedback -> interaction.ingested (next revision), or parked until the chat."""
         event = await dead.parse(FeedbackReceived, msg)
         if event is not None:
             m.observe(await pipeline.on_feedback(event))
+
+
+async def _raw_body(msg: KafkaMessage) -> Any:
+    """Skip FastStream's JSON decoding: the handler parses each record itself."""
+    return msg.body
 
 
 def create_app(

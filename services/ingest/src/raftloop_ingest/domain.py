@@ -9,9 +9,9 @@ from __future__ import annotations
 import hashlib
 import re
 import unicodedata
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 from uuid import UUID, uuid5
 
 from raftloop_core.events import (
@@ -150,7 +150,7 @@ class IngestStore(Protocol):
         ...
 
 
-Publish = Callable[[Event], Awaitable[None]]
+Publish = Callable[[Event], Coroutine[Any, Any, None]]
 
 
 def redact_feedback(feedback: Feedback, scrub: Scrubber) -> Feedback:

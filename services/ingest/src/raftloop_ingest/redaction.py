@@ -103,7 +103,7 @@ class BlankSpacyNlpEngine(SlimSpacyNlpEngine):
 
     @override
     def load(self) -> None:
-        self.nlp = {"en": spacy.blank("en")}
+        self.nlp = {"en": spacy.blank("en")}  # type: ignore[assignment]  # untyped in presidio
 
 
 def secret_recognizers() -> list[PatternRecognizer]:
