@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
@@ -127,6 +128,11 @@ def create_app(
             await start()
         await state.refresh()
         state.start()
+        # Long-lived startup objects (model, clients, routes) leave the GC's view, and young
+        # collections run less often: fewer pauses in the request path's latency tail.
+        gc.collect()
+        gc.freeze()
+        gc.set_threshold(20_000, 20, 20)
         try:
             yield
         finally:
