@@ -75,6 +75,7 @@ def start_gateway(
     bootstrap_servers: str,
     env: dict[str, str] | None = None,
     timeout_s: float = 180.0,
+    ready_path: str = "/readyz",
 ) -> Gateway:
     """Start a gateway on a free port and wait until its model is loaded."""
     data_dir = folder / "var"
@@ -111,7 +112,7 @@ def start_gateway(
         if proc.poll() is not None:
             raise RuntimeError(f"gateway exited with {proc.returncode}:\n{gateway.log_tail()}")
         try:
-            if httpx.get(f"{gateway.url}/readyz", timeout=2).status_code == 200:
+            if httpx.get(f"{gateway.url}{ready_path}", timeout=2).status_code == 200:
                 return gateway
         except httpx.HTTPError:
             pass

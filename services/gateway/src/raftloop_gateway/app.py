@@ -80,6 +80,24 @@ async def _probe(settings: GatewaySettings) -> bool:
     return True
 
 
+async def _warm_up(backend: Backend, state: ServingState) -> None:
+    """Load the model, pick up the serving adapter, then start watching the alias."""
+    start = getattr(backend, "start", None)
+    try:
+        if start is not None:
+            await start()
+        await state.refresh()
+    except Exception:
+        log.exception("the model could not be loaded; chat requests answer 503")
+        return
+    finally:
+        state.start()
+    # Long-lived startup objects (model, clients, routes) leave the GC's view, so collections
+    # in the request path scan less: shorter pauses in the latency tail.
+    gc.collect()
+    gc.freeze()
+
+
 def create_app(
     settings: GatewaySettings,
     *,
@@ -123,19 +141,15 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         capture.start()
         connecting = asyncio.create_task(_connect(broker, sender, settings), name="connect")
-        start = getattr(backend, "start", None)
-        if start is not None:
-            await start()
-        await state.refresh()
-        state.start()
-        # Long-lived startup objects (model, clients, routes) leave the GC's view, and young
-        # collections run less often: fewer pauses in the request path's latency tail.
-        gc.collect()
-        gc.freeze()
-        gc.set_threshold(20_000, 20, 20)
+        # The model loads in the background: /healthz answers at once, chat answers 503 until
+        # the model is ready, and /readyz says when it is.
+        warming = asyncio.create_task(_warm_up(backend, state), name="warm-up")
         try:
             yield
         finally:
+            warming.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await warming
             await state.stop()
             await capture.stop()
             connecting.cancel()

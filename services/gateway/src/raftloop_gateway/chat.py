@@ -168,7 +168,8 @@ class ChatService:
             tokens_per_minute=caller.tokens_per_minute,
         )
         if not self.backend.ready:
-            raise NotReady("the model is still loading; retry in a few seconds")
+            failure = getattr(self.backend, "load_error", None)
+            raise NotReady(failure or "the model is still loading; retry in a few seconds")
         if self.sink is not None and not self.sink.accepting:
             raise NotReady("the capture spool is full while the broker is down; retry later")
         max_tokens = self.max_tokens(body)

@@ -68,8 +68,11 @@ class LocalBackend:
         try:
             tokenizer = AutoTokenizer.from_pretrained(self.model_path)
             model: Any = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=torch.float32)
-        except (OSError, ValueError) as exc:
-            self.load_error = f"cannot load the base model from {self.model_path}: {exc}"
+        except Exception as exc:
+            self.load_error = (
+                f"the base model could not be loaded from {self.model_path} ({exc}); fix "
+                "GATEWAY_BASE_MODEL_PATH and restart the gateway"
+            )
             log.error(self.load_error)
             raise
         model.eval()

@@ -51,7 +51,7 @@ def build_router(service: ChatService, *, any_key: Any, chat_key: Any) -> APIRou
         if body.stream:
             stack = contextlib.AsyncExitStack()
             await stack.enter_async_context(service.admission.slot())
-            return StreamingResponse(
+            return ClosingStreamingResponse(
                 _stream(service, turn, footer, stack),
                 media_type="text/event-stream",
                 headers=turn.headers | {"cache-control": "no-cache"},
@@ -114,6 +114,24 @@ def build_router(service: ChatService, *, any_key: Any, chat_key: Any) -> APIRou
         return FeedbackAccepted(id=str(event.feedback.feedback_id), interaction_id=str(interaction))
 
     return router
+
+
+class ClosingStreamingResponse(StreamingResponse):
+    """Closes the body generator as soon as the response ends, disconnects included.
+
+    Starlette leaves a generator suspended at a `yield` when the client goes away; its cleanup
+    (the capture of the aborted answer, the release of the generation slot) would then wait
+    for the garbage collector.
+    """
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        """Send the stream, then close the generator whatever happened."""
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            close = getattr(self.body_iterator, "aclose", None)
+            if close is not None:
+                await close()
 
 
 def _uuid(value: str) -> UUID:

@@ -6,10 +6,12 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import httpx
 import openai
 import pytest
 from gateway_support import Gateway, start_gateway
@@ -91,3 +93,29 @@ def test_overload_is_429_and_rate_limits_apply_per_key(production: Gateway) -> N
     with pytest.raises(openai.RateLimitError, match="request rate limit of 3/min") as limited:
         client.chat.completions.create(model="raftloop", messages=ASK, max_tokens=1)
     assert int(limited.value.response.headers["retry-after"]) >= 1
+
+
+def test_a_model_that_cannot_load_means_503_with_the_reason(
+    kafka_settings: KafkaSettings, tmp_path: Path
+) -> None:
+    empty = tmp_path / "not-a-model"
+    empty.mkdir()
+    gw = start_gateway(
+        tmp_path,
+        model_dir=empty,
+        bootstrap_servers=kafka_settings.bootstrap_servers,
+        ready_path="/healthz",
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            with pytest.raises(openai.APIStatusError) as refused:
+                gw.client().chat.completions.create(model="raftloop", messages=ASK)
+            assert refused.value.status_code == 503
+            if "could not be loaded" in str(refused.value) or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        assert "GATEWAY_BASE_MODEL_PATH" in str(refused.value)
+        assert httpx.get(f"{gw.url}/readyz").status_code == 503
+    finally:
+        gw.stop()
