@@ -72,13 +72,17 @@ async def test_consumers_queue_join_dedupe_and_park(
             await send(Topic.TRAINING_RUN_FINISHED, samples[Topic.TRAINING_RUN_FINISHED])
             await send(Topic.ADAPTER_PROMOTED, samples[Topic.ADAPTER_PROMOTED])
             await publisher.publish(b"{not json", topic=prefix + Topic.INTERACTION_JUDGED)
-            await until(lambda: len(store.queue("default")) == 1)
+
+            # The two interactions sit on different partitions: wait for both, not just one.
+            def confident_state() -> str | None:
+                with store.engine.connect() as conn:
+                    return conn.execute(
+                        select(Item.state).where(Item.interaction_id == str(confident_id))
+                    ).scalar_one_or_none()
+
+            await until(lambda: len(store.queue("default")) == 1 and confident_state() is not None)
             # Confident and unreviewed (auto-accept is off): then the user complains.
-            with store.engine.connect() as conn:
-                state = conn.execute(
-                    select(Item.state).where(Item.interaction_id == str(confident_id))
-                ).scalar_one()
-            assert state == "not_routed"
+            assert confident_state() == "not_routed"
             await send(Topic.CHAT_FEEDBACK, negative)
             await until(lambda: len(store.queue("default")) == 2)
         reasons = {i.event.interaction.interaction_id: i.reasons for i in store.queue("default")}
