@@ -180,7 +180,7 @@ class ChatService:
         )
         route = await self.route(body, conv)
         retrieved = await self.retrieve(caller, body, messages)
-        prompt = with_sources(messages, retrieved)
+        prompt = with_sources(messages, retrieved, self.settings.rag_prompt)
         if self.backend.count_tokens(prompt) > self.settings.max_prompt_tokens:
             raise TooLong(
                 f"the prompt is longer than {self.settings.max_prompt_tokens} tokens "

@@ -9,8 +9,9 @@ from __future__ import annotations
 import hashlib
 from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Literal, Protocol
 
+from raftloop_core import prompting
 from raftloop_core.events import ChatMessage, Event, RetrievedChunk
 from raftloop_core.topics import Topic
 
@@ -221,12 +222,20 @@ SOURCES_INSTRUCTION = (
 )
 
 
+PromptLayout = Literal["raft", "sources"]
+"""How retrieved chunks enter the prompt: the RAFT format adapters are trained on, or a list."""
+
+
 def with_sources(
-    messages: Sequence[ChatMessage], chunks: Sequence[RetrievedChunk]
+    messages: Sequence[ChatMessage],
+    chunks: Sequence[RetrievedChunk],
+    layout: PromptLayout = "sources",
 ) -> list[ChatMessage]:
-    """The messages with the retrieved chunks added, numbered, to the system prompt."""
+    """The messages with the retrieved chunks added, in the given layout."""
     if not chunks:
         return list(messages)
+    if layout == "raft":
+        return with_raft_documents(messages, chunks)
     listed = "\n\n".join(
         f"[{i}] {chunk.title or chunk.document_id}\n{chunk.text}"
         for i, chunk in enumerate(chunks, 1)
@@ -236,6 +245,27 @@ def with_sources(
         head = ChatMessage(role="system", content=f"{messages[0].content}\n\n{block}")
         return [head, *messages[1:]]
     return [ChatMessage(role="system", content=block), *messages]
+
+
+def with_raft_documents(
+    messages: Sequence[ChatMessage], chunks: Sequence[RetrievedChunk]
+) -> list[ChatMessage]:
+    """The last user turn rewritten as the trainer's RAFT prompt (instruction, documents).
+
+    The client's own system prompt is kept; without one, the trainer's is used, so a request
+    looks exactly like the examples the serving adapter learned from.
+    """
+    last = max((i for i, m in enumerate(messages) if m.role == "user"), default=None)
+    if last is None:
+        return list(messages)
+    documents = [prompting.Document(c.text, c.title) for c in chunks]
+    turn = ChatMessage(
+        role="user", content=prompting.raft_prompt(messages[last].content, documents)
+    )
+    out = [*messages[:last], turn, *messages[last + 1 :]]
+    if out[0].role != "system":
+        out.insert(0, ChatMessage(role="system", content=prompting.SYSTEM_PROMPT))
+    return out
 
 
 def sources_footer(chunks: Sequence[RetrievedChunk]) -> str:

@@ -9,6 +9,7 @@ from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from raftloop_core.settings import KafkaSettings, RuntimeSettings
+from raftloop_gateway.domain import PromptLayout
 
 
 class GatewaySettings(BaseSettings):
@@ -44,6 +45,10 @@ class GatewaySettings(BaseSettings):
     rag_k: int = Field(default=4, ge=1, le=20)
     rag_timeout_s: float = Field(default=2.0, gt=0)
     rag_cite: bool = Field(default=True, description="Append a numbered sources line.")
+    rag_prompt: PromptLayout = Field(
+        default="raft",
+        description="raft: the trainer's RAFT layout (what adapters learn); sources: a list.",
+    )
 
     max_concurrency: int = Field(default=1, ge=1, description="Generations running at once.")
     max_queue: int = Field(default=16, ge=0, description="Requests waiting; beyond: 429.")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from raftloop_core import prompting
 from raftloop_core.events import ChatMessage, RetrievedChunk
 from raftloop_gateway.domain import (
     RateLimited,
@@ -141,3 +142,26 @@ def test_token_limit_blocks_after_spending() -> None:
         limiter.admit("k", requests_per_minute=100, tokens_per_minute=60)
     now[0] = 31.0
     limiter.admit("k", requests_per_minute=100, tokens_per_minute=60)
+
+
+def test_raft_layout_rewrites_the_question_as_the_trainers_prompt() -> None:
+    chunks = [
+        RetrievedChunk(chunk_id="d1#0", document_id="d1", text="Refunds take 5 days.", score=0.9,
+                       title="Refunds"),
+    ]  # fmt: skip
+    history = [
+        ChatMessage(role="user", content="Hi"),
+        ChatMessage(role="assistant", content="Hello."),
+        ChatMessage(role="user", content="How long do refunds take?"),
+    ]
+    out = with_sources(history, chunks, "raft")
+    assert out[0] == ChatMessage(role="system", content=prompting.SYSTEM_PROMPT)
+    assert out[1:3] == history[:2]
+    expected = prompting.raft_prompt(
+        "How long do refunds take?", [prompting.Document("Refunds take 5 days.", "Refunds")]
+    )
+    assert out[3] == ChatMessage(role="user", content=expected)
+    assert "Document 1 (Refunds):\nRefunds take 5 days." in expected
+    own = [ChatMessage(role="system", content="Be brief."), history[-1]]
+    assert with_sources(own, chunks, "raft")[0].content == "Be brief."
+    assert with_sources(history, [], "raft") == history

@@ -7,6 +7,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
+from raftloop_core.prompting import ANSWER_MARKER, BEGIN_QUOTE, final_answer
 from raftloop_trainer.evaluate import EvalItem, regression_items
 from raftloop_trainer.raft import (
     Chunk,
@@ -101,9 +102,26 @@ def sources_from_rows(rows: Iterable[Mapping[str, Any]]) -> list[RaftSource]:
             turns = turns[:-1]  # the question itself goes into the RAFT prompt
         history = tuple({"role": m["role"], "content": m["content"]} for m in turns)
         sources.append(
-            RaftSource(str(row["example_id"]), row["question"], row["answer"], oracle, history)
+            RaftSource(
+                str(row["example_id"]),
+                row["question"],
+                served_answer(row["answer"]),
+                oracle,
+                history,
+            )
         )
     return sources
+
+
+def served_answer(answer: str) -> str:
+    """The final answer of an approved served answer that is already in the RAFT format.
+
+    A reviewer approving what the adapter said approves its `Answer:`; the builder adds the
+    quote again, so keeping the served quote would nest one inside the other.
+    """
+    if ANSWER_MARKER in answer or BEGIN_QUOTE in answer:
+        return final_answer(answer)
+    return answer
 
 
 def regression_set(limit: int) -> list[EvalItem]:

@@ -14,16 +14,17 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-BEGIN_QUOTE = "##begin_quote##"
-END_QUOTE = "##end_quote##"
-ANSWER_MARKER = "Answer:"
-PROMPT_FORMAT = "raft-v1"
-SYSTEM_PROMPT = "You are a support assistant. Answer briefly and only from the documents."
-INSTRUCTION = (
-    "Answer the question using the documents. Quote the sentence that supports the answer "
-    f"between {BEGIN_QUOTE} and {END_QUOTE}, then give the final answer after "
-    f'"{ANSWER_MARKER}".'
+from raftloop_core import prompting
+from raftloop_core.prompting import (
+    ANSWER_MARKER,
+    BEGIN_QUOTE,
+    END_QUOTE,
+    INSTRUCTION,
+    PROMPT_FORMAT,
+    SYSTEM_PROMPT,
+    final_answer,
 )
+
 NO_QUOTE_REASONING = "No document states this directly; answering from what I know."
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 _WORD = re.compile(r"\w+")
@@ -123,17 +124,13 @@ def _overlaps(text: str, oracle_texts: set[str]) -> bool:
 
 
 def render_documents(chunks: Sequence[Chunk]) -> str:
-    """Numbered documents as the user turn shows them."""
-    parts = []
-    for i, chunk in enumerate(chunks, start=1):
-        title = f" ({chunk.title})" if chunk.title else ""
-        parts.append(f"Document {i}{title}:\n{chunk.text.strip()}")
-    return "\n\n".join(parts)
+    """Numbered documents as the user turn shows them (the shared RAFT format)."""
+    return prompting.render_documents([prompting.Document(c.text, c.title) for c in chunks])
 
 
 def raft_prompt(question: str, documents: Sequence[Chunk]) -> str:
-    """The user turn: instruction, documents, question."""
-    return f"{INSTRUCTION}\n\n{render_documents(documents)}\n\nQuestion: {question.strip()}"
+    """The user turn: instruction, documents, question (the shared RAFT format)."""
+    return prompting.raft_prompt(question, [prompting.Document(c.text, c.title) for c in documents])
 
 
 def build_example(
@@ -165,10 +162,23 @@ def example_rng(seed: int, example_id: str) -> random.Random:
     return random.Random(f"{seed}:{example_id}")
 
 
-def final_answer(generated: str) -> str:
-    """The final answer in a generation: the text after the last `Answer:`, else all of it."""
-    text = generated
-    if ANSWER_MARKER in text:
-        text = text.rsplit(ANSWER_MARKER, 1)[1]
-    text = text.replace(BEGIN_QUOTE, " ").replace(END_QUOTE, " ")
-    return " ".join(text.split())
+__all__ = [
+    "ANSWER_MARKER",
+    "BEGIN_QUOTE",
+    "END_QUOTE",
+    "INSTRUCTION",
+    "PROMPT_FORMAT",
+    "SYSTEM_PROMPT",
+    "Chunk",
+    "RaftExample",
+    "RaftSource",
+    "best_quote",
+    "build_example",
+    "clean_distractors",
+    "example_rng",
+    "final_answer",
+    "raft_prompt",
+    "reasoning_target",
+    "render_documents",
+    "words",
+]
