@@ -6,6 +6,7 @@ import importlib
 import json
 import os
 import signal
+import subprocess
 import sys
 import threading
 from dataclasses import asdict
@@ -17,6 +18,7 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
+from raftloop_cli.demo import demo as demo_command
 from raftloop_cli.services import SERVICES, installed_services
 from raftloop_cli.supervisor import StartupError, Supervisor
 from raftloop_core.credentials import credentials_path, ensure_dev_credentials
@@ -213,6 +215,8 @@ def up(
                 break
             sup.wait_healthy(sup.start(spec))
             console.print(f"[bold green]{spec.name} ready[/] {spec.url}")
+        if not sup._stopping.is_set() and any(s.name == "ingest" for s in services):
+            _seed_demo_knowledge_base(runtime, sup.env)
         if not sup._stopping.is_set():
             _print_urls(runtime, data_dir, address, [s.name for s in services])
             code = sup.watch()
@@ -224,6 +228,29 @@ def up(
         sup.stop_all()
         console.print("stopped.")
     raise typer.Exit(code)
+
+
+def _seed_demo_knowledge_base(runtime: RuntimeSettings, env: dict[str, str]) -> None:
+    """Publish the demo handbook on a development platform (a no-op once it is there)."""
+    if runtime.production or os.environ.get("RAFTLOOP_DEMO_KB", "true").lower() in ("0", "false"):
+        return
+    try:
+        kb = importlib.import_module("raftloop_demo_kb")
+    except ModuleNotFoundError:
+        return
+    done = subprocess.run(
+        [sys.executable, "-m", "raftloop_cli", "kb", "add", str(kb.docs_dir())],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    lines = (done.stdout + done.stderr).strip().splitlines()
+    summary = lines[-1] if lines else f"exit {done.returncode}"
+    if done.returncode != 0:
+        console.print(f"[yellow]demo handbook not added:[/] {summary}")
+    else:
+        console.print(f"demo handbook (RAFTLOOP_DEMO_KB=false skips it): {summary}")
 
 
 def _prepare_models() -> None:
@@ -258,6 +285,9 @@ def _print_urls(runtime: RuntimeSettings, data_dir: Path, broker: str, names: li
     console.print("raftloop is up. Press Ctrl-C to stop.")
 
 
+app.command("demo")(demo_command)
+
+
 # Which service contributes each subcommand: only that service's CLI is imported, since some
 # (ingest's PII models, the trainer's torch) take seconds to import.
 SERVICE_COMMANDS = {
@@ -265,7 +295,6 @@ SERVICE_COMMANDS = {
     "train": "trainer",
     "eval": "trainer",
     "adapters": "trainer",
-    "demo": "trainer",
 }
 
 

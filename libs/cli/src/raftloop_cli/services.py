@@ -78,7 +78,10 @@ def installed_services() -> list[ServiceSpec]:
 
 
 def service_urls() -> dict[str, str]:
-    """Environment that tells each service where the others are."""
-    env = {f"RAFTLOOP_{spec.name.upper()}_URL": spec.url for spec in SERVICES}
-    env["GATEWAY_RAG_URL"] = next(s.url for s in SERVICES if s.name == "rag")
+    """Environment that tells each service where the others are (the user's settings win)."""
+    urls = {spec.name: spec.url for spec in SERVICES}
+    env = {f"RAFTLOOP_{name.upper()}_URL": url for name, url in urls.items()}
+    env["GATEWAY_RAG_URL"] = urls["rag"]
+    env["TRAINER_RAG_URL"] = urls["rag"]  # hard-negative distractors from the live index
+    env["JUDGE_ENDPOINT_URL"] = f"{urls['gateway']}/v1"  # the judge model: the gateway's own
     return env

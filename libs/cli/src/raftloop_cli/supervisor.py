@@ -62,7 +62,7 @@ class Supervisor:
                 f"port {spec.port} for {spec.name} is already in use; stop what runs there or "
                 f"set {spec.port_env} to a free port"
             )
-        env = {**os.environ, **self.env, **service_urls()}
+        env = {**service_urls(), **os.environ, **self.env}
         proc = subprocess.Popen(
             spec.command(sys.executable),
             env=env,

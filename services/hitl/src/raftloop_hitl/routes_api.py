@@ -1,6 +1,7 @@
 """The JSON review API (API key or session): claim next, get an item, submit a review."""
 # No `from __future__ import annotations`: FastAPI must see the local Annotated aliases.
 
+import time
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends
@@ -8,6 +9,7 @@ from fastapi.responses import Response
 from pydantic import BaseModel, Field
 
 from raftloop_core.api import ApiError
+from raftloop_hitl import domain, policies
 from raftloop_hitl.context import Ctx
 from raftloop_hitl.store import ItemView, QueueError
 from raftloop_hitl.web import Principal
@@ -103,6 +105,21 @@ def api_router(ctx: Ctx) -> APIRouter:
                 409, "the lease is gone (expired or not yours); claim again", code="leaselost"
             )
         return {"item_id": item_id, "expires_at": expires}
+
+    @router.get("/routing")
+    def get_routing(who: Caller) -> dict[str, Any]:
+        with ctx.engine.connect() as conn:
+            return policies.load_policy(conn, who.tenant).model_dump()
+
+    @router.put("/routing")
+    def put_routing(body: domain.RoutingPolicy, who: Caller) -> dict[str, Any]:
+        if not who.admin:
+            raise ApiError(
+                403, "changing routing thresholds needs the admin role", code="forbidden"
+            )
+        with ctx.engine.begin() as conn:
+            policies.save_policy(conn, who.tenant, body, who.name, time.time())
+        return body.model_dump()
 
     @router.get("/queue")
     def queue(who: Caller) -> dict[str, Any]:

@@ -1,6 +1,7 @@
 """Admin HTTP routes: start a run, see its progress, list, promote and roll back adapters."""
 
 # No `from __future__ import annotations`: FastAPI must resolve the local `Admin` alias.
+import asyncio
 from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import APIRouter, Depends
@@ -44,7 +45,21 @@ def build_router(settings: TrainerSettings, *, keys: KeyStore, scheduler: "Sched
 
     @router.get("/admin/training")
     async def training(caller: Admin) -> dict[str, Any]:
-        return runner.status()
+        pending = await asyncio.to_thread(runner.store.pending)
+        threshold = settings.trigger_policy().min_new_examples
+        return runner.status() | {
+            "auto_train": settings.auto_train,
+            "pending": [
+                {
+                    "tenant": p.tenant,
+                    "base_model": p.base_model,
+                    "new_examples": p.new_examples,
+                    "threshold": threshold,
+                }
+                for p in pending
+                if p.base_model == runner.base_model
+            ],
+        }
 
     @router.get("/adapters")
     async def adapters(caller: Admin) -> dict[str, Any]:
