@@ -118,6 +118,12 @@ class DeadLetterPolicy:
         """FastStream calls this once per consumed message."""
         return DeadLetterMiddleware(msg, context=context, policy=self)
 
+    def count(self, topic: str, error: str) -> None:
+        """Count one message from `topic` parked because of an `error` (exception class)."""
+        self.dead_lettered += 1
+        if self.counter is not None:
+            self.counter.labels(self.service, topic, error).inc()
+
     async def park(
         self, record: ConsumerRecord[Any, Any], exc: BaseException, attempts: int
     ) -> None:
@@ -136,9 +142,7 @@ class DeadLetterPolicy:
         await self.broker.publish(
             value, topic=dead_letter(record.topic), key=record.key, headers=headers
         )
-        self.dead_lettered += 1
-        if self.counter is not None:
-            self.counter.labels(self.service, record.topic, type(exc).__name__).inc()
+        self.count(record.topic, type(exc).__name__)
         log.warning(
             "dead-lettered message",
             extra={
@@ -228,8 +232,8 @@ def make_broker(
     """The broker every service uses: acks=all, dead-letter and retry middleware installed.
 
     With a Prometheus `registry`, it also counts messages consumed and published per topic,
-    handler errors and processing time (FastStream's `faststream_*` metrics), and dead letters
-    (`raftloop_dead_letters_total`).
+    handler errors and dead letters, and reports subscriber lag
+    (`raftloop_core.telemetry.instrument_broker`).
     """
     broker = KafkaBroker(
         settings.servers,
@@ -244,19 +248,11 @@ def make_broker(
         **kwargs,
     )
     policy = DeadLetterPolicy(broker, settings)
-    if registry is not None:
-        from faststream.kafka.prometheus import KafkaPrometheusMiddleware
-        from prometheus_client import Counter
-
-        policy.counter = Counter(
-            "raftloop_dead_letters_total",
-            "Messages parked on a dead-letter topic, by source topic and error class.",
-            ["service", "topic", "error"],
-            registry=registry,
-        )
-        policy.service = service
-        broker.add_middleware(KafkaPrometheusMiddleware(registry=registry, app_name=service))
     broker.insert_middleware(policy)
+    if registry is not None:
+        from raftloop_core.telemetry import instrument_broker
+
+        instrument_broker(broker, registry, service=service)
     return broker
 
 

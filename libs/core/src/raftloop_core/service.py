@@ -1,7 +1,12 @@
-"""What every service's HTTP app has: `/healthz`, `/readyz`, Prometheus `/metrics`."""
+"""What every service's HTTP app has: `/healthz`, `/readyz`, Prometheus `/metrics`.
+
+`/readyz` answers 200 only when every required check passes (the service's broker, store and
+model), else 503; its body names each check's result, informational ones included.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -14,10 +19,27 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram,
 
 @dataclass(frozen=True)
 class ReadinessCheck:
-    """A named async check; the service is ready only when every check returns True."""
+    """A named async check; the service is ready only when every required check returns True.
+
+    A check with `required=False` is reported in `/readyz` but does not gate readiness.
+    """
 
     name: str
     check: Callable[[], Awaitable[bool]]
+    required: bool = True
+
+
+def blocking_check(name: str, probe: Callable[[], object]) -> ReadinessCheck:
+    """A check that runs a blocking `probe` (a database ping) in a worker thread.
+
+    It passes when the probe returns without raising.
+    """
+
+    async def check() -> bool:
+        await asyncio.to_thread(probe)
+        return True
+
+    return ReadinessCheck(name, check)
 
 
 def broker_check(broker: KafkaBroker, *, timeout_s: float = 2.0) -> ReadinessCheck:
@@ -64,15 +86,18 @@ def add_ops_routes(
 
     @app.get("/readyz", include_in_schema=False)
     async def readyz() -> JSONResponse:
-        results: dict[str, bool] = {}
-        for check in checks:
-            try:
-                results[check.name] = await check.check()
-            except Exception:
-                results[check.name] = False
-        ready = all(results.values())
+        passed = await asyncio.gather(*(_passes(check) for check in checks))
+        results = {check.name: ok for check, ok in zip(checks, passed, strict=True)}
+        ready = all(ok for check, ok in zip(checks, passed, strict=True) if check.required)
         return JSONResponse({"ready": ready, "checks": results}, status_code=200 if ready else 503)
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+
+async def _passes(check: ReadinessCheck) -> bool:
+    try:
+        return bool(await check.check())
+    except Exception:  # a failing dependency means "not ready", never a 500
+        return False
