@@ -6,6 +6,7 @@ import asyncio
 import fcntl
 import os
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, Protocol
 
@@ -83,8 +84,12 @@ class JobFailed(RuntimeError):
     """A training or evaluation process exited with an error."""
 
 
-async def run_job(module: str, config: Path, log_path: Path) -> None:
+async def run_job(
+    module: str, config: Path, log_path: Path, *, env: Mapping[str, str] | None = None
+) -> None:
     """Run `python -m <module> --config <config>` as a child process, its output to `log_path`.
+
+    `env` adds variables (secrets such as the judge's key travel this way, not in the config).
 
     Awaiting the child (not blocking on it) keeps the service's event loop and consumer live.
 
@@ -92,11 +97,18 @@ async def run_job(module: str, config: Path, log_path: Path) -> None:
         JobFailed: the process exited non-zero; the message carries the end of its log.
     """
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    env = os.environ | {"PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1"}
+    full_env = os.environ | {"PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1"} | dict(env or {})
     log = await asyncio.to_thread(open, log_path, "ab")
     with log:
         process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", module, "--config", str(config), stdout=log, stderr=log, env=env
+            sys.executable,
+            "-m",
+            module,
+            "--config",
+            str(config),
+            stdout=log,
+            stderr=log,
+            env=full_env,
         )
         try:
             code = await process.wait()

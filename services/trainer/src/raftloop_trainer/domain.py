@@ -83,6 +83,7 @@ class GatePolicy:
     max_regression_drop: float = 0.05
     min_holdout_items: int = 5
     min_judge_win_rate: float | None = None
+    """Off by default: a tie counts half, and a small judge model mostly calls ties."""
 
 
 @dataclass(frozen=True)
@@ -119,12 +120,17 @@ def decide(
                 f"regression {diff.metric} dropped {-diff.diff:.4f} "
                 f"(allowed {policy.max_regression_drop:.4f})"
             )
-    if (
-        policy.min_judge_win_rate is not None
-        and judge_win_rate is not None
-        and judge_win_rate < policy.min_judge_win_rate
-    ):
-        reasons.append(f"judge win rate {judge_win_rate:.3f} below {policy.min_judge_win_rate:.3f}")
+    if policy.min_judge_win_rate is not None:
+        if judge_win_rate is None:
+            # A required criterion that could not be measured never counts as passed.
+            reasons.append(
+                f"judge win rate not measured, and the gate requires at least "
+                f"{policy.min_judge_win_rate:.3f}"
+            )
+        elif judge_win_rate < policy.min_judge_win_rate:
+            reasons.append(
+                f"judge win rate {judge_win_rate:.3f} below {policy.min_judge_win_rate:.3f}"
+            )
     if not reasons:
         assert primary is not None
         reasons.append(

@@ -11,20 +11,23 @@ import json
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from raftloop_trainer.encoding import render_prompt
+from raftloop_trainer.judging import EndpointJudgeModel, JudgeConfig, LocalJudgeModel, judge_pairs
 from raftloop_trainer.metrics import METRICS, PairedDiff, paired_bootstrap, score_all
+from raftloop_trainer.pairwise import PairVerdict, win_rate
 from raftloop_trainer.raft import RaftExample, final_answer
 
 log = logging.getLogger("raftloop_trainer.evaluate")
 
 EvalSet = Literal["holdout", "regression"]
 SCORES_FILE = "scores.json"
+JUDGE_KEY_ENV = "TRAINER_JUDGE_API_KEY"
 REGRESSION_SYSTEM = "You are a helpful assistant. Answer briefly."
 
 
@@ -37,6 +40,7 @@ class EvalItem(BaseModel):
     set: EvalSet
     messages: list[dict[str, str]]
     reference: str
+    question: str | None = Field(default=None, description="The bare question, for the judge.")
 
 
 class Variant(BaseModel):
@@ -60,16 +64,29 @@ class EvalConfig(BaseModel):
     max_new_tokens: int = Field(default=64, ge=1)
     batch_size: int = Field(default=8, ge=1)
     device: str = "auto"
+    judge: JudgeConfig | None = Field(
+        default=None, description="Judge `judge_pair` pairwise on the hold-out items."
+    )
+    judge_pair: tuple[str, str] | None = Field(
+        default=None, description="(baseline, candidate) variant names."
+    )
 
 
-def holdout_items(examples: Sequence[RaftExample]) -> list[EvalItem]:
-    """Hold-out items in the RAFT prompt format; the reference is the example's final answer."""
+def holdout_items(
+    examples: Sequence[RaftExample], questions: Mapping[str, str] | None = None
+) -> list[EvalItem]:
+    """Hold-out items in the RAFT prompt format; the reference is the example's final answer.
+
+    `questions` (example id to the bare question) lets the pairwise judge see the question
+    without the documents.
+    """
     return [
         EvalItem(
             item_id=e.example_id,
             set="holdout",
             messages=e.prompt,
             reference=final_answer(e.target),
+            question=(questions or {}).get(e.example_id),
         )
         for e in examples
     ]
@@ -121,16 +138,19 @@ def score_outputs(items: Sequence[EvalItem], outputs: Sequence[str]) -> list[dic
     return [score_all(final_answer(o), i.reference) for i, o in zip(items, outputs, strict=True)]
 
 
-def run_variant(config: EvalConfig, variant: Variant) -> dict[str, Any]:
-    """Answers and scores of one variant."""
-    from raftloop_trainer.train import load_model, resolve_device
+def run_variant(
+    config: EvalConfig, variant: Variant, tokenizer: Any, base: Any
+) -> tuple[dict[str, Any], Any]:
+    """Answers and scores of one variant on the loaded base model; the base model back.
 
-    device = resolve_device(config.device)
-    tokenizer, model = load_model(config.base_model_dir, device)
+    An adapter is attached for the variant and removed afterwards (peft `unload`, no merge), so
+    every variant and the local judge share one copy of the base weights.
+    """
+    model = base
     if variant.adapter_dir is not None:
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(model, str(variant.adapter_dir))
+        model = PeftModel.from_pretrained(base, str(variant.adapter_dir))
     model.eval()
     started = time.monotonic()
     outputs = generate(model, tokenizer, config.items, config)
@@ -138,15 +158,68 @@ def run_variant(config: EvalConfig, variant: Variant) -> dict[str, Any]:
         "variant evaluated",
         extra={"variant": variant.name, "seconds": round(time.monotonic() - started, 1)},
     )
-    return {"outputs": outputs, "scores": score_outputs(config.items, outputs)}
+    if variant.adapter_dir is not None:
+        base = model.unload()
+    return {"outputs": outputs, "scores": score_outputs(config.items, outputs)}, base
 
 
-def evaluate(config: EvalConfig) -> dict[str, Any]:
-    """Run every variant and write `scores.json`."""
-    result = {
-        "items": [i.model_dump() for i in config.items],
-        "variants": {v.name: run_variant(config, v) for v in config.variants},
+def question_of(item: EvalItem | dict[str, Any]) -> str:
+    """What the model was asked: its last user turn (the RAFT prompt with its documents)."""
+    messages = item.messages if isinstance(item, EvalItem) else item["messages"]
+    return next(m["content"] for m in reversed(messages) if m["role"] == "user")
+
+
+def run_pairwise(
+    config: EvalConfig,
+    setup: JudgeConfig,
+    pair: tuple[str, str],
+    variants: dict[str, Any],
+    tokenizer: Any,
+    base: Any,
+    judge_api_key: str | None,
+) -> dict[str, Any]:
+    """Candidate vs baseline on the hold-out items, judged pairwise with position swap."""
+    baseline, candidate = pair
+    indices = [i for i, item in enumerate(config.items) if item.set == "holdout"]
+    if setup.kind == "local":
+        base.eval()
+        judge: Any = LocalJudgeModel(base, tokenizer, batch_size=config.batch_size)
+    else:
+        judge = EndpointJudgeModel(setup, judge_api_key or "EMPTY")
+    started = time.monotonic()
+    # The final answers are judged (what the metrics score too), with the approved answer as
+    # the reference: short prompts keep a CPU judge within minutes.
+    records = judge_pairs(
+        judge,
+        [config.items[i].question or question_of(config.items[i]) for i in indices],
+        [config.items[i].reference for i in indices],
+        [final_answer(variants[candidate]["outputs"][i]) for i in indices],
+        [final_answer(variants[baseline]["outputs"][i]) for i in indices],
+    )
+    log.info("pairwise judged", extra={"seconds": round(time.monotonic() - started, 1)})
+    return {
+        "judge": setup.label(config.base_model_dir.name),
+        "baseline": baseline,
+        "candidate": candidate,
+        "verdicts": [
+            {"item_id": config.items[i].item_id, **r} for i, r in zip(indices, records, strict=True)
+        ],
     }
+
+
+def evaluate(config: EvalConfig, *, judge_api_key: str | None = None) -> dict[str, Any]:
+    """Run every variant (and the pairwise judge when configured); write `scores.json`."""
+    from raftloop_trainer.train import load_model, resolve_device
+
+    tokenizer, base = load_model(config.base_model_dir, resolve_device(config.device))
+    variants: dict[str, Any] = {}
+    for variant in config.variants:
+        variants[variant.name], base = run_variant(config, variant, tokenizer, base)
+    result: dict[str, Any] = {"items": [i.model_dump() for i in config.items], "variants": variants}
+    if config.judge is not None and config.judge_pair is not None:
+        result["pairwise"] = run_pairwise(
+            config, config.judge, config.judge_pair, variants, tokenizer, base, judge_api_key
+        )
     config.output_dir.mkdir(parents=True, exist_ok=True)
     (config.output_dir / SCORES_FILE).write_text(json.dumps(result, indent=1))
     return result
@@ -175,6 +248,32 @@ def compare(
     return out
 
 
+def pairwise_summary(result: dict[str, Any], *, not_measured: str | None = None) -> dict[str, Any]:
+    """The win rate of the judged pairs in `result`, or why it was not measured.
+
+    Args:
+        result: an evaluation result (`scores.json`).
+        not_measured: the reason when no judge was configured for this evaluation.
+    """
+    pairwise = result.get("pairwise")
+    if pairwise is None:
+        return {"measured": False, "reason": not_measured or "no pairwise judge configured"}
+    verdicts = [
+        None
+        if "error" in v
+        else PairVerdict(v["outcome"], v["consistent"], v["first"], v["second"])
+        for v in pairwise["verdicts"]
+    ]
+    head = {k: pairwise[k] for k in ("judge", "baseline", "candidate")}
+    try:
+        rate = win_rate(verdicts)
+    except ValueError as exc:
+        errors = [v["error"] for v in pairwise["verdicts"] if "error" in v]
+        reason = f"{exc} (first error: {errors[0]})" if errors else str(exc)
+        return {"measured": False, "reason": reason, **head, "unjudged": len(verdicts)}
+    return {"measured": True, **head, **rate.as_dict()}
+
+
 def main(argv: list[str] | None = None) -> None:
     """CLI entry: `python -m raftloop_trainer.evaluate --config eval_config.json`."""
     parser = argparse.ArgumentParser(description="Evaluate the base model and adapters.")
@@ -183,7 +282,9 @@ def main(argv: list[str] | None = None) -> None:
     from raftloop_core.logs import configure_logging
 
     configure_logging("trainer-eval", level=os.environ.get("RAFTLOOP_LOG_LEVEL", "INFO"))
-    evaluate(EvalConfig.model_validate_json(args.config.read_text()))
+    # The key comes from the environment, never from the config file written to disk.
+    config = EvalConfig.model_validate_json(args.config.read_text())
+    evaluate(config, judge_api_key=os.environ.get(JUDGE_KEY_ENV))
 
 
 if __name__ == "__main__":

@@ -53,6 +53,17 @@ def distractor_source(settings: TrainerSettings) -> DistractorSource:
     return HttpDistractorSource(httpx.Client(timeout=10.0), settings.rag_url, key)
 
 
+def judge_api_key(settings: TrainerSettings) -> str | None:
+    """The pairwise judge endpoint's key: configured, else (development) the internal key."""
+    if not settings.judge_url:
+        return None
+    if settings.judge_api_key is not None:
+        return settings.judge_api_key.get_secret_value()
+    if settings.runtime.production:
+        return None  # an endpoint without auth (vLLM); the client sends a placeholder
+    return ensure_dev_credentials(settings.runtime).api_keys["internal"]
+
+
 def build_runner(settings: TrainerSettings, sink: EventSink) -> Runner:
     """The run orchestrator with real ports."""
     path, name = base_model(settings)
@@ -64,6 +75,7 @@ def build_runner(settings: TrainerSettings, sink: EventSink) -> Runner:
         distractors=distractor_source(settings),
         base_model_dir=path,
         base_model=name,
+        judge_api_key=judge_api_key(settings),
     )
 
 

@@ -23,7 +23,9 @@ from raftloop_trainer.evaluate import (
     compare,
     evaluate,
     holdout_items,
+    pairwise_summary,
 )
+from raftloop_trainer.judging import JudgeConfig
 from raftloop_trainer.raft import RaftSource
 from raftloop_trainer.report import report_payload, write_report
 from raftloop_trainer.settings import TrainerSettings
@@ -33,8 +35,10 @@ from raftloop_trainer.train import LoraParams, TrainConfig, train
 def demo_eval_items(*, distractors: int, regression: int, seed: int = 43) -> list[EvalItem]:
     """The demo hold-out questions (oracle always shown) plus general regression questions."""
     local = LocalDistractorSource.from_demo_kb()
-    held = build_set(demo_sources("holdout"), local, k=distractors, p_oracle=1.0, seed=seed)
-    return holdout_items(held) + regression_set(regression)
+    sources = demo_sources("holdout")
+    held = build_set(sources, local, k=distractors, p_oracle=1.0, seed=seed)
+    questions = {s.example_id: s.question for s in sources}
+    return holdout_items(held, questions) + regression_set(regression)
 
 
 def shuffled_answers(sources: list[RaftSource], seed: int = 0) -> list[RaftSource]:
@@ -76,27 +80,46 @@ def compare_on_demo(
     items: list[EvalItem],
     policy: GatePolicy | None = None,
     max_new_tokens: int = 64,
+    judge: JudgeConfig | None = None,
+    judge_api_key: str | None = None,
+    not_judged: str | None = None,
 ) -> dict[str, Any]:
-    """Evaluate two variants on the same items, gate the candidate, write the report."""
+    """Evaluate two variants on the same items, gate the candidate, write the report.
+
+    With `judge`, the candidate is also judged pairwise against the baseline on the hold-out
+    items; otherwise the report says the win rate was not measured (`not_judged` says why).
+    """
     variants = [baseline] if baseline == candidate else [baseline, candidate]
+    pair = judge is not None and len(variants) == 2
     config = EvalConfig(
         base_model_dir=base_model_dir,
         items=items,
         variants=variants,
         output_dir=out,
         max_new_tokens=max_new_tokens,
+        judge=judge if pair else None,
+        judge_pair=(baseline.name, candidate.name) if pair else None,
     )
-    result = evaluate(config)
+    result = evaluate(config, judge_api_key=judge_api_key)
     diffs = compare(result, baseline.name, candidate.name)
+    pairwise = None
+    if len(variants) == 2:
+        pairwise = pairwise_summary(result, not_measured=not_judged)
     decision = None
     if policy is not None:
-        decision = decide(diffs.get("holdout", []), diffs.get("regression", []), policy)
+        decision = decide(
+            diffs.get("holdout", []),
+            diffs.get("regression", []),
+            policy,
+            judge_win_rate=pairwise.get("win_rate") if pairwise else None,
+        )
     payload = report_payload(
         title=f"demo KB: {candidate.name} vs {baseline.name}",
         baseline=baseline.name,
         candidate=candidate.name,
         diffs=diffs,
         decision=decision,
+        pairwise=pairwise,
     )
     write_report(out, payload)
     return payload
@@ -106,9 +129,10 @@ def evaluate_on_demo(
     settings: TrainerSettings, adapter_id: str | None, out: Path, *, regression: int
 ) -> dict[str, Any]:
     """`raftloop eval`: the base model, and an adapter against it, on the demo sets."""
-    from raftloop_trainer.main import base_model
+    from raftloop_trainer.main import base_model, judge_api_key
 
     path, _ = base_model(settings)
+    judge, not_judged = settings.judge_config()
     items = demo_eval_items(distractors=settings.distractors, regression=regression)
     base = Variant(name="base")
     candidate = base
@@ -124,4 +148,7 @@ def evaluate_on_demo(
         items=items,
         policy=policy,
         max_new_tokens=settings.eval_max_new_tokens,
+        judge=judge,
+        judge_api_key=judge_api_key(settings),
+        not_judged=not_judged,
     )

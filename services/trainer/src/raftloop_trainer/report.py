@@ -22,9 +22,10 @@ def report_payload(
     candidate: str,
     diffs: Mapping[str, Sequence[PairedDiff]],
     decision: GateDecision | None,
+    pairwise: Mapping[str, Any] | None = None,
     extra: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The report as plain data."""
+    """The report as plain data; `pairwise` is the judge's win rate or why it was not measured."""
     return {
         "title": title,
         "baseline": baseline,
@@ -33,6 +34,7 @@ def report_payload(
         "decision": (
             {"promote": decision.promote, "reasons": decision.reasons} if decision else None
         ),
+        "pairwise": dict(pairwise) if pairwise is not None else None,
         **(dict(extra) if extra else {}),
     }
 
@@ -53,6 +55,36 @@ def flat_metrics(diffs: Mapping[str, Sequence[PairedDiff]]) -> dict[str, float]:
     return out
 
 
+def pairwise_metrics(pairwise: Mapping[str, Any] | None) -> dict[str, float]:
+    """`holdout.judge_win_rate{,.ci_low,.ci_high}` when the win rate was measured."""
+    if not pairwise or not pairwise.get("measured"):
+        return {}
+    return {
+        "holdout.judge_win_rate": float(pairwise["win_rate"]),
+        "holdout.judge_win_rate.ci_low": float(pairwise["ci_low"]),
+        "holdout.judge_win_rate.ci_high": float(pairwise["ci_high"]),
+    }
+
+
+def _pairwise_lines(pairwise: Mapping[str, Any] | None) -> list[str]:
+    if pairwise is None:
+        return []
+    lines = ["", "## pairwise judge (hold-out, both orders)", ""]
+    if not pairwise.get("measured"):
+        return [*lines, f"Win rate not measured: {pairwise.get('reason')}."]
+    return [
+        *lines,
+        f"Judge: `{pairwise['judge']}`. A tie counts half; a pair whose two orders disagree is "
+        "a tie.",
+        "",
+        "| win rate | 95% CI | wins | losses | ties | inconsistent | unjudged |",
+        "|---|---|---|---|---|---|---|",
+        f"| {pairwise['win_rate']:.4f} | {pairwise['ci_low']:.4f} .. {pairwise['ci_high']:.4f} | "
+        f"{pairwise['wins']} | {pairwise['losses']} | {pairwise['ties']} | "
+        f"{pairwise['inconsistent']} | {pairwise['unjudged']} |",
+    ]
+
+
 def markdown(payload: Mapping[str, Any]) -> str:
     """The report as Markdown tables."""
     lines = [f"# {payload['title']}", ""]
@@ -70,6 +102,7 @@ def markdown(payload: Mapping[str, Any]) -> str:
                 f"| {r['metric']} | {r['baseline']:.4f} | {r['candidate']:.4f} | "
                 f"{r['diff']:+.4f} | {r['ci_low']:+.4f} .. {r['ci_high']:+.4f} |"
             )
+    lines += _pairwise_lines(payload.get("pairwise"))
     return "\n".join(lines) + "\n"
 
 
@@ -81,8 +114,15 @@ def plot(payload: Mapping[str, Any], path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     sets = list(payload["sets"].items())
-    fig, axes = plt.subplots(1, max(len(sets), 1), figsize=(6 * max(len(sets), 1), 4))
-    axes_list = list(axes) if len(sets) > 1 else [axes]
+    pairwise = payload.get("pairwise")
+    panels = max(len(sets), 1) + (1 if pairwise is not None else 0)
+    widths = [6] * max(len(sets), 1) + ([2] if pairwise is not None else [])
+    fig, axes = plt.subplots(
+        1, panels, figsize=(sum(widths), 4), gridspec_kw={"width_ratios": widths}
+    )
+    axes_list = list(axes) if panels > 1 else [axes]
+    if pairwise is not None:
+        _plot_pairwise(axes_list.pop(), pairwise)
     for ax, (name, rows) in zip(axes_list, sets, strict=False):
         xs = range(len(rows))
         base = [r["baseline"] for r in rows]
@@ -102,6 +142,21 @@ def plot(payload: Mapping[str, Any], path: Path) -> Path:
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def _plot_pairwise(ax: Any, pairwise: Mapping[str, Any]) -> None:
+    ax.axhline(0.5, color="grey", linestyle="--", linewidth=1)
+    ax.set_ylim(0, 1)
+    ax.set_xticks([0], ["win rate"])
+    ax.set_title("pairwise judge")
+    if not pairwise.get("measured"):
+        ax.text(0, 0.5, "not measured", ha="center", va="center", fontsize=9)
+        ax.set_xlim(-1, 1)
+        return
+    rate = pairwise["win_rate"]
+    err = [[rate - pairwise["ci_low"]], [pairwise["ci_high"] - rate]]
+    ax.bar([0], [rate], width=0.5, yerr=err, color="tab:green")
+    ax.set_xlim(-1, 1)
 
 
 def write_report(folder: Path, payload: Mapping[str, Any]) -> Path:

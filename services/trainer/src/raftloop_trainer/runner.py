@@ -29,9 +29,16 @@ from raftloop_trainer.builder import (
     write_examples,
 )
 from raftloop_trainer.domain import dataset_version, decide
-from raftloop_trainer.evaluate import EvalConfig, Variant, compare, holdout_items
+from raftloop_trainer.evaluate import (
+    JUDGE_KEY_ENV,
+    EvalConfig,
+    Variant,
+    compare,
+    holdout_items,
+    pairwise_summary,
+)
 from raftloop_trainer.progress import read_progress, write_json_atomic
-from raftloop_trainer.report import flat_metrics, report_payload, write_report
+from raftloop_trainer.report import flat_metrics, pairwise_metrics, report_payload, write_report
 from raftloop_trainer.settings import TrainerSettings
 from raftloop_trainer.train import ADAPTER_DIR, PROGRESS_FILE, TrainConfig
 
@@ -53,6 +60,7 @@ class Runner:
     distractors: DistractorSource
     base_model_dir: Path
     base_model: str
+    judge_api_key: str | None = None
 
     def __post_init__(self) -> None:
         self.lock = RunLock(self.settings.state_dir / "run.lock")
@@ -183,15 +191,18 @@ class Runner:
         candidate = Variant(
             name=f"adapter:{adapter_id[:12]}", adapter_dir=self.registry.get(adapter_id)
         )
+        held_sources = sources_from_rows(snap.holdout)
         held = build_set(
-            sources_from_rows(snap.holdout),
+            held_sources,
             self.distractors,
             k=self.settings.distractors,
             p_oracle=1.0,
             seed=self.settings.lora.seed + 1,
             tenant=tenant,
         )
-        items = holdout_items(held) + regression_set(self.settings.regression_items)
+        questions = {s.example_id: s.question for s in held_sources}
+        items = holdout_items(held, questions) + regression_set(self.settings.regression_items)
+        judge, not_judged = self.settings.judge_config()
         config = EvalConfig(
             base_model_dir=self.base_model_dir,
             items=items,
@@ -199,24 +210,32 @@ class Runner:
             output_dir=run_dir,
             max_new_tokens=self.settings.eval_max_new_tokens,
             device=self.settings.device,
+            judge=judge,
+            judge_pair=(baseline.name, candidate.name) if judge else None,
         )
         write_json_atomic(run_dir / "eval_config.json", json.loads(config.model_dump_json()))
         self.current = (self.current or {}) | {"phase": "evaluating"}
+        key = {JUDGE_KEY_ENV: self.judge_api_key} if judge and self.judge_api_key else None
         await run_job(
-            "raftloop_trainer.evaluate", run_dir / "eval_config.json", run_dir / "eval.log"
+            "raftloop_trainer.evaluate", run_dir / "eval_config.json", run_dir / "eval.log", env=key
         )
         result = json.loads((run_dir / "scores.json").read_text())
         diffs = compare(result, baseline.name, candidate.name)
+        pairwise = pairwise_summary(result, not_measured=not_judged)
         decision = decide(
-            diffs.get("holdout", []), diffs.get("regression", []), self.settings.gate_policy()
+            diffs.get("holdout", []),
+            diffs.get("regression", []),
+            self.settings.gate_policy(),
+            judge_win_rate=pairwise.get("win_rate"),
         )
-        metrics = flat_metrics(diffs)
+        metrics = flat_metrics(diffs) | pairwise_metrics(pairwise)
         payload = report_payload(
             title=f"{run_id}: {candidate.name} vs {baseline.name}",
             baseline=baseline.name,
             candidate=candidate.name,
             diffs=diffs,
             decision=decision,
+            pairwise=pairwise,
             extra={"run_id": run_id, "dataset_version": version, "adapter_id": adapter_id},
         )
         report = write_report(run_dir, payload)

@@ -10,6 +10,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from raftloop_core.settings import DatabaseSettings, KafkaSettings, RuntimeSettings
 from raftloop_trainer.domain import GatePolicy, TriggerPolicy
+from raftloop_trainer.judging import JudgeConfig
 from raftloop_trainer.train import LoraParams
 
 CPU_DEFAULT_LORA = LoraParams(
@@ -64,6 +65,21 @@ class TrainerSettings(BaseSettings):
     regression_items: int = Field(default=16, ge=0, description="General questions checked.")
     eval_max_new_tokens: int = Field(default=80, ge=1, description="Room for quote + answer.")
 
+    judge_url: str | None = Field(
+        default=None, description="OpenAI-compatible endpoint (…/v1) of the pairwise judge."
+    )
+    judge_api_key: SecretStr | None = Field(default=None, description="Its key (dev: internal).")
+    judge_model: str | None = Field(default=None, description="Default: its first model.")
+    judge_local: bool = Field(
+        default=True, description="Without JUDGE_URL, judge with the base model in the eval job."
+    )
+    min_judge_win_rate: float | None = Field(
+        default=None,
+        ge=0.0,
+        le=1.0,
+        description="Gate on the pairwise win rate (ties count half); off by default.",
+    )
+
     @property
     def state_dir(self) -> Path:
         """The trainer's own state folder."""
@@ -93,4 +109,13 @@ class TrainerSettings(BaseSettings):
             margin=self.gate_margin,
             max_regression_drop=self.max_regression_drop,
             min_holdout_items=self.min_holdout_items,
+            min_judge_win_rate=self.min_judge_win_rate,
         )
+
+    def judge_config(self) -> tuple[JudgeConfig | None, str | None]:
+        """The pairwise judge of the gate, or None with the reason the win rate is not measured."""
+        if self.judge_url:
+            return JudgeConfig(kind="endpoint", url=self.judge_url, model=self.judge_model), None
+        if self.judge_local:
+            return JudgeConfig(kind="local"), None
+        return None, "no TRAINER_JUDGE_URL is set and TRAINER_JUDGE_LOCAL is false"

@@ -4,6 +4,7 @@ gate, publish, and switch the serving alias by hand through the admin API."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import uuid
 from collections.abc import Callable
@@ -160,6 +161,10 @@ async def test_service_consumes_trains_gates_and_switches(
         assert report.is_file()
         assert (report.parent / "report.md").is_file()
         assert (report.parent / "report.png").is_file()
+        # The pairwise judge (local, on the tiny model) ran: a win rate or the reason it has none.
+        pairwise = json.loads(report.read_text())["pairwise"]
+        assert pairwise["judge"].startswith("local:")
+        assert pairwise["measured"] or pairwise["reason"]
         if run["status"] == "rejected":
             assert serving["serving"]["adapter_id"] is None
             await wait_for(lambda: mine(seen, Topic.ADAPTER_REJECTED, "adapter_id", adapter_id))

@@ -20,12 +20,14 @@ def test_report_is_written_as_json_markdown_and_png(tmp_path: Path) -> None:
         candidate="adapter:abc",
         diffs=diffs,
         decision=GateDecision(True, ["token_f1 gain +0.4"]),
+        pairwise={"measured": False, "reason": "no judge configured"},
     )
     path = write_report(tmp_path, payload)
     assert json.loads(path.read_text())["decision"]["promote"] is True
     md = (tmp_path / "report.md").read_text()
     assert "**Gate: PROMOTE**" in md
     assert "| token_f1 | 0.2000 | 0.6000 | +0.4000 | +0.3000 .. +0.5000 |" in md
+    assert "Win rate not measured: no judge configured." in md
     assert (tmp_path / "report.png").read_bytes().startswith(b"\x89PNG")
     flat = flat_metrics(diffs)
     assert flat["holdout.token_f1.ci_low"] == 0.3
