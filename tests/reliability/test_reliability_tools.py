@@ -1,0 +1,104 @@
+"""The reliability suite's own arithmetic: loss checker, auth rules and the results file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from reliability_tools import (
+    Probe,
+    Record,
+    Section,
+    Stage,
+    check_stages,
+    load_sections,
+    matrix_rows,
+    record,
+    render,
+    totals,
+    violations,
+)
+
+
+def _records(*pairs: tuple[str, str]) -> list[Record]:
+    return [Record(iid, key) for iid, key in pairs]
+
+
+def test_a_clean_run_has_nothing_lost_stuck_or_duplicated() -> None:
+    stages = [
+        Stage("capture", _records(("a", "e1"), ("b", "e2"))),
+        Stage("ingest", _records(("a", "i1"), ("b", "i2"), ("b", "i2"))),  # one redelivery
+    ]
+    rows = check_stages(["a", "b"], stages)
+    assert totals(rows) == {"lost": 0, "stuck": 0, "duplicated": 0}
+    assert rows[1].redelivered == 1
+    assert rows[1].held == 2
+
+
+def test_a_missing_id_counts_once_at_the_first_stage_that_lacks_it() -> None:
+    stages = [
+        Stage("capture", _records(("a", "e1"), ("b", "e2"))),
+        Stage("ingest", _records(("a", "i1"))),
+        Stage("judge", _records(("a", "j1"))),
+    ]
+    rows = check_stages(["a", "b"], stages)
+    assert [(r.stage, r.lost, r.expected) for r in rows] == [
+        ("capture", 0, 2),
+        ("ingest", 1, 2),
+        ("judge", 0, 1),
+    ]
+    assert rows[1].missing == ("b",)
+
+
+def test_missing_while_the_consumer_lags_is_stuck_not_lost() -> None:
+    rows = check_stages(["a"], [Stage("ingest", [], lag=3)])
+    assert (rows[0].lost, rows[0].stuck) == (0, 1)
+
+
+def test_two_distinct_keys_for_one_interaction_are_a_duplicate() -> None:
+    rows = check_stages(["a"], [Stage("judge", _records(("a", "j1"), ("a", "j2")))])
+    assert rows[0].duplicated == 1
+    assert totals(rows)["duplicated"] == 1
+
+
+def test_ids_never_acknowledged_are_counted_apart() -> None:
+    rows = check_stages(["a"], [Stage("capture", _records(("a", "e1"), ("z", "e9")))])
+    assert (rows[0].unacknowledged, rows[0].duplicated, rows[0].held) == (1, 0, 1)
+
+
+def test_auth_rules_flag_open_routes_5xx_and_refused_admins() -> None:
+    probes = [
+        Probe("gw", "GET", "/healthz", "no key", 200),
+        Probe("gw", "GET", "/v1/models", "no key", 401),
+        Probe("gw", "GET", "/v1/models", "client", 200),
+        Probe("gw", "GET", "/v1/models", "admin", 200),
+        Probe("gw", "POST", "/open", "no key", 200),
+        Probe("gw", "POST", "/crash", "client", 500),
+        Probe("gw", "GET", "/x", "client", 200),
+        Probe("gw", "GET", "/x", "admin", 403),
+    ]
+    found = violations(probes)
+    assert len(found) == 3
+    assert any("/open" in v and "without a key" in v for v in found)
+    assert any("/crash" in v and "500" in v for v in found)
+    assert any("/x" in v and "admin refused" in v for v in found)
+    rows = matrix_rows(probes)
+    assert rows[-1][:3] == ["gw", "POST", "`/open`"]
+
+
+def test_sections_round_trip_into_markdown(tmp_path: Path) -> None:
+    section = Section(
+        "10-faults",
+        "Fault injection",
+        "make reliability",
+        {"lost": 0, "kills": 6},
+        tables=[(["stage", "lost"], [["ingest", "0"]])],
+        notes=["a note"],
+    )
+    record(section, tmp_path)
+    [loaded] = load_sections(tmp_path)
+    assert loaded == section
+    text = render([loaded], generated_at="now", environment={"RELIABILITY_KILLS": "2"})
+    assert "## Fault injection" in text
+    assert "| lost | 0 |" in text
+    assert "| ingest | 0 |" in text
+    assert "| RELIABILITY_KILLS | 2 |" in text
