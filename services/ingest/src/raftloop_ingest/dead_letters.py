@@ -24,6 +24,7 @@ from raftloop_core.messaging import (
     SOURCE_PARTITION_HEADER,
     SOURCE_TOPIC_HEADER,
 )
+from raftloop_core.telemetry import dead_letter_policy
 from raftloop_core.topics import dead_letter
 from raftloop_ingest.domain import Scrubbers
 
@@ -99,6 +100,7 @@ class RedactingDeadLetters:
             value, topic=dead_letter(record.topic), key=record.key, headers=headers
         )
         self.parked += 1
+        dead_letter_policy(self.broker).count(record.topic, type(exc).__name__)
         log.warning(
             "dead-lettered message",
             extra={"topic": record.topic, "offset": record.offset, "error": error},

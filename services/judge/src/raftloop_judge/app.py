@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from uuid import UUID
 
 from fastapi import FastAPI
 from faststream.kafka import KafkaMessage
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from raftloop_core.api import KeyStore, install_error_handlers
 from raftloop_core.events import ExampleCurated, InteractionJudged, ReviewCompleted, event_key
-from raftloop_core.messaging import DeadLetterPolicy, consumer_options, make_broker
-from raftloop_core.service import add_ops_routes, broker_check
+from raftloop_core.messaging import consumer_options, make_broker
+from raftloop_core.service import add_ops_routes, blocking_check, broker_check
+from raftloop_core.telemetry import dead_letter_policy
 from raftloop_core.topics import Topic
 from raftloop_judge import domain
 from raftloop_judge.consumer import BatchConsumer
@@ -23,6 +26,10 @@ from raftloop_judge.routes import judge_router
 from raftloop_judge.rubrics import load_rubrics, rubrics_digest
 from raftloop_judge.service import CalibrationPolicy, JudgeService
 from raftloop_judge.settings import JudgeSettings
+
+log = logging.getLogger(__name__)
+_NO_EVENT = UUID(int=0)
+SCORE_BUCKETS = (1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 4.5, 5.0)
 
 
 def build_service(
@@ -68,23 +75,35 @@ def create_app(
     keys: KeyStore,
 ) -> FastAPI:
     """The judge service: consumes ingested interactions and reviews, serves pairwise/agreement."""
-    broker = make_broker(settings.kafka, client_id=f"{settings.kafka.client_id}-judge")
     registry = CollectorRegistry()
+    broker = make_broker(
+        settings.kafka,
+        client_id=f"{settings.kafka.client_id}-judge",
+        registry=registry,
+        service="judge",
+    )
     judged = Counter(
         "raftloop_judge_judgements", "Judgements published.", ["outcome"], registry=registry
+    )
+    scores = Histogram(
+        "raftloop_judge_score",
+        "Judge scores (1-5): the overall score and each criterion's.",
+        ["criterion"],
+        registry=registry,
+        buckets=SCORE_BUCKETS,
     )
 
     async def publish(event: InteractionJudged) -> None:
         await broker.publish(
             event, topic=settings.output_topic, key=event_key(Topic.INTERACTION_JUDGED, event)
         )
-        judged.labels("error" if event.judgement.error else "scored").inc()
+        observe_judgement(event, judged, scores)
 
     service, pairwise = build_service(
         settings, endpoint=endpoint, embedder=embedder, store=store, publish=publish
     )
     deadline = settings.kafka.max_poll_interval_ms / 1000 * settings.poll_budget_fraction
-    consumer = BatchConsumer(service, DeadLetterPolicy(broker, settings.kafka), deadline)
+    consumer = BatchConsumer(service, dead_letter_policy(broker), deadline)
     group = settings.consumer_group
 
     @broker.subscriber(  # type: ignore[untyped-decorator]  # faststream's is untyped
@@ -124,6 +143,35 @@ def create_app(
     app.state.service = service
     app.state.broker = broker
     install_error_handlers(app)
-    add_ops_routes(app, service="judge", registry=registry, checks=[broker_check(broker)])
+    add_ops_routes(
+        app,
+        service="judge",
+        registry=registry,
+        checks=[
+            broker_check(broker),
+            blocking_check("database", lambda: store.is_processed(_NO_EVENT)),
+        ],
+    )
     app.include_router(judge_router(keys, service, pairwise))
     return app
+
+
+def observe_judgement(event: InteractionJudged, judged: Counter, scores: Histogram) -> None:
+    """Count, score and log one published judgement."""
+    judgement = event.judgement
+    judged.labels("error" if judgement.error else "scored").inc()
+    if judgement.overall is not None:
+        scores.labels("overall").observe(judgement.overall)
+    for score in judgement.scores:
+        scores.labels(score.criterion).observe(score.score)
+    log.info(
+        "interaction judged",
+        extra={
+            "interaction_id": str(event.interaction.interaction_id),
+            "tenant": event.tenant,
+            "revision": event.revision,
+            "judge_version": judgement.judge_version,
+            "overall": judgement.overall,
+            "error": judgement.error,
+        },
+    )
