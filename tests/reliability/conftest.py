@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from fleet import Fleet
-from reliability_tools import RESULTS_DIR, form, write_report
+from reliability_tools import RESULTS_DIR, knobs, write_report
 
 LOOP = ("ingest", "gateway", "judge", "hitl")
 SETTINGS = {
@@ -22,17 +22,6 @@ SETTINGS = {
     "JUDGE_INVALID_OUTPUT_ATTEMPTS": "1",
     "JUDGE_MAX_RETRIES": "1",
 }
-
-
-def knobs() -> dict[str, str]:
-    """The suite's size settings, as recorded in RELIABILITY.md."""
-    long = form() == "long"
-    return {
-        "form": form(),
-        "RELIABILITY_KILLS": os.environ.get("RELIABILITY_KILLS", "20" if long else "2"),
-        "RELIABILITY_LOAD_S": os.environ.get("RELIABILITY_LOAD_S", "300" if long else "30"),
-        "RELIABILITY_LOAD_RPS": os.environ.get("RELIABILITY_LOAD_RPS", "2"),
-    }
 
 
 @pytest.fixture(scope="session")

@@ -183,6 +183,17 @@ def form() -> str:
     return "long" if os.environ.get("RELIABILITY_LONG") == "1" else "ci"
 
 
+def knobs() -> dict[str, str]:
+    """The suite's size settings, as recorded in RELIABILITY.md."""
+    long = form() == "long"
+    return {
+        "form": form(),
+        "RELIABILITY_KILLS": os.environ.get("RELIABILITY_KILLS", "20" if long else "2"),
+        "RELIABILITY_LOAD_S": os.environ.get("RELIABILITY_LOAD_S", "300" if long else "30"),
+        "RELIABILITY_LOAD_RPS": os.environ.get("RELIABILITY_LOAD_RPS", "2"),
+    }
+
+
 def record(section: Section, results_dir: Path = RESULTS_DIR) -> Path:
     """Keep one section's figures for the report."""
     results_dir.mkdir(parents=True, exist_ok=True)
