@@ -92,8 +92,13 @@ def create_app(
     settings: RagSettings, *, embedder: Embedder, index: VectorIndex, keys: KeyStore
 ) -> FastAPI:
     """Wire the indexing consumer, the retrieval API and the ops routes."""
-    broker = make_broker(settings.kafka, client_id=f"{settings.kafka.client_id}-rag")
     registry = CollectorRegistry()
+    broker = make_broker(
+        settings.kafka,
+        client_id=f"{settings.kafka.client_id}-rag",
+        registry=registry,
+        service="rag",
+    )
     metrics = RagMetrics.create(registry)
     indexer = Indexer(embedder, index, chunking_policy(settings, embedder))
     retriever = Retriever(

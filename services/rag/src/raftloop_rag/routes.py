@@ -3,17 +3,21 @@
 # No `from __future__ import annotations`: FastAPI must see the route's dependency alias, which is
 # local to `retrieval_router`, as a real object rather than a string.
 
+import logging
 import time
 from typing import Annotated
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Header
 from pydantic import BaseModel, ConfigDict, Field
 
 from raftloop_core.api import ApiError, Caller, KeyStore, require
 from raftloop_core.events import RetrievedChunk, Tenant
+from raftloop_core.logs import INTERACTION_ID_HEADER
 from raftloop_rag.domain import tenant_for
 from raftloop_rag.retrieval import FilterValue, RetrievalRequest, Retriever
 from raftloop_rag.telemetry import RagMetrics
+
+log = logging.getLogger(__name__)
 
 
 class RetrieveRequest(BaseModel):
@@ -50,9 +54,13 @@ def retrieval_router(
     """Routes of the retrieval API; every caller needs a client, internal or admin key."""
     router = APIRouter(prefix="/v1")
     CallerDep = Annotated[Caller, Depends(require(keys, "client", "internal"))]
+    # The gateway names the interaction a retrieval serves, so it can be followed in the logs.
+    InteractionDep = Annotated[str | None, Header(alias=INTERACTION_ID_HEADER, max_length=64)]
 
     @router.post("/retrieve", response_model=RetrieveResponse)
-    async def retrieve(body: RetrieveRequest, caller: CallerDep) -> RetrieveResponse:
+    async def retrieve(
+        body: RetrieveRequest, caller: CallerDep, interaction_id: InteractionDep = None
+    ) -> RetrieveResponse:
         k = body.k or default_k
         if k > max_k:
             raise ApiError(
@@ -71,8 +79,18 @@ def retrieval_router(
                 mmr=body.mmr,
             )
         )
-        metrics.retrieval_seconds.labels("mmr" if body.mmr else "plain").observe(
-            time.perf_counter() - start
+        seconds = time.perf_counter() - start
+        metrics.retrieval_seconds.labels("mmr" if body.mmr else "plain").observe(seconds)
+        log.log(
+            logging.INFO if interaction_id else logging.DEBUG,
+            "retrieved",
+            extra={
+                "interaction_id": interaction_id,
+                "tenant": tenant,
+                "k": k,
+                "hits": len(chunks),
+                "ms": round(seconds * 1000, 1),
+            },
         )
         return RetrieveResponse(chunks=chunks, tenant=tenant)
 
