@@ -21,6 +21,7 @@ SETTINGS = {
     "JUDGE_CONCURRENCY": "2",
     "JUDGE_INVALID_OUTPUT_ATTEMPTS": "1",
     "JUDGE_MAX_RETRIES": "1",
+    "KAFKA_MAX_MESSAGE_BYTES": "262144",  # oversize test messages stay small for the broker
 }
 
 

@@ -17,8 +17,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS_DIR = ROOT / "test-artifacts" / "reliability"
 REPORT = ROOT / "RELIABILITY.md"
-CALLERS = ("no key", "client", "internal", "admin", "other tenant")
-PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/openapi.json", "/docs", "/redoc"})
+CALLERS = ("no key", "client", "internal", "admin", "other tenant", "other admin")
+# Open by design: probes, docs, and the review UI's sign-in page (its POST needs a CSRF token).
+PUBLIC_PATHS = frozenset(
+    {"/healthz", "/readyz", "/metrics", "/openapi.json", "/docs", "/redoc", "/login"}
+)
 
 
 # ---------------------------------------------------------------- loss checker
@@ -190,7 +193,7 @@ def knobs() -> dict[str, str]:
         "form": form(),
         "RELIABILITY_KILLS": os.environ.get("RELIABILITY_KILLS", "20" if long else "2"),
         "RELIABILITY_LOAD_S": os.environ.get("RELIABILITY_LOAD_S", "300" if long else "30"),
-        "RELIABILITY_LOAD_RPS": os.environ.get("RELIABILITY_LOAD_RPS", "2"),
+        "RELIABILITY_LOAD_RPS": os.environ.get("RELIABILITY_LOAD_RPS", "1"),
     }
 
 
