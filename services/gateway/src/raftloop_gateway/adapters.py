@@ -11,6 +11,7 @@ from faststream.kafka import KafkaBroker
 from pydantic import TypeAdapter, ValidationError
 
 from raftloop_core.events import RetrievedChunk
+from raftloop_core.logs import INTERACTION_ID_HEADER, bound
 from raftloop_gateway.spool import Record
 
 log = logging.getLogger(__name__)
@@ -71,8 +72,11 @@ class RagRetriever:
     async def retrieve(self, query: str, *, k: int, tenant: str) -> list[RetrievedChunk]:
         """Chunks for `query` in `tenant`; an empty list (and a log line) when rag fails."""
         try:
+            headers = self.headers
+            if interaction := bound("interaction_id"):  # rag logs the retrieval under this id
+                headers = headers | {INTERACTION_ID_HEADER: interaction}
             response = await self.client.post(
-                self.url, json={"query": query, "k": k, "tenant": tenant}, headers=self.headers
+                self.url, json={"query": query, "k": k, "tenant": tenant}, headers=headers
             )
             response.raise_for_status()
             return _CHUNKS.validate_python(response.json().get("chunks", []))

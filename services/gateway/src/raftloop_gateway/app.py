@@ -6,19 +6,22 @@ import asyncio
 import contextlib
 import gc
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
 from faststream.kafka import KafkaBroker
 from prometheus_client import CollectorRegistry, Gauge
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from raftloop_core.api import ApiError, KeyStore, error_response, install_error_handlers, require
 from raftloop_core.events import AdapterPromoted, AdapterRolledBack
 from raftloop_core.messaging import ensure_topics
 from raftloop_core.registry import AdapterRefused, AdapterRegistry
-from raftloop_core.service import ReadinessCheck, add_ops_routes
+from raftloop_core.service import ReadinessCheck, add_ops_routes, broker_check
+from raftloop_core.telemetry import instrument_broker
 from raftloop_core.topics import Topic
 from raftloop_gateway.adapters import KafkaSender
 from raftloop_gateway.admin import build_admin_router
@@ -169,13 +172,19 @@ def create_app(
     app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)
     metrics = CollectorRegistry()
     _capture_metrics(metrics, capture)
+    instrument_broker(broker, metrics, service="gateway")
+    metrics.register(ServingAdapterInfo(state))
     add_ops_routes(
         app,
         service="gateway",
         registry=metrics,
         checks=[
             ReadinessCheck("model", _async_value(lambda: backend.ready)),
+            # The capture check covers the broker: while it is down answers are spooled, and
+            # only a full spool makes the gateway unready. The broker's own state is shown but
+            # does not take every replica out of service during a Kafka outage.
             ReadinessCheck("capture", _async_value(lambda: capture.accepting)),
+            ReadinessCheck("broker", broker_check(broker).check, required=False),
         ],
     )
     any_key = Depends(require(keys, "client", "internal"))
@@ -203,6 +212,34 @@ def _capture_metrics(metrics: CollectorRegistry, capture: CapturePublisher) -> N
         ("raftloop_gateway_spool_bytes", "Bytes in the disk spool.", lambda: capture.spool.size),
     ):
         Gauge(name, doc, registry=metrics).set_function(read)
+
+
+class ServingAdapterInfo(Collector):
+    """`raftloop_gateway_serving_adapter_info`: 1 for the adapter served (and the canary)."""
+
+    def __init__(self, state: ServingState) -> None:
+        self.state = state
+
+    def describe(self) -> Iterable[Metric]:
+        """The family without samples, so registering does not read the state."""
+        return [self._family()]
+
+    def collect(self) -> Iterable[Metric]:
+        """One sample per role: `serving` always (`base` = no adapter), `canary` when set."""
+        family = self._family()
+        state = self.state
+        family.add_metric([state.alias, state.serving or "base", "serving", str(state.revision)], 1)
+        if state.canary.adapter_id and state.canary.share > 0:
+            family.add_metric([state.alias, state.canary.adapter_id, "canary", ""], 1)
+        return [family]
+
+    @staticmethod
+    def _family() -> GaugeMetricFamily:
+        return GaugeMetricFamily(
+            "raftloop_gateway_serving_adapter_info",
+            "The adapter this gateway serves under its alias (base = the base model).",
+            labels=["alias", "adapter_id", "role", "revision"],
+        )
 
 
 def _install_domain_errors(app: FastAPI) -> None:

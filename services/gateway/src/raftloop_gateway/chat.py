@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -15,6 +16,7 @@ from raftloop_core.events import (
     RetrievedChunk,
     TokenUsage,
 )
+from raftloop_core.logs import bind
 from raftloop_core.topics import Topic
 from raftloop_gateway.domain import (
     Backend,
@@ -36,6 +38,8 @@ from raftloop_gateway.hotswap import ServingState
 from raftloop_gateway.limits import Admission, RateLimiter
 from raftloop_gateway.schemas import ChatRequest
 from raftloop_gateway.settings import GatewaySettings
+
+log = logging.getLogger(__name__)
 
 CONVERSATION_HEADER = "x-raftloop-conversation-id"
 INTERACTION_HEADER = "x-raftloop-interaction-id"
@@ -179,7 +183,9 @@ class ChatService:
             explicit, tenant=caller.tenant, key_id=caller.key_id, messages=messages
         )
         route = await self.route(body, conv)
-        retrieved = await self.retrieve(caller, body, messages)
+        interaction_id = uuid4()
+        with bind(interaction_id=interaction_id):  # rag logs its retrieval under this id
+            retrieved = await self.retrieve(caller, body, messages)
         prompt = with_sources(messages, retrieved, self.settings.rag_prompt)
         if self.backend.count_tokens(prompt) > self.settings.max_prompt_tokens:
             raise TooLong(
@@ -199,7 +205,7 @@ class ChatService:
             top_logprobs=body.top_logprobs or 0 if body.logprobs else 0,
             stream=body.stream,
         )
-        return Turn(uuid4(), caller, body, messages, conv, route, retrieved, generation)
+        return Turn(interaction_id, caller, body, messages, conv, route, retrieved, generation)
 
     def finish(self, turn: Turn, *, aborted: bool = False) -> None:
         """Charge the tokens and capture the interaction (never for internal callers)."""
@@ -211,6 +217,7 @@ class ChatService:
         if self.sink is None or turn.caller.role == "internal":
             return
         body = turn.body
+        latency_ms = (time.perf_counter() - turn.started) * 1000
         event = ChatCompleted(
             tenant=turn.caller.tenant,
             interaction_id=turn.interaction_id,
@@ -233,9 +240,22 @@ class ChatService:
             usage=TokenUsage(
                 prompt_tokens=turn.prompt_tokens, completion_tokens=turn.completion_tokens
             ),
-            latency_ms=(time.perf_counter() - turn.started) * 1000,
+            latency_ms=latency_ms,
             aborted=aborted,
             user=body.user,
             metadata=body.metadata or {},
         )
         self.sink.submit(Topic.CHAT_COMPLETED, event)
+        log.info(
+            "chat completed",
+            extra={
+                "interaction_id": str(event.interaction_id),
+                "tenant": event.tenant,
+                "model": event.model,
+                "adapter_id": event.adapter_id,
+                "finish_reason": event.finish_reason,
+                "completion_tokens": turn.completion_tokens,
+                "latency_ms": round(latency_ms, 1),
+                "sources": len(turn.retrieved),
+            },
+        )
