@@ -7,13 +7,18 @@ The same pre-produced chat events are read three ways, each by a fresh consumer 
     question hash) without state, batching commits per fetched batch;
   * raw_passthrough: a hand-written aiokafka loop that copies bytes (the broker's ceiling).
 Throughput is N over the time from the first input handed to the loop (after its group join)
-to the N-th output seen by a separate consumer.
+to the N-th output seen by a separate consumer. The machine is shared, so the two paths
+alternate (and swap order) over several rounds; the figures are the best and the median round,
+the CPU seconds this process spent per interaction in the same window (less sensitive to other
+people's load than wall time), and the load average around the run.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import random
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -36,7 +41,7 @@ from raftloop_ingest.settings import IngestSettings
 
 TITLE = "Ingest throughput (interactions/s): ingest app vs raw aiokafka loops, embedded broker"
 N = 2_000
-ROUNDS = 3
+ROUNDS = 5
 TIMEOUT_S = 90.0
 
 
@@ -62,8 +67,17 @@ def events(n: int) -> list[ev.ChatCompleted]:
     return out
 
 
-async def count_outputs(kafka: KafkaSettings, topic: str, n: int, started: list[float]) -> float:
-    """Seconds from `started[0]` (set by the loop on its first input) to the n-th output."""
+Window = tuple[float, float]
+"""(wall seconds, CPU seconds of this process)."""
+
+
+def now() -> Window:
+    """The current wall clock and this process's CPU time."""
+    return time.monotonic(), time.process_time()
+
+
+async def count_outputs(kafka: KafkaSettings, topic: str, n: int, started: list[Window]) -> Window:
+    """Wall and CPU seconds from `started[0]` (set on the loop's first input) to the n-th output."""
     consumer = AIOKafkaConsumer(
         topic, bootstrap_servers=kafka.servers, group_id=None, auto_offset_reset="earliest"
     )
@@ -78,12 +92,13 @@ async def count_outputs(kafka: KafkaSettings, topic: str, n: int, started: list[
         await consumer.stop()
     if seen < n or not started:
         raise RuntimeError(f"only {seen} of {n} outputs on {topic} in {TIMEOUT_S}s")
-    return time.monotonic() - started[0]
+    wall, cpu = now()
+    return wall - started[0][0], cpu - started[0][1]
 
 
 async def ours(
     kafka: KafkaSettings, prefix: str, data: Path, redactor: Redactor, expected: int
-) -> float:
+) -> Window:
     """Seconds the ingest app (fresh group, fresh state) takes; `expected` outputs in all."""
     settings = IngestSettings.model_validate(
         {
@@ -97,11 +112,11 @@ async def ours(
     app = create_app(settings, store=store, scrubbers=redactor, keys=KeyStore([]))
     pipeline = app.state.pipeline
     handle = pipeline.on_chat_batch
-    started: list[float] = []
+    started: list[Window] = []
 
     async def timed(events: list[ev.ChatCompleted]) -> list[ev.InteractionIngested]:
         if not started:
-            started.append(time.monotonic())
+            started.append(now())
         return await handle(events)
 
     pipeline.on_chat_batch = timed
@@ -113,7 +128,7 @@ async def ours(
 
 async def raw_loop(
     kafka: KafkaSettings, src: str, dst: str, redactor: Redactor | None, expected: int = N
-) -> float:
+) -> Window:
     """Seconds a hand-written aiokafka loop takes; `expected` outputs on `dst` in all."""
     consumer = AIOKafkaConsumer(
         src,
@@ -128,13 +143,13 @@ async def raw_loop(
     await consumer.start()
     await producer.start()
 
-    started: list[float] = []
+    started: list[Window] = []
 
     async def loop() -> None:
         while True:
             batch = await consumer.getmany(timeout_ms=200, max_records=200)
             if batch and not started:
-                started.append(time.monotonic())
+                started.append(now())
             sends = []
             for records in batch.values():
                 for r in records:
@@ -179,23 +194,47 @@ async def measure(kafka: KafkaSettings) -> dict[str, float | int | str]:
                 event, topic=chat_topic, key=ev.event_key(Topic.CHAT_COMPLETED, event)
             )
     redactor = Redactor(hash_key=b"bench")
-    ours_s, same_s = [], []
-    # Alternate the two paths and keep each one's best round: the machine is shared, and
-    # the best round is the least disturbed one.
+    load_before = os.getloadavg()
+    ours_w: list[Window] = []
+    same_w: list[Window] = []
     for round_ in range(1, ROUNDS + 1):
-        with tempfile.TemporaryDirectory() as tmp:
-            ours_s.append(await ours(kafka, prefix, Path(tmp), redactor, N * round_))
-        same_s.append(await raw_loop(kafka, chat_topic, f"{prefix}raw1", redactor, N * round_))
-    pass_s = await raw_loop(kafka, chat_topic, f"{prefix}raw2", None)
-    ours_rate, same_rate, pass_rate = N / min(ours_s), N / min(same_s), N / pass_s
+
+        async def ingest(round_: int = round_) -> None:
+            with tempfile.TemporaryDirectory() as tmp:
+                ours_w.append(await ours(kafka, prefix, Path(tmp), redactor, N * round_))
+
+        async def raw(round_: int = round_) -> None:
+            same_w.append(await raw_loop(kafka, chat_topic, f"{prefix}raw1", redactor, N * round_))
+
+        # Alternate which path goes first, so that neither always follows the other's warm-up.
+        for path in (ingest, raw) if round_ % 2 else (raw, ingest):
+            await path()
+    pass_w = await raw_loop(kafka, chat_topic, f"{prefix}raw2", None)
+    load_after = os.getloadavg()
+    ours_rates = [N / wall for wall, _ in ours_w]
+    same_rates = [N / wall for wall, _ in same_w]
+    ratios = [o / r for o, r in zip(ours_rates, same_rates, strict=True)]
+    best_ours, best_same = max(ours_rates), max(same_rates)
     return {
         "interactions": N,
         "rounds": ROUNDS,
-        "ingest_interactions_per_s": round(ours_rate, 1),
-        "raw_same_work_interactions_per_s": round(same_rate, 1),
-        "raw_passthrough_messages_per_s": round(pass_rate, 1),
-        "ingest_vs_raw_same_work": round(ours_rate / same_rate, 3),
-        "ingest_vs_raw_passthrough": round(ours_rate / pass_rate, 3),
+        "ingest_interactions_per_s": round(best_ours, 1),
+        "raw_same_work_interactions_per_s": round(best_same, 1),
+        "raw_passthrough_messages_per_s": round(N / pass_w[0], 1),
+        "ingest_vs_raw_same_work": round(best_ours / best_same, 3),
+        "ingest_median_interactions_per_s": round(statistics.median(ours_rates), 1),
+        "raw_same_work_median_interactions_per_s": round(statistics.median(same_rates), 1),
+        "ingest_vs_raw_same_work_median_of_rounds": round(statistics.median(ratios), 3),
+        "ingest_vs_raw_same_work_per_round": " ".join(f"{r:.2f}" for r in ratios),
+        "ingest_cpu_ms_per_interaction_median": round(
+            1000 * statistics.median(cpu for _, cpu in ours_w) / N, 3
+        ),
+        "raw_same_work_cpu_ms_per_interaction_median": round(
+            1000 * statistics.median(cpu for _, cpu in same_w) / N, 3
+        ),
+        "ingest_vs_raw_passthrough": round(best_ours * pass_w[0] / N, 3),
+        "cpu_cores": os.cpu_count() or 0,
+        "load_average_1m_before_after": f"{load_before[0]:.2f} / {load_after[0]:.2f}",
         "target": "ingest >= 0.8 x raw aiokafka loop (same work)",
     }
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import re
 import unicodedata
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 from uuid import UUID, uuid5
@@ -151,6 +151,10 @@ class IngestStore(Protocol):
 
 
 Publish = Callable[[Event], Coroutine[Any, Any, None]]
+"""Publish one event; returns once the broker acknowledged it."""
+
+PublishMany = Callable[[Sequence[Event]], Coroutine[Any, Any, None]]
+"""Publish events in list order; returns once the broker acknowledged every one."""
 
 
 def redact_feedback(feedback: Feedback, scrub: Scrubber) -> Feedback:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from uuid import UUID
 
 from raftloop_core.events import ChatCompleted, FeedbackReceived, InteractionIngested
@@ -18,6 +18,7 @@ from raftloop_ingest.domain import (
     IngestStore,
     PendingFeedback,
     Publish,
+    PublishMany,
     Scrubbers,
     StoredInteraction,
     clean_interaction,
@@ -38,6 +39,7 @@ class Pipeline:
     store: IngestStore
     scrubbers: Scrubbers
     publish: Publish
+    publish_many: PublishMany
     max_chars: int = 20_000
     # Chat and feedback handlers run concurrently; the join must see one consistent state.
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -48,7 +50,7 @@ class Pipeline:
         return out[0] if out else None
 
     async def on_chat_batch(self, events: list[ChatCompleted]) -> list[InteractionIngested]:
-        """Clean a batch, publish every output concurrently, then record them in one go.
+        """Clean a batch, publish every output, then record them in one go.
 
         Recording only after every publish is acknowledged keeps the crash argument of the
         module docstring: a kill before the record re-reads the batch and republishes the
@@ -57,41 +59,31 @@ class Pipeline:
         async with self.lock:
             state = self.store.lookup_batch([e.interaction_id for e in events])
             fresh: dict[UUID, ChatCompleted] = {}
-            outs: list[InteractionIngested] = []
             for event in events:
                 if event.interaction_id in state.existing or event.interaction_id in fresh:
                     log.info("duplicate chat event skipped", extra=_ids(event))
                     continue
                 fresh[event.interaction_id] = event
-            staged: list[StoredInteraction] = []
-            sends: list[asyncio.Task[None]] = []
-            firsts: dict[tuple[str, str], UUID] = {}
-            for event in fresh.values():
-                stored = self._clean(event, state.pending.get(event.interaction_id), firsts)
-                staged.append(stored)
-                out = InteractionIngested(
+            staged = self._mark_duplicates(
+                [self._clean(e, state.pending.get(e.interaction_id)) for e in fresh.values()]
+            )
+            outs = [
+                InteractionIngested(
                     event_id=ingested_event_id(stored.source_event_id, 1),
                     tenant=stored.tenant,
                     interaction=stored.interaction,
                     source_event_id=stored.source_event_id,
                     revision=1,
                 )
-                outs.append(out)
-                # Send while the next one is cleaned: the producer batches in the background.
-                sends.append(asyncio.create_task(self.publish(out)))
-                await asyncio.sleep(0)
-            await asyncio.gather(*sends)
+                for stored in staged
+            ]
+            await self.publish_many(outs)
             self.store.save_many(staged)
         log.debug("interactions ingested", extra={"count": len(outs)})
         return outs
 
-    def _clean(
-        self,
-        event: ChatCompleted,
-        pending: PendingFeedback | None,
-        firsts: dict[tuple[str, str], UUID],
-    ) -> StoredInteraction:
-        """Redact and screen one chat event; mark it a duplicate of the first with its hash."""
+    def _clean(self, event: ChatCompleted, pending: PendingFeedback | None) -> StoredInteraction:
+        """Redact, screen and hash one chat event (duplicates are marked per batch)."""
         scrub = self.scrubbers.session(
             str(event.interaction_id), pending.mapping if pending else None
         )
@@ -100,18 +92,32 @@ class Pipeline:
             event, scrub, flags=flags, feedback=pending.feedback if pending else None
         )
         qhash = question_hash(event.tenant, interaction.question)
-        key = (event.tenant, qhash)
-        if key not in firsts:
-            known = self.store.firsts(event.tenant, [qhash]).get(qhash)
-            firsts[key] = known or event.interaction_id
-        first = firsts[key]
-        interaction = interaction.model_copy(
-            update={
-                "question_hash": qhash,
-                "duplicate_of": first if first != event.interaction_id else None,
-            }
-        )
+        interaction = interaction.model_copy(update={"question_hash": qhash})
         return StoredInteraction(interaction, event.tenant, event.event_id, 1, scrub.mapping)
+
+    def _mark_duplicates(self, staged: list[StoredInteraction]) -> list[StoredInteraction]:
+        """Point each interaction at the first one seen with its question hash.
+
+        One store query per tenant in the batch; within the batch, the earliest wins.
+        """
+        wanted: dict[str, set[str]] = {}
+        for stored in staged:
+            wanted.setdefault(stored.tenant, set()).add(stored.interaction.question_hash or "")
+        firsts: dict[tuple[str, str], UUID] = {
+            (tenant, qhash): first
+            for tenant, hashes in wanted.items()
+            for qhash, first in self.store.firsts(tenant, sorted(hashes)).items()
+        }
+        marked = []
+        for stored in staged:
+            interaction = stored.interaction
+            key = (stored.tenant, interaction.question_hash or "")
+            first = firsts.setdefault(key, interaction.interaction_id)
+            if first != interaction.interaction_id:
+                duplicate = interaction.model_copy(update={"duplicate_of": first})
+                stored = replace(stored, interaction=duplicate)
+            marked.append(stored)
+        return marked
 
     async def on_feedback(self, event: FeedbackReceived) -> InteractionIngested | None:
         """Join feedback to its interaction: a new revision now, or parked until it arrives."""
