@@ -10,7 +10,7 @@ from pydantic import ValidationError
 
 from raftloop_hitl import domain, policies
 from raftloop_hitl.accounts import AccountError
-from raftloop_hitl.context import Ctx
+from raftloop_hitl.context import Ctx, RowId
 from raftloop_hitl.web import CSRF_FIELD, PageError, Principal, check_csrf, render
 
 
@@ -58,7 +58,7 @@ def admin_router(ctx: Ctx) -> APIRouter:
     @router.post("/users/{user_id}", dependencies=[Csrf])
     def update_user(
         who: Admin,
-        user_id: int,
+        user_id: RowId,
         role: Annotated[str | None, Form()] = None,
         active: Annotated[str | None, Form()] = None,
         password: Annotated[str | None, Form()] = None,

@@ -10,7 +10,7 @@ from pydantic import BaseModel, Field
 
 from raftloop_core.api import ApiError
 from raftloop_hitl import domain, policies
-from raftloop_hitl.context import Ctx
+from raftloop_hitl.context import Ctx, RowId
 from raftloop_hitl.store import ItemView, QueueError
 from raftloop_hitl.web import Principal
 
@@ -66,14 +66,14 @@ def api_router(ctx: Ctx) -> APIRouter:
         }
 
     @router.get("/items/{item_id}")
-    def get_item(item_id: int, who: Caller) -> dict[str, Any]:
+    def get_item(item_id: RowId, who: Caller) -> dict[str, Any]:
         item = ctx.store.item(who.tenant, item_id)
         if item is None:
             raise ApiError(404, f"no item {item_id}", code="not_found")
         return item_json(item, who)
 
     @router.post("/items/{item_id}/reviews")
-    def submit(item_id: int, body: ReviewIn, who: Caller) -> dict[str, Any]:
+    def submit(item_id: RowId, body: ReviewIn, who: Caller) -> dict[str, Any]:
         try:
             done = ctx.store.submit(
                 who.tenant,
@@ -98,7 +98,7 @@ def api_router(ctx: Ctx) -> APIRouter:
         }
 
     @router.post("/items/{item_id}/lease")
-    def renew(item_id: int, body: LeaseIn, who: Caller) -> dict[str, Any]:
+    def renew(item_id: RowId, body: LeaseIn, who: Caller) -> dict[str, Any]:
         expires = ctx.store.renew(who.tenant, item_id, who.name, body.lease_token)
         if expires is None:
             raise ApiError(

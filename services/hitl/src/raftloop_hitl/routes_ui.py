@@ -8,7 +8,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from raftloop_hitl import policies
 from raftloop_hitl.accounts import LoginThrottle
-from raftloop_hitl.context import Ctx
+from raftloop_hitl.context import Ctx, RowId
 from raftloop_hitl.store import QueueError
 from raftloop_hitl.web import CSRF_FIELD, PageError, Principal, check_csrf, render
 
@@ -86,7 +86,7 @@ def ui_router(ctx: Ctx) -> APIRouter:
         return RedirectResponse(f"/items/{claim.item_id}", status_code=303)
 
     @router.get("/items/{item_id}", response_class=HTMLResponse)
-    def item_page(request: Request, item_id: int, who: User) -> Response:
+    def item_page(request: Request, item_id: RowId, who: User) -> Response:
         item = ctx.store.item(who.tenant, item_id)
         if item is None:
             raise PageError(404, f"no item {item_id}")
@@ -106,7 +106,7 @@ def ui_router(ctx: Ctx) -> APIRouter:
         )
 
     @router.post("/items/{item_id}/review", dependencies=[Csrf])
-    async def review(request: Request, item_id: int, who: User) -> Response:
+    async def review(request: Request, item_id: RowId, who: User) -> Response:
         form = await request.form()
         action = ACTIONS.get(str(form.get("action", "")))
         if action is None:
