@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install system-deps up test check format bench clean
+.PHONY: install system-deps up test check format bench reliability clean
 
 # Installs every lib and service editable into one environment. torch is pinned to the local CPU
 # wheel: any other version pulls gigabytes of CUDA wheels.
@@ -45,6 +45,12 @@ GPU_FILTER := $(if $(shell command -v nvidia-smi 2>/dev/null),,-m "not gpu")
 
 test: install system-deps
 	$(BIN)/python -m pytest $(GPU_FILTER) $(PYTEST_ARGS)
+
+# The reliability and security suite (faults, load, bad input, access) and RELIABILITY.md.
+# CI-sized by default; `make reliability RELIABILITY_LONG=1` runs the long form.
+reliability: install system-deps
+	rm -rf test-artifacts/reliability
+	RELIABILITY_REPORT=1 RELIABILITY_LONG=$(RELIABILITY_LONG) $(BIN)/python -m pytest tests/reliability $(PYTEST_ARGS)
 
 check: install
 	$(BIN)/ruff format --check .
