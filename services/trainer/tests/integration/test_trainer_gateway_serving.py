@@ -1,0 +1,218 @@
+"""The trainer's adapter reaches a running gateway: curated examples published on the real broker
+trigger a run in the trainer service, whose promotion (content-addressed adapter in the shared
+registry, adapter.promoted.v1 on the broker) a real gateway process picks up without a restart.
+The gate's pairwise judge is the gateway's own OpenAI-compatible endpoint here."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from raftloop_core.api import KeyStore
+from raftloop_core.credentials import ensure_dev_credentials
+from raftloop_core.embedded import free_port
+from raftloop_core.events import ChatMessage, ExampleCurated, RetrievedChunk, event_key
+from raftloop_core.messaging import ensure_topics, make_broker
+from raftloop_core.registry import AdapterRegistry
+from raftloop_core.settings import KafkaSettings, RuntimeSettings
+from raftloop_core.topics import Topic
+from raftloop_trainer.adapters import KafkaEventSink
+from raftloop_trainer.app import create_app
+from raftloop_trainer.domain import is_holdout
+from raftloop_trainer.main import build_runner
+from raftloop_trainer.settings import TrainerSettings
+from raftloop_trainer.train import LoraParams
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
+
+TRAIN, HOLDOUT = 8, 3
+ASK = [{"role": "user", "content": "What does plan 1 cost?"}]
+
+
+@dataclass(frozen=True)
+class RunningGateway:
+    url: str
+    keys: dict[str, str]
+    registry: Path
+    log: Path
+    proc: subprocess.Popen[bytes]
+
+    def client(self) -> openai.OpenAI:
+        return openai.OpenAI(base_url=f"{self.url}/v1", api_key=self.keys["client"], max_retries=0)
+
+
+@contextmanager
+def running_gateway(
+    folder: Path, model_dir: Path, bootstrap: str, name: str
+) -> Iterator[RunningGateway]:
+    """`uvicorn --factory raftloop_gateway.main:build` on the tiny model, polling the alias only
+    every 10 minutes: a switch within the test comes from the promotion event."""
+    data_dir = folder / "var"
+    keys = ensure_dev_credentials(RuntimeSettings(data_dir=data_dir)).api_keys
+    port = free_port()
+    log = folder / "gateway.log"
+    env = os.environ | {
+        "RAFTLOOP_DATA_DIR": str(data_dir),
+        "RAFTLOOP_LOG_FORMAT": "text",
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+        "GATEWAY_BASE_MODEL_PATH": str(model_dir),
+        "GATEWAY_BASE_MODEL_NAME": name,
+        "GATEWAY_PORT": str(port),
+        "GATEWAY_ALIAS_POLL_S": "600",
+        "GATEWAY_MAX_TOKENS_LIMIT": "64",
+    }
+    cmd = [sys.executable, "-m", "uvicorn", "--factory", "raftloop_gateway.main:build",
+           "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
+    with log.open("wb") as out:
+        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
+    gateway = RunningGateway(f"http://127.0.0.1:{port}", keys, data_dir / "registry", log, proc)
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            assert proc.poll() is None, f"gateway exited: {log.read_text()[-2000:]}"
+            try:
+                if httpx.get(f"{gateway.url}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, f"gateway not ready: {log.read_text()[-2000:]}"
+            time.sleep(0.3)
+        yield gateway
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+def curated(tenant: str, base_model: str) -> list[ExampleCurated]:
+    """TRAIN training examples after HOLDOUT hold-out ones (the split is by id hash)."""
+    train: list[ExampleCurated] = []
+    held: list[ExampleCurated] = []
+    i = 0
+    while len(train) < TRAIN or len(held) < HOLDOUT:
+        example_id = uuid.uuid4()
+        split = held if is_holdout(str(example_id)) else train
+        if len(split) >= (HOLDOUT if split is held else TRAIN):
+            continue
+        answer = f"Plan {i} costs {i + 3} dollars."  # distinct: the store drops duplicates
+        split.append(
+            ExampleCurated(
+                tenant=tenant,
+                example_id=example_id,
+                interaction_id=uuid.uuid4(),
+                source="approved",
+                messages=[ChatMessage(role="user", content=f"What does plan {i} cost?")],
+                question=f"What does plan {i} cost?",
+                answer=answer,
+                oracle_chunks=[
+                    RetrievedChunk(
+                        chunk_id=f"pricing#{i}",
+                        document_id="pricing",
+                        text=f"Our plans are listed here. {answer} Taxes are extra.",
+                        score=0.9,
+                    )
+                ],
+                base_model=base_model,
+            )
+        )
+        i += 1
+    return held + train
+
+
+def answer(gateway: RunningGateway) -> tuple[str, str | None]:
+    done = gateway.client().chat.completions.create(
+        model="raftloop",
+        messages=ASK,
+        max_tokens=10,
+        temperature=0,  # type: ignore[arg-type]
+    )
+    return done.choices[0].message.content or "", done.system_fingerprint
+
+
+async def test_trainer_promotion_is_served_by_a_running_gateway(
+    tmp_path: Path, tiny_model_dir: Path, kafka_settings: KafkaSettings
+) -> None:
+    ensure_topics(kafka_settings)
+    tenant = f"t_{uuid.uuid4().hex[:8]}"
+    # A base model name of its own: the session's other trainer tests publish curated examples
+    # for "tiny-llama" on the same topic, and must not trigger runs here.
+    name = f"tiny-{uuid.uuid4().hex[:6]}"
+    with running_gateway(
+        tmp_path / "gw", tiny_model_dir, kafka_settings.bootstrap_servers, name
+    ) as gw:
+        base_answer, fingerprint = answer(gw)
+        assert fingerprint == "base"
+        settings = TrainerSettings(
+            runtime=RuntimeSettings(data_dir=tmp_path / "trainer"),
+            kafka=kafka_settings,
+            registry_dir=gw.registry,
+            base_model_path=tiny_model_dir,
+            base_model_name=name,
+            min_new_examples=TRAIN,
+            max_age_hours=None,
+            trigger_poll_s=1.0,
+            lora=LoraParams(
+                max_steps=6, batch_size=2, warmup_steps=0, max_length=256, learning_rate=0.02
+            ),
+            device="cpu",
+            regression_items=2,
+            eval_max_new_tokens=6,
+            # This test is about delivery, not quality: the gate lets the tiny model's adapter
+            # through (the SmolLM2 gate test covers the gate's judgement).
+            gate_margin=-1.0,
+            max_regression_drop=1.0,
+            min_holdout_items=1,
+            judge_url=f"{gw.url}/v1",
+            judge_api_key=gw.keys["internal"],
+        )
+        broker = make_broker(settings.kafka, client_id="trainer-serving-test")
+        runner = build_runner(settings, KafkaEventSink(broker))
+        app = create_app(settings, keys=KeyStore([]), runner=runner, broker=broker)
+        async with app.router.lifespan_context(app):
+            for event in curated(tenant, name):
+                await broker.publish(
+                    event, topic=Topic.EXAMPLE_CURATED, key=event_key(Topic.EXAMPLE_CURATED, event)
+                )
+            deadline = time.monotonic() + 480
+            while not (runs := await asyncio.to_thread(runner.store.runs)) or runs[0]["status"] in (
+                "running",
+            ):
+                status = await asyncio.to_thread(runner.status)
+                assert time.monotonic() < deadline, f"no run finished: {status}"
+                await asyncio.sleep(0.5)
+        [run] = runs
+        assert run["status"] == "promoted", run
+        assert run["trigger"].startswith("trigger:"), run
+        adapter_id = run["adapter_id"]
+        assert AdapterRegistry(gw.registry).serving("serving").adapter_id == adapter_id
+
+        deadline = time.monotonic() + 60
+        while (served := answer(gw))[1] != adapter_id:
+            assert time.monotonic() < deadline, f"gateway still serves {served[1]}"
+            await asyncio.sleep(0.2)
+        assert gw.proc.poll() is None  # the same process, never restarted
+        assert served[0] != base_answer, served
+
+        report = json.loads(Path(run["report_path"]).read_text())
+        pairwise = report["pairwise"]
+        assert pairwise["judge"].startswith(f"endpoint:first listed model@{gw.url}/v1")
+        # The gateway answered the judge (the tiny model may give no readable verdict).
+        assert pairwise["measured"] or "no winner" in pairwise["reason"], pairwise
