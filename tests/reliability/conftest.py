@@ -7,22 +7,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from fleet import Fleet
+from fleet import LOOP, SETTINGS, Fleet
 from reliability_tools import RESULTS_DIR, knobs, write_report
-
-LOOP = ("ingest", "gateway", "judge", "hitl")
-SETTINGS = {
-    # Short answers and the tiny Llama keep the CPU cost of every interaction low.
-    "GATEWAY_DEFAULT_MAX_TOKENS": "8",
-    "GATEWAY_MAX_TOKENS_LIMIT": "16",
-    "GATEWAY_MAX_QUEUE": "64",
-    "JUDGE_MAX_TOKENS": "8",
-    "JUDGE_CRITERIA": '["correctness"]',
-    "JUDGE_CONCURRENCY": "2",
-    "JUDGE_INVALID_OUTPUT_ATTEMPTS": "1",
-    "JUDGE_MAX_RETRIES": "1",
-    "KAFKA_MAX_MESSAGE_BYTES": "262144",  # oversize test messages stay small for the broker
-}
 
 
 @pytest.fixture(scope="session")

@@ -21,7 +21,7 @@ import httpx
 
 from raftloop_cli.testing import TEST_KAFKA
 from raftloop_core.credentials import hash_key
-from raftloop_core.embedded import EmbeddedBroker, free_port
+from raftloop_core.embedded import DEFAULT_STORAGE, EmbeddedBroker, free_port
 from raftloop_core.messaging import ensure_topics
 from raftloop_core.settings import KafkaSettings
 
@@ -35,6 +35,19 @@ KEYS = {
     "other admin": ("other", "admin"),
 }
 QUIET = {"RAFTLOOP_LOG_LEVEL": "INFO"}
+LOOP = ("ingest", "gateway", "judge", "hitl")
+SETTINGS = {
+    # Short answers and the tiny Llama keep the CPU cost of every interaction low.
+    "GATEWAY_DEFAULT_MAX_TOKENS": "8",
+    "GATEWAY_MAX_TOKENS_LIMIT": "16",
+    "GATEWAY_MAX_QUEUE": "64",
+    "JUDGE_MAX_TOKENS": "8",
+    "JUDGE_CRITERIA": '["correctness"]',
+    "JUDGE_CONCURRENCY": "2",
+    "JUDGE_INVALID_OUTPUT_ATTEMPTS": "1",
+    "JUDGE_MAX_RETRIES": "1",
+    "KAFKA_MAX_MESSAGE_BYTES": "262144",  # oversize test messages stay small for the broker
+}
 
 
 @dataclass
@@ -108,11 +121,20 @@ class Fleet:
     services: dict[str, Service] = field(default_factory=dict)
 
     @classmethod
-    def start(cls, folder: Path, names: tuple[str, ...], extra_env: dict[str, str]) -> Fleet:
+    def start(
+        cls,
+        folder: Path,
+        names: tuple[str, ...],
+        extra_env: dict[str, str],
+        *,
+        storage: str = DEFAULT_STORAGE,
+    ) -> Fleet:
         """Start the broker, create the topics, then start `names` in the given order."""
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "logs").mkdir(exist_ok=True)
-        broker = EmbeddedBroker(port=free_port(), log_path=folder / "logs" / "broker.log").start()
+        broker = EmbeddedBroker(
+            port=free_port(), storage=storage, log_path=folder / "logs" / "broker.log"
+        ).start()
         kafka = KafkaSettings(
             bootstrap_servers=broker.bootstrap_servers,
             session_timeout_ms=int(TEST_KAFKA["KAFKA_SESSION_TIMEOUT_MS"]),
@@ -186,6 +208,16 @@ class Fleet:
         service = self.services[name]
         service.start()
         service.wait_ready()
+
+    def restart_broker(self, down_s: float = 0.0) -> None:
+        """Kill -9 the broker, wait `down_s`, and start it again on the same port and storage."""
+        if self.broker.proc is not None:
+            self.broker.proc.kill()
+            self.broker.proc.wait(30)
+        time.sleep(down_s)
+        self.broker = EmbeddedBroker(
+            port=self.broker.port, storage=self.broker.storage, log_path=self.broker.log_path
+        ).start()
 
     def logs(self) -> dict[str, str]:
         """Every service log so far."""
