@@ -15,10 +15,16 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from raftloop_trainer.encoding import render_prompt
-from raftloop_trainer.judging import EndpointJudgeModel, JudgeConfig, LocalJudgeModel, judge_pairs
+from raftloop_trainer.judging import (
+    EndpointJudgeModel,
+    JudgeConfig,
+    JudgeModel,
+    LocalJudgeModel,
+    judge_pairs,
+)
 from raftloop_trainer.metrics import METRICS, PairedDiff, paired_bootstrap, score_all
 from raftloop_trainer.pairwise import PairVerdict, win_rate
 from raftloop_trainer.raft import RaftExample, final_answer
@@ -70,6 +76,15 @@ class EvalConfig(BaseModel):
     judge_pair: tuple[str, str] | None = Field(
         default=None, description="(baseline, candidate) variant names."
     )
+
+    @model_validator(mode="after")
+    def _pair_names_variants(self) -> EvalConfig:
+        names = {v.name for v in self.variants}
+        if self.judge_pair is not None and not set(self.judge_pair) <= names:
+            raise ValueError(
+                f"judge_pair {self.judge_pair} must name two of the variants {sorted(names)}"
+            )
+        return self
 
 
 def holdout_items(
@@ -183,7 +198,7 @@ def run_pairwise(
     indices = [i for i, item in enumerate(config.items) if item.set == "holdout"]
     if setup.kind == "local":
         base.eval()
-        judge: Any = LocalJudgeModel(base, tokenizer, batch_size=config.batch_size)
+        judge: JudgeModel = LocalJudgeModel(base, tokenizer, batch_size=config.batch_size)
     else:
         judge = EndpointJudgeModel(setup, judge_api_key or "EMPTY")
     started = time.monotonic()

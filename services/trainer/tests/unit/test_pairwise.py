@@ -1,11 +1,14 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from raftloop_trainer.domain import GatePolicy, decide
-from raftloop_trainer.evaluate import pairwise_summary
+from raftloop_trainer.evaluate import EvalConfig, Variant, pairwise_summary
+from raftloop_trainer.judging import JudgeConfig
 from raftloop_trainer.metrics import PairedDiff
 from raftloop_trainer.pairwise import (
     InvalidVerdict,
@@ -157,3 +160,15 @@ def test_summary_and_report_of_a_measured_win_rate() -> None:
     md = markdown(payload)
     assert "## pairwise judge" in md
     assert "| 0.7500 |" in md
+
+
+def test_eval_config_refuses_a_judge_pair_that_names_no_variant(tmp_path: Path) -> None:
+    with pytest.raises(ValidationError, match="must name two of the variants"):
+        EvalConfig(
+            base_model_dir=tmp_path,
+            items=[],
+            variants=[Variant(name="base")],
+            output_dir=tmp_path,
+            judge=JudgeConfig(kind="local"),
+            judge_pair=("base", "missing"),
+        )
