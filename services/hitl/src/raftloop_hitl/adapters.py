@@ -198,7 +198,10 @@ class KafkaOpsMonitor:
             "raftloop_consumer_lag", "Uncommitted messages.", ["group", "topic"], registry=registry
         )
         self.g_dlt = Gauge(
-            "raftloop_dead_letters", "Messages on a .dlt topic.", ["topic"], registry=registry
+            "raftloop_dead_letter_topic_messages",
+            "Messages on a .dlt topic (its end offset), cluster-wide.",
+            ["topic"],
+            registry=registry,
         )
         self.g_depth = Gauge(
             "hitl_queue_depth", "Open review items.", ["tenant"], registry=registry

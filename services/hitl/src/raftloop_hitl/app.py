@@ -20,6 +20,7 @@ from raftloop_core.api import KeyStore, install_error_handlers
 from raftloop_core.credentials import ensure_dev_credentials
 from raftloop_core.messaging import consumer_options
 from raftloop_core.service import ReadinessCheck, add_ops_routes, broker_check
+from raftloop_core.telemetry import instrument_broker
 from raftloop_hitl.accounts import Accounts
 from raftloop_hitl.adapters import KafkaOpsMonitor, OutboxRelay, published_on_kafka
 from raftloop_hitl.context import Ctx
@@ -46,6 +47,7 @@ def create_app(
     store = ReviewStore(engine, lease_s=settings.lease_seconds)
     leadership = RelayLeadership(engine)
     registry = CollectorRegistry()
+    instrument_broker(broker, registry, service="hitl")
     ops = KafkaOpsMonitor(settings.kafka, store, registry, cache_s=settings.ops_cache_s)
     relay = OutboxRelay(
         store,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
 from sqlalchemy import Engine
 
@@ -10,6 +11,8 @@ from raftloop_core import events as ev
 from raftloop_core.topics import Topic
 from raftloop_hitl import policies
 from raftloop_hitl.store import ReviewStore
+
+log = logging.getLogger(__name__)
 
 CONSUMED = (
     Topic.INTERACTION_JUDGED,
@@ -47,7 +50,17 @@ class Handlers:
 
     async def on_interaction_judged(self, event: ev.InteractionJudged) -> None:
         """interaction.judged -> review queue (or auto-accept where the policy allows)."""
-        await asyncio.to_thread(self.store.ingest_judged, event)
+        outcome = await asyncio.to_thread(self.store.ingest_judged, event)
+        log.info(
+            "judged interaction routed",
+            extra={
+                "outcome": outcome,
+                "interaction_id": str(event.interaction.interaction_id),
+                "tenant": event.tenant,
+                "revision": event.revision,
+                "overall": event.judgement.overall,
+            },
+        )
 
     async def on_feedback_received(self, event: ev.FeedbackReceived) -> None:
         """chat.feedback -> attach to the item, re-route or re-prioritise it."""
