@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -13,11 +12,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import httpx
-import psutil
 import pytest
 
-from raftloop_cli.services import SERVICES, installed_services
-from raftloop_core.embedded import free_port
+from raftloop_cli.services import installed_services
+from raftloop_cli.testing import Platform
 from raftloop_core.settings import KafkaSettings
 
 pytestmark = pytest.mark.integration
@@ -112,61 +110,16 @@ def test_broker_port_in_use_gives_one_clear_line(tmp_path: Path) -> None:
     assert f"port {port} on 127.0.0.1 is already in use" in line
 
 
-def up_env(tmp_path: Path, only: str | None) -> dict[str, str]:
-    env = {
-        "RAFTLOOP_DATA_DIR": str(tmp_path / "var"),
-        "RAFTLOOP_BROKER_PORT": str(free_port()),
-        "HF_HUB_OFFLINE": "1",
-        "PYTHONUNBUFFERED": "1",
-    }
-    env.pop("KAFKA_BOOTSTRAP_SERVERS", None)
-    for spec in SERVICES:
-        env[spec.port_env] = str(free_port())
-    if only is not None:
-        env["RAFTLOOP_SERVICES"] = only
-    return env
-
-
-def start_up(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    clean = {k: v for k, v in os.environ.items() if k != "KAFKA_BOOTSTRAP_SERVERS"}
-    return subprocess.Popen(
-        [*RAFTLOOP, "up"],
-        env={**clean, **env},
-        stdout=open(log, "wb"),
-        stderr=subprocess.STDOUT,
-    )
-
-
-def wait_for_line(proc: subprocess.Popen[bytes], log: Path, text: str, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while text not in log.read_text(errors="replace"):
-        assert proc.poll() is None, f"raftloop up exited early:\n{log.read_text()[-4000:]}"
-        assert time.monotonic() < deadline, f"no {text!r} in time:\n{log.read_text()[-4000:]}"
-        time.sleep(0.2)
-
-
-def stop_and_check_nothing_is_left(proc: subprocess.Popen[bytes], log: Path) -> None:
-    descendants = psutil.Process(proc.pid).children(recursive=True)
-    assert descendants, "up started no child process"
-    proc.send_signal(signal.SIGINT)
-    assert proc.wait(60) == 0, log.read_text()[-4000:]
-    _gone, alive = psutil.wait_procs(descendants, timeout=5)
-    assert not alive, f"left running: {[p.pid for p in alive]}"
-
-
 def test_up_runs_the_broker_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
-    env = up_env(tmp_path, only="broker")
-    log = tmp_path / "up.log"
-    proc = start_up(env, log)
+    platform = Platform.start(tmp_path, only="broker", timeout_s=120)
     try:
-        wait_for_line(proc, log, "raftloop is up", timeout_s=120)
-        with socket.create_connection(("127.0.0.1", int(env["RAFTLOOP_BROKER_PORT"])), 2):
+        with socket.create_connection(("127.0.0.1", int(platform.env["RAFTLOOP_BROKER_PORT"])), 2):
             pass
-        assert (tmp_path / "var" / "credentials.json").exists()
-        stop_and_check_nothing_is_left(proc, log)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+        assert (platform.data_dir / "credentials.json").exists()
+    except BaseException:
+        platform.kill()
+        raise
+    platform.stop()  # Ctrl-C: exit 0 and no child left
 
 
 @pytest.mark.e2e
@@ -174,15 +127,13 @@ def test_up_runs_every_installed_service_healthy_and_stops_cleanly(tmp_path: Pat
     specs = installed_services()
     if not specs:
         pytest.skip("no service package is installed")
-    env = up_env(tmp_path, only=None)
-    log = tmp_path / "up.log"
-    proc = start_up(env, log)
+    platform = Platform.start(tmp_path, timeout_s=600)
     try:
-        wait_for_line(proc, log, "raftloop is up", timeout_s=600)
         for spec in specs:
-            url = f"http://127.0.0.1:{env[spec.port_env]}/healthz"
-            assert httpx.get(url, timeout=5).status_code == 200, spec.name
-        stop_and_check_nothing_is_left(proc, log)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+            response = httpx.get(f"{platform.url(spec.name)}/healthz", timeout=5)
+            assert response.status_code == 200, spec.name
+        assert "demo handbook" in platform.output()  # seeded on a development platform
+    except BaseException:
+        platform.kill()
+        raise
+    platform.stop()

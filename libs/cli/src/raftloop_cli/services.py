@@ -82,6 +82,9 @@ def service_urls() -> dict[str, str]:
     urls = {spec.name: spec.url for spec in SERVICES}
     env = {f"RAFTLOOP_{name.upper()}_URL": url for name, url in urls.items()}
     env["GATEWAY_RAG_URL"] = urls["rag"]
-    env["TRAINER_RAG_URL"] = urls["rag"]  # hard-negative distractors from the live index
     env["JUDGE_ENDPOINT_URL"] = f"{urls['gateway']}/v1"  # the judge model: the gateway's own
+    # The local gateway generates one answer at a time: more judge requests in flight only wait
+    # in its queue until the judge's timeout, and a transient failure re-reads the whole batch.
+    env["JUDGE_CONCURRENCY"] = "2"
+    env["JUDGE_BATCH_SIZE"] = "4"
     return env

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -10,7 +11,7 @@ from collections.abc import AsyncIterator
 from typing import Annotated, Any
 from uuid import UUID, uuid4
 
-from fastapi import APIRouter, Header
+from fastapi import APIRouter, Header, Request
 from fastapi.responses import Response, StreamingResponse
 
 from raftloop_core.api import Caller, error_body
@@ -29,6 +30,7 @@ from raftloop_gateway.schemas import (
 )
 
 log = logging.getLogger(__name__)
+DISCONNECT_POLL_S = 0.5
 
 
 def build_router(service: ChatService, *, any_key: Any, chat_key: Any) -> APIRouter:
@@ -41,6 +43,7 @@ def build_router(service: ChatService, *, any_key: Any, chat_key: Any) -> APIRou
         responses={200: {"content": {"text/event-stream": {}}}},
     )
     async def chat_completions(
+        request: Request,
         body: ChatRequest,
         caller: Caller = chat_key,
         x_raftloop_conversation_id: Annotated[str | None, Header(max_length=128)] = None,
@@ -56,11 +59,9 @@ def build_router(service: ChatService, *, any_key: Any, chat_key: Any) -> APIRou
                 media_type="text/event-stream",
                 headers=turn.headers | {"cache-control": "no-cache"},
             )
-        generation = contextlib.aclosing(service.backend.generate(turn.generation))
-        async with service.admission.slot(), generation as pieces:
-            async for piece in pieces:
-                turn.add(piece)
-        service.finish(turn)
+        if not await _complete_unless_gone(service, turn, request):
+            log.info("client left before its answer", extra={"interaction_id": turn.interaction_id})
+            return Response(status_code=499)  # nobody reads it; nothing was answered
         return Response(
             render.completion(turn, footer).model_dump_json(),
             media_type="application/json",
@@ -174,3 +175,29 @@ async def _stream(
     finally:
         service.finish(turn, aborted=aborted)
         await stack.aclose()
+
+
+async def _complete_unless_gone(service: ChatService, turn: Turn, request: Request) -> bool:
+    """Generate a whole answer; stop (and free the slot) if the client disconnects first.
+
+    A client that timed out would otherwise keep its place in the queue and a generation slot
+    for an answer nobody reads, so an overloaded gateway would spend its time on dead requests.
+    """
+
+    async def complete() -> None:
+        generation = contextlib.aclosing(service.backend.generate(turn.generation))
+        async with service.admission.slot(), generation as pieces:
+            async for piece in pieces:
+                turn.add(piece)
+
+    work = asyncio.ensure_future(complete())
+    while not work.done():
+        await asyncio.wait({work}, timeout=DISCONNECT_POLL_S)
+        if not work.done() and await request.is_disconnected():
+            work.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await work
+            return False
+    work.result()  # re-raise what generation raised
+    service.finish(turn)
+    return True

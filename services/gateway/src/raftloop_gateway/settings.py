@@ -42,7 +42,12 @@ class GatewaySettings(BaseSettings):
 
     rag_url: str | None = None
     rag_api_key: SecretStr | None = Field(default=None, description="An internal-role key.")
-    rag_k: int = Field(default=4, ge=1, le=20)
+    rag_k: int = Field(
+        default=2,
+        ge=1,
+        le=20,
+        description="Chunks per answer; 2 matches the trainer's oracle + 1 distractor examples.",
+    )
     rag_timeout_s: float = Field(default=2.0, gt=0)
     rag_cite: bool = Field(default=True, description="Append a numbered sources line.")
     rag_prompt: PromptLayout = Field(

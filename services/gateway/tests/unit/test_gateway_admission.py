@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from types import SimpleNamespace
 
 import pytest
 
-from raftloop_gateway.domain import Overloaded
+from raftloop_gateway import routes
+from raftloop_gateway.domain import Overloaded, Piece
 from raftloop_gateway.gate import AdapterGate
 from raftloop_gateway.limits import Admission
 
@@ -82,3 +84,53 @@ def test_exclusive_waits_for_users() -> None:
         order.append("exclusive")
     t.join()
     assert order == ["user done", "exclusive"]
+
+
+class SlowBackend:
+    """Yields one piece, then would generate for an hour; records that it was closed."""
+
+    def __init__(self) -> None:
+        self.closed = False
+
+    async def generate(self, request: object):
+        try:
+            yield Piece(text="a")
+            await asyncio.sleep(3600)
+        finally:
+            self.closed = True
+
+
+class Disconnects:
+    """A request whose client goes away after `polls` checks."""
+
+    def __init__(self, polls: int) -> None:
+        self.polls = polls
+
+    async def is_disconnected(self) -> bool:
+        self.polls -= 1
+        return self.polls < 0
+
+
+class Finished:
+    def __init__(self) -> None:
+        self.turns: list[object] = []
+
+    def __call__(self, turn: object) -> None:
+        self.turns.append(turn)
+
+
+async def test_a_client_that_leaves_frees_its_slot_and_stops_the_generation(monkeypatch) -> None:
+    monkeypatch.setattr(routes, "DISCONNECT_POLL_S", 0.01)
+    backend, finished = SlowBackend(), Finished()
+    service = SimpleNamespace(backend=backend, admission=Admission(1, 0), finish=finished)
+    pieces: list[Piece] = []
+    turn = SimpleNamespace(generation=None, add=pieces.append)
+    answered = await asyncio.wait_for(
+        routes._complete_unless_gone(service, turn, Disconnects(polls=2)), timeout=10
+    )
+    assert answered is False
+    assert backend.closed  # the generation was stopped, not left running
+    assert service.admission.running == 0
+    assert service.admission.waiting == 0
+    assert finished.turns == []  # nothing answered, nothing captured
+    assert [p.text for p in pieces] == ["a"]
