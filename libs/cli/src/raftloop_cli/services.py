@@ -86,5 +86,6 @@ def service_urls() -> dict[str, str]:
     # The local gateway generates one answer at a time: more judge requests in flight only wait
     # in its queue until the judge's timeout, and a transient failure re-reads the whole batch.
     env["JUDGE_CONCURRENCY"] = "2"
-    env["JUDGE_BATCH_SIZE"] = "4"
+    env["JUDGE_BATCH_SIZE"] = "2"
+    env["JUDGE_REQUEST_TIMEOUT_S"] = "180"
     return env
