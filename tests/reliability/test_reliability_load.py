@@ -22,7 +22,11 @@ from reliability_tools import Section, knobs, record
 
 from raftloop_core.topics import Topic
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.slow,
+    pytest.mark.timeout(600 + int(knobs()["RELIABILITY_LOAD_S"])),
+]
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
 COMMAND = "make reliability  # or: pytest tests/reliability/test_reliability_load.py"
 

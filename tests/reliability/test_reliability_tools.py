@@ -102,3 +102,5 @@ def test_sections_round_trip_into_markdown(tmp_path: Path) -> None:
     assert "| lost | 0 |" in text
     assert "| ingest | 0 |" in text
     assert "| RELIABILITY_KILLS | 2 |" in text
+    assert "| lost (kill -9 of consumers) | 0 |" in text
+    assert "| cross-tenant reads | not run |" in text
