@@ -10,7 +10,8 @@ Throughput is N over the time from the first input handed to the loop (after its
 to the N-th output seen by a separate consumer. The machine is shared, so the two paths
 alternate (and swap order) over several rounds; the figures are the best and the median round,
 the CPU seconds this process spent per interaction in the same window (less sensitive to other
-people's load than wall time), and the load average around the run.
+people's load than wall time), and the load average around the run. Both paths use the same
+Redactor: patterns only, then (`ner_*` figures) with the spaCy NER model when it is installed.
 """
 
 from __future__ import annotations
@@ -35,14 +36,16 @@ from raftloop_core.topics import Topic
 from raftloop_ingest.adapters import SqlIngestStore, make_engine
 from raftloop_ingest.app import create_app
 from raftloop_ingest.domain import clean_interaction, question_hash, screened_texts
-from raftloop_ingest.redaction import Redactor
+from raftloop_ingest.redaction import Redactor, build_analyzer, resolve_ner_model
 from raftloop_ingest.screen import screen
 from raftloop_ingest.settings import IngestSettings
 
 TITLE = "Ingest throughput (interactions/s): ingest app vs raw aiokafka loops, embedded broker"
 N = 2_000
-ROUNDS = 5
-TIMEOUT_S = 90.0
+ROUNDS = 7
+N_NER = 400  # NER costs ~6x the patterns per interaction; fewer events keep the run short
+ROUNDS_NER = 3
+TIMEOUT_S = 300.0
 
 
 def events(n: int) -> list[ev.ChatCompleted]:
@@ -180,7 +183,10 @@ def clean(value: bytes, redactor: Redactor) -> bytes:
     return out.model_dump_json().encode()
 
 
-async def measure(kafka: KafkaSettings) -> dict[str, float | int | str]:
+async def measure(
+    kafka: KafkaSettings, redactor: Redactor, n: int, rounds: int
+) -> dict[str, float | int | str]:
+    """Figures of both paths over `n` fresh events, `rounds` alternating rounds."""
     prefix = f"bench{uuid4().hex[:6]}."
     chat_topic = f"{prefix}{Topic.CHAT_COMPLETED}"
     names = {chat_topic: 6, f"{prefix}{Topic.INTERACTION_INGESTED}": 6, f"{prefix}raw1": 6}
@@ -189,54 +195,76 @@ async def measure(kafka: KafkaSettings) -> dict[str, float | int | str]:
     broker = make_broker(kafka)
     async with broker:
         await broker.start()
-        for event in events(N):
+        for event in events(n):
             await broker.publish(
                 event, topic=chat_topic, key=ev.event_key(Topic.CHAT_COMPLETED, event)
             )
-    redactor = Redactor(hash_key=b"bench")
     load_before = os.getloadavg()
     ours_w: list[Window] = []
     same_w: list[Window] = []
-    for round_ in range(1, ROUNDS + 1):
+    for round_ in range(1, rounds + 1):
 
         async def ingest(round_: int = round_) -> None:
             with tempfile.TemporaryDirectory() as tmp:
-                ours_w.append(await ours(kafka, prefix, Path(tmp), redactor, N * round_))
+                ours_w.append(await ours(kafka, prefix, Path(tmp), redactor, n * round_))
 
         async def raw(round_: int = round_) -> None:
-            same_w.append(await raw_loop(kafka, chat_topic, f"{prefix}raw1", redactor, N * round_))
+            same_w.append(await raw_loop(kafka, chat_topic, f"{prefix}raw1", redactor, n * round_))
 
         # Alternate which path goes first, so that neither always follows the other's warm-up.
         for path in (ingest, raw) if round_ % 2 else (raw, ingest):
             await path()
-    pass_w = await raw_loop(kafka, chat_topic, f"{prefix}raw2", None)
+    pass_w = await raw_loop(kafka, chat_topic, f"{prefix}raw2", None, n)
     load_after = os.getloadavg()
-    ours_rates = [N / wall for wall, _ in ours_w]
-    same_rates = [N / wall for wall, _ in same_w]
+    ours_rates = [n / wall for wall, _ in ours_w]
+    same_rates = [n / wall for wall, _ in same_w]
     ratios = [o / r for o, r in zip(ours_rates, same_rates, strict=True)]
     best_ours, best_same = max(ours_rates), max(same_rates)
     return {
-        "interactions": N,
-        "rounds": ROUNDS,
+        "interactions": n,
+        "rounds": rounds,
         "ingest_interactions_per_s": round(best_ours, 1),
         "raw_same_work_interactions_per_s": round(best_same, 1),
-        "raw_passthrough_messages_per_s": round(N / pass_w[0], 1),
+        "raw_passthrough_messages_per_s": round(n / pass_w[0], 1),
         "ingest_vs_raw_same_work": round(best_ours / best_same, 3),
         "ingest_median_interactions_per_s": round(statistics.median(ours_rates), 1),
         "raw_same_work_median_interactions_per_s": round(statistics.median(same_rates), 1),
         "ingest_vs_raw_same_work_median_of_rounds": round(statistics.median(ratios), 3),
         "ingest_vs_raw_same_work_per_round": " ".join(f"{r:.2f}" for r in ratios),
         "ingest_cpu_ms_per_interaction_median": round(
-            1000 * statistics.median(cpu for _, cpu in ours_w) / N, 3
+            1000 * statistics.median(cpu for _, cpu in ours_w) / n, 3
         ),
         "raw_same_work_cpu_ms_per_interaction_median": round(
-            1000 * statistics.median(cpu for _, cpu in same_w) / N, 3
+            1000 * statistics.median(cpu for _, cpu in same_w) / n, 3
         ),
-        "ingest_vs_raw_passthrough": round(best_ours * pass_w[0] / N, 3),
-        "cpu_cores": os.cpu_count() or 0,
+        "ingest_vs_raw_same_work_cpu": round(
+            statistics.median(cpu for _, cpu in same_w)
+            / statistics.median(cpu for _, cpu in ours_w),
+            3,
+        ),
+        "ingest_vs_raw_passthrough": round(best_ours * pass_w[0] / n, 3),
         "load_average_1m_before_after": f"{load_before[0]:.2f} / {load_after[0]:.2f}",
+    }
+
+
+async def measure_all(kafka: KafkaSettings) -> dict[str, float | int | str]:
+    """Patterns-only redaction (the default install), then with the NER model if installed."""
+    figures = await measure(kafka, Redactor(hash_key=b"bench"), N, ROUNDS)
+    figures |= {
+        "cpu_cores": os.cpu_count() or 0,
         "target": "ingest >= 0.8 x raw aiokafka loop (same work)",
     }
+    model = resolve_ner_model("auto")
+    if model is None:
+        return figures | {"ner": "no spaCy NER model installed: not measured"}
+    ner = Redactor(hash_key=b"bench", analyzer=build_analyzer(model))
+    with_ner = await measure(kafka, ner, N_NER, ROUNDS_NER)
+    keep = ("ingest_vs_raw_passthrough", "raw_passthrough_messages_per_s")
+    return (
+        figures
+        | {"ner_model": model}
+        | {f"ner_{k}": v for k, v in with_ner.items() if k not in keep}
+    )
 
 
 def run() -> dict[str, float | int | str]:
@@ -247,7 +275,7 @@ def run() -> dict[str, float | int | str]:
             session_timeout_ms=3_000,
             heartbeat_interval_ms=1_000,
         )
-        return asyncio.run(measure(kafka))
+        return asyncio.run(measure_all(kafka))
 
 
 if __name__ == "__main__":

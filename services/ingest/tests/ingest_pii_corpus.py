@@ -12,6 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 PATTERN_TYPES = ("EMAIL", "PHONE", "CARD", "IBAN", "IP", "SECRET")
+NER_TYPES = ("PERSON",)
+"""Found only with a spaCy NER model installed (`raftloop-ingest[ner]`)."""
 
 
 @dataclass(frozen=True)
@@ -24,6 +26,12 @@ FIRST = ["jane", "omar", "li", "priya", "tom", "ana", "kofi", "sven", "maria", "
 LAST = ["doe", "haddad", "wei", "sharma", "baker", "silva", "mensah", "berg", "rossi", "sato"]
 DOMAINS = ["example.com", "mail.co.uk", "acme.io", "post.de", "uni.edu", "shop.fr", "corp.org"]
 US_AREAS = ["212", "415", "312", "617", "206", "303", "404", "512", "646", "213"]
+GIVEN = ["Jane", "Omar", "Priya", "Thomas", "Ana", "Kofi", "Sven", "Maria", "Yuki", "Daniel"]
+FAMILY = ["Doe", "Haddad", "Sharma", "Baker", "Silva", "Mensah", "Berg", "Rossi", "Sato", "Kim"]
+STREETS = ["Baker", "Elm", "Oak", "Maple", "Church", "Station", "Mill", "Park", "High", "Cedar"]
+SUFFIXES = ["Street", "Road", "Avenue", "Lane", "Drive", "St", "Rd", "Close", "Way", "Court"]
+TOWNS = [("London", "NW1 6XE"), ("Springfield", "IL 62704"), ("Leeds", "LS1 4AP")]
+TOWNS += [("Austin", "TX 78701"), ("Bristol", "BS1 5TR"), ("Portland", "OR 97205")]
 
 
 def _digits(rng: random.Random, n: int) -> str:
@@ -53,6 +61,24 @@ def phone(rng: random.Random) -> str:
     if kind == 6:
         return f"07{rng.randint(400, 999)} {_digits(rng, 6)}"  # UK mobile, national format
     return f"+49 30 {rng.randint(2, 9)}{_digits(rng, 6)}"
+
+
+def person(rng: random.Random) -> str:
+    if rng.random() < 0.2:
+        return f"{rng.choice(GIVEN)} {rng.choice('ABCDEFGHJKLMNPRSTW')}. {rng.choice(FAMILY)}"
+    return f"{rng.choice(GIVEN)} {rng.choice(FAMILY)}"
+
+
+def address(rng: random.Random) -> str:
+    number = f"{rng.randint(1, 2999)}{rng.choice(['', '', '', 'B'])}"
+    street = f"{number} {rng.choice(STREETS)} {rng.choice(SUFFIXES)}"
+    town, code = rng.choice(TOWNS)
+    kind = rng.randrange(3)
+    if kind == 0:
+        return street
+    if kind == 1:
+        return f"{street}, {town}"
+    return f"{street}, {town} {code}" if " " in code[:3] else f"{street}, {town}, {code}"
 
 
 def _luhn_complete(prefix: str, length: int, rng: random.Random) -> str:
@@ -159,6 +185,18 @@ TEMPLATES: dict[str, list[str]] = {
         "client_ip={v};",
     ],
     "NATIONAL_ID": ["My SSN is {v} for the tax form.", "national insurance number {v}"],
+    "PERSON": [
+        "Hi, my name is {v} and my backup failed.",
+        "Please ask {v} to call me back.",
+        "This is {v} from the finance team.",
+        "Thanks for the help. Regards, {v}",
+        "The account belongs to {v}, not to me.",
+    ],
+    "ADDRESS": [
+        "Ship the replacement drive to {v} please.",
+        "I moved to {v} last month, update my invoices.",
+        "my billing address is {v}",
+    ],
 }
 GENERATORS: dict[str, Callable[[random.Random], str]] = {
     "EMAIL": email,
@@ -168,6 +206,11 @@ GENERATORS: dict[str, Callable[[random.Random], str]] = {
     "IP": ip,
     "NATIONAL_ID": national_id,
 }
+NAME_GENERATORS: dict[str, Callable[[random.Random], str]] = {
+    "PERSON": person,
+    "ADDRESS": address,
+}
+"""Drawn after the others, so that adding them left the earlier samples as they were."""
 DECOYS = [
     "Order #{d8} was shipped on 2024-05-17.",
     "I'm on version 3.12.1 of the app.",
@@ -177,6 +220,13 @@ DECOYS = [
     "Room 1204, floor 12.",
     "The invoice total is 4,250 euros for 36 seats.",
     "My plan renews every 12 months from 01/02/2025.",
+    # Product words, places and capitalised terms that are not personal data:
+    "You are Vellumbox support.",
+    "Open the vault, choose Versions, pick the date and press Restore.",
+    "Vellumbox Sync keeps {d5} files in step across devices.",
+    "Our office in Lisbon handles European billing.",
+    "Go to Settings, then Security, then Two-Step Login.",
+    "Version 4 Road Map is on the Status page.",
 ]
 
 
@@ -204,4 +254,19 @@ def corpus(seed: int = 7, per_type: int = 50) -> list[Sample]:
         samples.append(Sample(text, [(sa, sa + len(a), "EMAIL"), (sb, sb + len(b), "PHONE")]))
         decoy = DECOYS[i % len(DECOYS)].format(d8=_digits(rng, 8), d5=_digits(rng, 5))
         samples.append(Sample(decoy, []))
+    for label, gen in NAME_GENERATORS.items():
+        for i in range(per_type):
+            value = gen(rng)
+            template = TEMPLATES[label][i % len(TEMPLATES[label])]
+            before = template.split("{v}")[0]
+            text = template.replace("{v}", value)
+            samples.append(Sample(text, [(len(before), len(before) + len(value), label)]))
+    for _ in range(per_type // 2):  # a name and an address together
+        who, where = person(rng), address(rng)
+        text = f"Deliver to {who}, {where}."
+        sw = len("Deliver to ")
+        sa = sw + len(who) + len(", ")
+        samples.append(
+            Sample(text, [(sw, sw + len(who), "PERSON"), (sa, sa + len(where), "ADDRESS")])
+        )
     return samples

@@ -5,6 +5,7 @@ Run with `python -m uvicorn --factory raftloop_ingest.main:build --port 8002`.
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 from pathlib import Path
@@ -16,10 +17,11 @@ from raftloop_core.logs import configure_logging
 from raftloop_core.settings import SettingsError, require_secret
 from raftloop_ingest.adapters import SqlIngestStore, make_engine
 from raftloop_ingest.app import create_app
-from raftloop_ingest.redaction import Redactor
+from raftloop_ingest.redaction import Redactor, build_analyzer, resolve_ner_model
 from raftloop_ingest.settings import IngestSettings
 
 HASH_KEY_FILE = "pii-hash.key"
+log = logging.getLogger(__name__)
 
 
 def hash_key(settings: IngestSettings) -> bytes:
@@ -56,7 +58,18 @@ def build() -> FastAPI:
     try:
         key = hash_key(settings)
         keys = KeyStore.for_runtime(settings.runtime, settings.api_keys_file)
-    except SettingsError as exc:
+        ner = resolve_ner_model(settings.ner_model)
+    except (SettingsError, ValueError) as exc:
         raise SystemExit(f"ingest: {exc}") from None
-    redactor = Redactor(hash_key=key, threshold=settings.pii_score_threshold)
+    if ner is None:
+        log.info(
+            "PII: patterns only, person names are not redacted (INGEST_NER_MODEL=%s; "
+            "pip install 'raftloop-ingest[ner]' adds a spaCy NER model)",
+            settings.ner_model,
+        )
+    else:
+        log.info("PII: patterns and person names from the spaCy model %s", ner)
+    redactor = Redactor(
+        hash_key=key, threshold=settings.pii_score_threshold, analyzer=build_analyzer(ner)
+    )
     return create_app(settings, store=build_store(settings), scrubbers=redactor, keys=keys)

