@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -14,11 +14,18 @@ from faststream.kafka import KafkaBroker
 from prometheus_client import CollectorRegistry, Counter
 
 from raftloop_core.api import KeyStore, install_error_handlers
-from raftloop_core.events import ExampleCurated
+from raftloop_core.events import (
+    AdapterPromoted,
+    AdapterRejected,
+    Event,
+    ExampleCurated,
+    TrainingRunFinished,
+)
 from raftloop_core.messaging import consumer_options
-from raftloop_core.service import add_ops_routes, broker_check
+from raftloop_core.service import ReadinessCheck, add_ops_routes, blocking_check, broker_check
+from raftloop_core.telemetry import instrument_broker
 from raftloop_core.topics import Topic
-from raftloop_trainer.adapters import RunInProgress
+from raftloop_trainer.adapters import EventSink, RunInProgress
 from raftloop_trainer.domain import due_reason
 from raftloop_trainer.routes import build_router
 from raftloop_trainer.runner import NothingToTrain, Runner
@@ -93,7 +100,50 @@ def _subscribe(
         """dataset.example.curated -> the dataset (idempotent on example id and content)."""
         outcome = await asyncio.to_thread(scheduler.runner.store.add, event)
         received.labels(outcome).inc()
+        log.info(
+            "curated example received",
+            extra={
+                "interaction_id": str(event.interaction_id),
+                "example_id": str(event.example_id),
+                "tenant": event.tenant,
+                "source": event.source,
+                "outcome": outcome,
+            },
+        )
         scheduler.wake.set()
+
+
+class CountingSink:
+    """An `EventSink` that counts training runs and gate decisions on their way out."""
+
+    def __init__(self, inner: EventSink, metrics: CollectorRegistry) -> None:
+        self.inner = inner
+        self.runs = Counter(
+            "raftloop_trainer_runs_total",
+            "Training runs finished, by status.",
+            ["status"],
+            registry=metrics,
+        )
+        self.decisions = Counter(
+            "raftloop_trainer_gate_decisions_total",
+            "Evaluation gate decisions on candidate adapters (manual promotions not included).",
+            ["decision"],
+            registry=metrics,
+        )
+        for status in ("succeeded", "failed"):
+            self.runs.labels(status)
+        for decision in ("promoted", "rejected"):
+            self.decisions.labels(decision)
+
+    async def publish(self, topic: Topic, event: Event) -> None:
+        """Publish through the wrapped sink, then count what was published."""
+        await self.inner.publish(topic, event)
+        if isinstance(event, TrainingRunFinished):
+            self.runs.labels(event.status).inc()
+        elif isinstance(event, AdapterPromoted) and event.run_id is not None:
+            self.decisions.labels("promoted").inc()
+        elif isinstance(event, AdapterRejected):
+            self.decisions.labels("rejected").inc()
 
 
 def create_app(
@@ -102,6 +152,8 @@ def create_app(
     """The trainer's HTTP app: admin routes, ops routes, the example consumer, the triggers."""
     scheduler = Scheduler(runner, settings)
     metrics = CollectorRegistry()
+    instrument_broker(broker, metrics, service="trainer")
+    runner.sink = CountingSink(runner.sink, metrics)
     _subscribe(broker, settings, scheduler, metrics)
 
     @contextlib.asynccontextmanager
@@ -127,6 +179,23 @@ def create_app(
     app = FastAPI(title="raftloop trainer", version="0.1.0", lifespan=lifespan)
     app.state.scheduler = scheduler
     install_error_handlers(app)
-    add_ops_routes(app, service="trainer", registry=metrics, checks=[broker_check(broker)])
+    add_ops_routes(
+        app,
+        service="trainer",
+        registry=metrics,
+        checks=[
+            broker_check(broker),
+            blocking_check("database", lambda: runner.store.runs(1)),
+            ReadinessCheck("model", _model_present(runner)),
+        ],
+    )
     app.include_router(build_router(settings, keys=keys, scheduler=scheduler))
     return app
+
+
+def _model_present(runner: Runner) -> Callable[[], Awaitable[bool]]:
+    async def check() -> bool:
+        # Training loads the base model in a job process; the service needs its files.
+        return (runner.base_model_dir / "config.json").is_file()
+
+    return check
