@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from fleet import LOOP, SETTINGS, Fleet
-from reliability_tools import RESULTS_DIR, knobs, write_report
+from reliability_tools import RESULTS_DIR, knobs, machine, write_report
 
 
 @pytest.fixture(scope="session")
@@ -32,5 +32,5 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     if os.environ.get("RELIABILITY_REPORT") == "1" and RESULTS_DIR.exists():
-        path = write_report(environment=knobs())
+        path = write_report(environment=knobs() | machine())
         terminalreporter.write_line(f"wrote {Path(path).name}")

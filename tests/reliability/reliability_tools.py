@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -194,6 +195,15 @@ def knobs() -> dict[str, str]:
         "RELIABILITY_KILLS": os.environ.get("RELIABILITY_KILLS", "20" if long else "2"),
         "RELIABILITY_LOAD_S": os.environ.get("RELIABILITY_LOAD_S", "300" if long else "30"),
         "RELIABILITY_LOAD_RPS": os.environ.get("RELIABILITY_LOAD_RPS", "1"),
+    }
+
+
+def machine() -> dict[str, str]:
+    """Where the figures were measured (latency figures depend on it)."""
+    return {
+        "CPU cores": str(os.cpu_count()),
+        "1-min load average when written": f"{os.getloadavg()[0]:.1f}",
+        "python": platform.python_version(),
     }
 
 

@@ -70,7 +70,12 @@ def test_broker_restart_on_s3_keeps_every_acknowledged_interaction(
     from raftloop_models.tiny import build_tiny_llama
 
     model = build_tiny_llama(tmp_path / "tiny-llama")
-    env = {**SETTINGS, "GATEWAY_BASE_MODEL_PATH": str(model)}
+    # A publish timeout shorter than the outage: the gateway gives up on the broker and spools.
+    env = {
+        **SETTINGS,
+        "GATEWAY_BASE_MODEL_PATH": str(model),
+        "GATEWAY_PUBLISH_TIMEOUT_MS": "2000",
+    }
     fleet = Fleet.start(tmp_path / "fleet", ("gateway",), env, storage=moto_s3)
     marker = f"broker-{uuid.uuid4().hex[:8]}"
     try:
@@ -79,7 +84,7 @@ def test_broker_restart_on_s3_keeps_every_acknowledged_interaction(
         try:
             time.sleep(8)
             before = len(traffic.acked)
-            fleet.restart_broker(down_s=5)
+            fleet.restart_broker(down_s=8)
             time.sleep(8)
         finally:
             traffic.stop()
@@ -114,8 +119,9 @@ def test_broker_restart_on_s3_keeps_every_acknowledged_interaction(
                 "spool drained afterwards": "capture spool drained" in log,
             },
             notes=[
-                "The broker is down for 5 s; the gateway keeps answering and spools captured "
-                "events to disk, then drains them. Dedupe key: the event id."
+                "The broker is down for 8 s (GATEWAY_PUBLISH_TIMEOUT_MS=2000); the gateway keeps "
+                "answering, spools captured events to disk, then drains them. Dedupe key: the "
+                "event id."
             ],
         )
     )
