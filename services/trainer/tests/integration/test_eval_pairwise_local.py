@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from raftloop_trainer.domain import GatePolicy
 from raftloop_trainer.evaluate import (
     EvalConfig,
     EvalItem,
@@ -17,6 +18,7 @@ from raftloop_trainer.evaluate import (
     pairwise_summary,
 )
 from raftloop_trainer.judging import JudgeConfig, LocalJudgeModel, judge_pairs
+from raftloop_trainer.offline import compare_on_demo
 from raftloop_trainer.train import LoraParams, load_model, lora_model
 
 pytestmark = pytest.mark.integration
@@ -108,3 +110,39 @@ def test_local_judge_reads_a_preference_for_every_chat(tiny_model_dir: Path) -> 
     assert len(prefs) == 5
     for p in prefs:
         assert isinstance(p, str) or 0.0 <= p <= 1.0
+
+
+def test_offline_comparison_reports_the_win_rate_or_why_not(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    adapter = random_lora(tiny_model_dir, tmp_path / "lora", seed=4)
+    payload = compare_on_demo(
+        tiny_model_dir,
+        Variant(name="base"),
+        Variant(name="cand", adapter_dir=adapter),
+        tmp_path / "report",
+        items=items(),
+        policy=GatePolicy(min_holdout_items=1, min_judge_win_rate=0.5),
+        max_new_tokens=4,
+        judge=JudgeConfig(kind="local"),
+    )
+    pairwise = payload["pairwise"]
+    assert pairwise["judge"].startswith("local:")
+    saved = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert saved["pairwise"] == pairwise
+    assert "## pairwise judge" in (tmp_path / "report" / "report.md").read_text()
+    if not pairwise["measured"]:
+        # A required criterion that could not be measured rejects the candidate.
+        assert not payload["decision"]["promote"]
+        assert any("not measured" in r for r in payload["decision"]["reasons"])
+
+    unjudged = compare_on_demo(
+        tiny_model_dir,
+        Variant(name="base"),
+        Variant(name="cand", adapter_dir=adapter),
+        tmp_path / "report-off",
+        items=items(),
+        max_new_tokens=4,
+        not_judged="judging switched off",
+    )
+    assert unjudged["pairwise"] == {"measured": False, "reason": "judging switched off"}

@@ -22,6 +22,7 @@ from raftloop_trainer import promotion
 from raftloop_trainer.adapters import KafkaEventSink
 from raftloop_trainer.domain import GatePolicy, decide
 from raftloop_trainer.evaluate import EvalConfig, Variant, compare, evaluate
+from raftloop_trainer.judging import JudgeConfig
 from raftloop_trainer.offline import compare_on_demo, demo_eval_items, train_on_demo
 from raftloop_trainer.train import LoraParams
 
@@ -71,6 +72,7 @@ def base_vs_good(
         items=items,
         policy=GatePolicy(),
         max_new_tokens=MAX_NEW_TOKENS,
+        judge=JudgeConfig(kind="local"),
     )
     scores = json.loads((work / "report-good" / "scores.json").read_text())
     return {"payload": payload, "scores": scores}
@@ -84,6 +86,12 @@ def test_adapter_beats_the_base_model_on_the_holdout(base_vs_good: dict[str, Any
     assert f1["ci_low"] > 0.0, f1
     assert f1["candidate"] > f1["baseline"]
     assert payload["decision"]["promote"], payload["decision"]
+    # The pairwise judge (SmolLM2 itself) is reported, not gated: its verdicts are mostly ties.
+    pairwise = payload["pairwise"]
+    log.warning("SmolLM2 demo, pairwise judge: %s", json.dumps(pairwise))
+    assert pairwise["measured"] or pairwise["reason"], pairwise
+    if pairwise["measured"]:
+        assert pairwise["n"] + pairwise["unjudged"] == f1["n"]
 
 
 async def test_shuffled_answers_adapter_is_rejected_and_serving_unchanged(
