@@ -1,17 +1,36 @@
-"""Training throughput: the trainer's path (transformers Trainer + peft, as the job runs it) vs a
-bare transformers+peft loop on the same RAFT examples, with the same LoRA settings."""
+"""The trainer on SmolLM2, CPU.
+
+1. Training throughput: the trainer's path (transformers Trainer + peft, as the job runs it) vs
+   a bare transformers+peft loop on the same RAFT examples, with the same LoRA settings.
+2. The loop's latency: from the curated example that crosses TRAINER_MIN_NEW_EXAMPLES (published
+   on a real broker) to the first chat completion of a running gateway whose system_fingerprint
+   is the new adapter. Trainer and gateway run as their own processes (`uvicorn --factory`)
+   with default settings except a small example count and a gate set to pass (the delivery
+   path is measured; the SmolLM2 gate test measures the gate's judgement).
+"""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import subprocess
+import sys
 import tempfile
 import time
+import uuid
+from contextlib import ExitStack
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
-TITLE = "Trainer throughput: RAFT LoRA job vs bare transformers+peft loop (SmolLM2, CPU)"
+TITLE = (
+    "Trainer: RAFT LoRA throughput vs bare transformers+peft, and trigger-to-served (SmolLM2, CPU)"
+)
 EXAMPLES = 8
 BATCH = 2
+LOOP_TRAIN = 8
+LOOP_HOLDOUT = 3
 
 
 def _bare_loop(model_dir: Path, examples: Path, params: object) -> tuple[float, int]:
@@ -35,7 +54,7 @@ def _bare_loop(model_dir: Path, examples: Path, params: object) -> tuple[float, 
     return time.perf_counter() - start, sum(len(d["input_ids"]) for d in data)
 
 
-def run() -> dict[str, float | int | str]:
+def _throughput() -> dict[str, float | int | str]:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from raftloop_models import ensure_smollm2
 
@@ -73,6 +92,188 @@ def run() -> dict[str, float | int | str]:
         "ratio": round(ours_tps / bare_tps, 3),
         "target": "trainer path >= 90% of the bare loop's tokens/s",
     }
+
+
+def _curated(tenant: str, base_model: str) -> list[Any]:
+    """Demo-KB train questions as curated examples: hold-out ones first, the trigger last."""
+    from raftloop_core.events import ExampleCurated, RetrievedChunk
+    from raftloop_trainer.builder import demo_sources
+    from raftloop_trainer.domain import is_holdout
+
+    held: list[Any] = []
+    train: list[Any] = []
+    for source in demo_sources("train"):
+        example_id = uuid.uuid5(uuid.NAMESPACE_URL, f"bench:{tenant}:{source.example_id}")
+        split = held if is_holdout(str(example_id)) else train
+        if len(split) >= (LOOP_HOLDOUT if split is held else LOOP_TRAIN):
+            continue
+        split.append(
+            ExampleCurated(
+                tenant=tenant,
+                example_id=example_id,
+                interaction_id=uuid.uuid4(),
+                source="approved",
+                messages=[{"role": "user", "content": source.question}],  # type: ignore[list-item]
+                question=source.question,
+                answer=source.answer,
+                oracle_chunks=[
+                    RetrievedChunk(
+                        chunk_id=c.chunk_id,
+                        document_id=c.document_id or "demo",
+                        text=c.text,
+                        title=c.title,
+                        score=1.0,
+                    )
+                    for c in source.oracle
+                ],
+                base_model=base_model,
+            )
+        )
+    return held + train
+
+
+def _serve(
+    stack: ExitStack, module: str, port: int, env: dict[str, str], log: Path
+) -> subprocess.Popen[bytes]:
+    out = stack.enter_context(log.open("wb"))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "--factory", f"{module}.main:build",
+         "--host", "127.0.0.1", "--port", str(port), "--no-access-log"],
+        env=os.environ | env,
+        stdout=out,
+        stderr=subprocess.STDOUT,
+    )  # fmt: skip
+
+    def stop() -> None:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+    stack.callback(stop)
+    return proc
+
+
+def _wait_ready(url: str, proc: subprocess.Popen[bytes], log: Path, timeout_s: float = 300) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{url} exited: {log.read_text()[-2000:]}")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"{url} not ready in {timeout_s}s: {log.read_text()[-2000:]}")
+
+
+async def _publish(bootstrap: str, events: list[Any]) -> None:
+    from raftloop_core.events import event_key
+    from raftloop_core.messaging import make_broker
+    from raftloop_core.settings import KafkaSettings
+    from raftloop_core.topics import Topic
+
+    broker = make_broker(KafkaSettings(bootstrap_servers=bootstrap))
+    async with broker:
+        await broker.start()
+        for event in events:
+            topic = Topic.EXAMPLE_CURATED
+            await broker.publish(event, topic=topic, key=event_key(topic, event))
+
+
+def _utc(value: datetime) -> float:
+    return (value if value.tzinfo else value.replace(tzinfo=UTC)).timestamp()
+
+
+def _loop(root: Path) -> dict[str, float | int | str]:
+    import openai
+    from raftloop_models import ensure_smollm2
+
+    from raftloop_core.credentials import ensure_dev_credentials
+    from raftloop_core.embedded import EmbeddedBroker, free_port
+    from raftloop_core.messaging import ensure_topics
+    from raftloop_core.settings import KafkaSettings, RuntimeSettings
+    from raftloop_trainer.store import DatasetStore
+
+    model_dir = ensure_smollm2()
+    data = root / "var"
+    keys = ensure_dev_credentials(RuntimeSettings(data_dir=data)).api_keys
+    tenant, base_model = "bench", model_dir.name
+    events = _curated(tenant, base_model)
+    with ExitStack() as stack:
+        broker = stack.enter_context(EmbeddedBroker(port=free_port(), log_path=root / "tansu.log"))
+        ensure_topics(KafkaSettings(bootstrap_servers=broker.bootstrap_servers))
+        common = {
+            "RAFTLOOP_DATA_DIR": str(data),
+            "KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap_servers,
+            "HF_HUB_OFFLINE": "1",
+            "TOKENIZERS_PARALLELISM": "false",
+        }
+        gw_port, tr_port = free_port(), free_port()
+        gw = _serve(stack, "raftloop_gateway", gw_port, common, root / "gateway.log")
+        trainer_env = common | {
+            "TRAINER_MIN_NEW_EXAMPLES": str(LOOP_TRAIN),
+            "TRAINER_REGRESSION_ITEMS": "2",
+            "TRAINER_MIN_HOLDOUT_ITEMS": "1",
+            "TRAINER_GATE_MARGIN": "-1",
+            "TRAINER_MAX_REGRESSION_DROP": "1",
+            "TRAINER_DEVICE": "cpu",
+        }
+        tr = _serve(stack, "raftloop_trainer", tr_port, trainer_env, root / "trainer.log")
+        _wait_ready(f"http://127.0.0.1:{gw_port}", gw, root / "gateway.log")
+        _wait_ready(f"http://127.0.0.1:{tr_port}", tr, root / "trainer.log")
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{gw_port}/v1", api_key=keys["client"])
+
+        def fingerprint() -> str | None:
+            done = client.chat.completions.create(
+                model="raftloop",
+                messages=[{"role": "user", "content": events[-1].question}],
+                max_tokens=1,
+                temperature=0,
+            )
+            return done.system_fingerprint
+
+        assert fingerprint() == "base"
+        store = DatasetStore(f"sqlite:///{data / 'trainer' / 'dataset.sqlite3'}")
+        asyncio.run(_publish(broker.bootstrap_servers, events[:-1]))
+        deadline = time.monotonic() + 120
+        while store.count(tenant, base_model) < len(events) - 1:
+            if time.monotonic() > deadline:
+                raise RuntimeError("the trainer did not store the curated examples")
+            time.sleep(0.2)
+        t0_wall, t0 = time.time(), time.perf_counter()
+        asyncio.run(_publish(broker.bootstrap_servers, events[-1:]))
+        deadline = time.monotonic() + 1800
+        while (served := fingerprint()) == "base":
+            if time.monotonic() > deadline or tr.poll() is not None:
+                raise RuntimeError(f"not served: {store.runs(limit=1)}")
+            time.sleep(0.5)
+        served_s, served_wall = time.perf_counter() - t0, time.time()
+        [run] = store.runs(limit=1)
+    if run["adapter_id"] != served or run["status"] != "promoted":
+        raise RuntimeError(f"served {served}, but the run says {run}")
+    started, finished = _utc(run["started_at"]), _utc(run["finished_at"])
+    return {
+        "loop_examples": f"{LOOP_TRAIN} train + {LOOP_HOLDOUT} hold-out (+2 regression)",
+        "loop_trigger_to_served_s": round(served_s, 1),
+        "loop_trigger_to_run_start_s": round(started - t0_wall, 1),
+        "loop_run_s": round(finished - started, 1),
+        "loop_promoted_to_served_s": round(served_wall - finished, 1),
+        "loop_note": "run = snapshot, RAFT build, train job, eval job (+ local pairwise judge), "
+        "gate (set to pass), registry add, promotion event",
+    }
+
+
+def run() -> dict[str, float | int | str]:
+    figures = _throughput()
+    with tempfile.TemporaryDirectory() as tmp:
+        figures |= _loop(Path(tmp))
+    return figures
 
 
 if __name__ == "__main__":
