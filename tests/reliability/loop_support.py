@@ -144,3 +144,55 @@ def stages(fleet: Fleet, marker: str) -> list[Stage]:
             group_lag(kafka, "hitl", Topic.INTERACTION_JUDGED),
         ),
     ]
+
+
+@dataclass
+class AfterWrite:
+    """Waits until a service has just written something, so a kill lands before its commit.
+
+    ingest and hitl log one line per applied message after their database transaction
+    ("interaction ingested", "judged interaction routed"); the judge commits its offsets after
+    each batch, so a new record on interaction.judged marks a written but uncommitted batch.
+    """
+
+    fleet: Fleet
+    lines: dict[str, str] = field(
+        default_factory=lambda: {
+            "ingest": '"interaction ingested"',
+            "hitl": '"judged interaction routed"',
+        }
+    )
+
+    def wait(self, name: str, timeout_s: float = 30) -> bool:
+        """Block until `name` writes again; False if it wrote nothing within `timeout_s`."""
+        if name in self.lines:
+            return self._wait_line(name, timeout_s)
+        return self._wait_offsets(Topic.INTERACTION_JUDGED, timeout_s)
+
+    def _wait_line(self, name: str, timeout_s: float) -> bool:
+        log = self.fleet.services[name].log
+        seen = log.stat().st_size
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            with log.open("rb") as f:
+                f.seek(seen)
+                if self.lines[name].encode() in f.read():
+                    return True
+            time.sleep(0.02)
+        return False
+
+    def _wait_offsets(self, topic: Topic, timeout_s: float) -> bool:
+        from kafka import KafkaConsumer, TopicPartition
+
+        consumer = KafkaConsumer(bootstrap_servers=self.fleet.kafka.servers, group_id=None)
+        try:
+            tps = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+            start = sum(consumer.end_offsets(tps).values())
+            deadline = time.monotonic() + timeout_s
+            while time.monotonic() < deadline:
+                if sum(consumer.end_offsets(tps).values()) > start:
+                    return True
+                time.sleep(0.02)
+            return False
+        finally:
+            consumer.close()
