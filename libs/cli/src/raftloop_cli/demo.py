@@ -39,6 +39,8 @@ from raftloop_core.settings import RuntimeSettings, SettingsError
 console = Console(highlight=False)
 REVIEWER = "simulated-reviewer"
 SERVING_MODEL = "raftloop"
+ANSWER_TOKENS = 64
+"""Room for a RAFT answer (a quoted sentence, then `Answer:`); longer answers get corrected."""
 
 
 class DemoError(RuntimeError):
@@ -217,7 +219,7 @@ class Demo:
             done = client.chat.completions.create(
                 model=SERVING_MODEL,
                 messages=[{"role": "user", "content": question.question}],
-                max_tokens=96,
+                max_tokens=ANSWER_TOKENS,
                 temperature=0,
                 user="demo-client",
             )
@@ -387,7 +389,7 @@ class Demo:
         raw = self.openai().chat.completions.with_raw_response.create(
             model=model,
             messages=[{"role": "user", "content": question}],
-            max_tokens=96,
+            max_tokens=ANSWER_TOKENS,
             temperature=0,
             user="demo-client",
         )
