@@ -1,5 +1,6 @@
 """The simulated reviewer's decisions (pure logic, no services)."""
 
+from raftloop_cli.demo import AHEAD, STALL_S, Demo, Endpoints
 from raftloop_cli.demo_review import SIMULATED, Reference, decide, oracle_chunks, token_f1
 
 REF = Reference(
@@ -57,3 +58,21 @@ def test_an_unknown_interaction_is_skipped_not_guessed() -> None:
     decision = decide("anything", [ORACLE], None)
     assert decision.action == "skipped"
     assert decision.oracle_chunk_ids == ()
+
+
+def test_the_chat_clients_wait_for_the_reviewers_unless_reviews_stall() -> None:
+    demo = Demo(
+        Endpoints(urls={}, client_key="c", internal_key="i", admin_key="a"),
+        tenant="default",
+        concurrency=2,
+        timeout_s=60,
+    )
+    demo.tally.asked = AHEAD - 1
+    assert not demo.ahead()
+    demo.tally.asked = AHEAD + 2
+    demo.tally.approved, demo.tally.corrected = 2, 1
+    assert not demo.ahead()  # 3 reviewed: AHEAD - 1 waiting
+    demo.tally.asked = AHEAD + 3
+    assert demo.ahead()
+    demo.last_review -= STALL_S + 1
+    assert not demo.ahead()  # reviews stopped: do not stall the clients too

@@ -40,6 +40,10 @@ console = Console(highlight=False)
 REVIEWER = "simulated-reviewer"
 SERVING_MODEL = "raftloop"
 ANSWER_TOKENS = 64
+AHEAD = 6
+"""Answers the simulated reviewers may have waiting before the chat clients pause."""
+STALL_S = 180.0
+"""Reviews that stop for this long no longer hold the chat clients back."""
 """Room for a RAFT answer (a quoted sentence, then `Answer:`); longer answers get corrected."""
 
 
@@ -103,6 +107,7 @@ class Demo:
         self.stop = threading.Event()
         self.http = httpx.Client(timeout=30)
         self.failure: Exception | None = None
+        self.last_review = time.monotonic()
         self._pending: list[dict[str, Any]] = []
         self._pending_at = 0.0
 
@@ -269,6 +274,7 @@ class Demo:
                 headers=headers,
                 json=body,
             )
+            self.last_review = time.monotonic()
             with self.tally.lock:
                 setattr(self.tally, decision.action, getattr(self.tally, decision.action) + 1)
                 self.tally.no_oracle += (
@@ -295,7 +301,7 @@ class Demo:
                 if self.failure is not None:
                     raise self.failure
                 in_flight = {f for f in in_flight if not f.done()}
-                while waiting and len(in_flight) < self.concurrency * 2:
+                while waiting and len(in_flight) < self.concurrency and not self.ahead():
                     in_flight.add(pool.submit(self.ask, client, waiting.pop(0)))
                 self._show(progress, tasks)
                 if time.monotonic() - last_check > 3:
@@ -314,6 +320,19 @@ class Demo:
             reviewer.join(timeout=60)
         self._show(progress, tasks)
         return run_id
+
+    def ahead(self) -> bool:
+        """Whether the chats are far enough ahead of the reviews to wait.
+
+        The judge and the chats share the gateway; questions asked past the threshold only
+        take generation time from the judge, so the clients stay a few answers ahead.
+        """
+        t = self.tally
+        with t.lock:
+            waiting = t.asked - (t.approved + t.corrected + t.skipped)
+        # An interaction that never reaches the queue (parked by a stage) must not stall them.
+        stalled = time.monotonic() - self.last_review > STALL_S
+        return waiting >= AHEAD and not stalled
 
     def _guard(self, work: Callable[[], None]) -> Callable[[], None]:
         def run() -> None:
