@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install system-deps up test check format bench reliability clean
+.PHONY: install system-deps up test e2e check format bench reliability clean
 
 # Installs every lib and service editable into one environment. torch is pinned to the local CPU
 # wheel: any other version pulls gigabytes of CUDA wheels.
@@ -51,6 +51,10 @@ test: install system-deps
 reliability: install system-deps
 	rm -rf test-artifacts/reliability
 	RELIABILITY_REPORT=1 RELIABILITY_LONG=$(RELIABILITY_LONG) $(BIN)/python -m pytest tests/reliability $(PYTEST_ARGS)
+
+# The closed loop end to end (about half an hour on two cores): raftloop up, then raftloop demo.
+e2e: install
+	RAFTLOOP_E2E_LOOP=1 $(BIN)/python -m pytest tests/e2e $(PYTEST_ARGS)
 
 check: install
 	$(BIN)/ruff format --check .

@@ -483,10 +483,9 @@ def run_demo(d: Demo, kb: Any, seed: int) -> None:
     d.check_platform()
     d.ensure_knowledge_base(questions[0].question)
     status = d.training()
-    mine = [p for p in status.get("pending", []) if p["tenant"] == d.tenant]
-    threshold = mine[0]["threshold"] if mine else None
+    threshold = status.get("threshold")
     console.print(
-        f"the trainer starts a run at {threshold or 'its threshold of'} new curated examples; "
+        f"the trainer starts a run at {threshold or 'its threshold of'} new training examples; "
         f"asking up to {len(questions)} questions from the train split"
     )
     if not status.get("auto_train", True):

@@ -49,6 +49,7 @@ def build_router(settings: TrainerSettings, *, keys: KeyStore, scheduler: "Sched
         threshold = settings.trigger_policy().min_new_examples
         return runner.status() | {
             "auto_train": settings.auto_train,
+            "threshold": threshold,
             "pending": [
                 {
                     "tenant": p.tenant,

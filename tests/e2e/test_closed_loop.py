@@ -1,0 +1,106 @@
+"""The closed loop as a new user meets it: `raftloop up`, then `raftloop demo`, all real.
+
+Every service runs as a process under `raftloop up` on the real broker; the demo asks questions
+through the gateway with the official openai client, the judge scores them, the simulated
+reviewers work the queue through the hitl API, the trainer's threshold starts a run, the gate
+promotes the adapter, and the gateway serves it without a restart.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import raftloop_demo_kb as kb
+from openai import OpenAI
+
+from raftloop_cli.testing import Platform
+
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.slow,
+    pytest.mark.timeout(5400),
+    # About half an hour of SmolLM2 on two idle cores (one chat and two judge generations per
+    # interaction, then training and the gate); `make e2e` runs it. It has not yet completed
+    # within one session on a shared machine, so the default `make test` leaves it out.
+    pytest.mark.skipif(
+        os.environ.get("RAFTLOOP_E2E_LOOP") != "1", reason="the closed loop runs with `make e2e`"
+    ),
+]
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "e2e"
+LOOP_SETTINGS = {
+    "TRAINER_TRIGGER_POLL_S": "3",
+    # Two rubric criteria instead of five: each is one more SmolLM2 generation per interaction
+    # on CI's two cores, and the loop needs the judge's verdict, not all of its facets.
+    "JUDGE_CRITERIA": '["correctness", "groundedness"]',
+}
+
+
+def _topic_offsets(platform: Platform) -> dict[str, int]:
+    done = platform.cli(["status", "--json"])
+    assert done.returncode == 0, done.stderr
+    return {t["name"]: t["end_offset"] for t in json.loads(done.stdout)["topics"]}
+
+
+def _newest_run(platform: Platform, admin: str) -> dict[str, Any]:
+    response = httpx.get(
+        f"{platform.url('trainer')}/v1/admin/training",
+        headers={"Authorization": f"Bearer {admin}"},
+        timeout=30,
+    )
+    response.raise_for_status()
+    runs: list[dict[str, Any]] = response.json()["runs"]
+    assert runs, "the trainer has no run"
+    return runs[0]
+
+
+def test_the_loop_trains_gates_and_serves_a_better_adapter(tmp_path: Path) -> None:
+    platform = Platform.start(tmp_path, env=LOOP_SETTINGS, timeout_s=900)
+    try:
+        demo = platform.cli(["demo", "--timeout-min", "80"], timeout_s=5000)
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        (ARTIFACTS / "demo.txt").write_text(demo.stdout + demo.stderr)  # the figures, kept
+        assert demo.returncode == 0, demo.stdout[-6000:] + demo.stderr[-3000:]
+        assert "hold-out token F1" in demo.stdout
+        keys = platform.credentials().api_keys
+
+        run = _newest_run(platform, keys["admin"])
+        assert run["status"] == "promoted", run
+        assert run["trigger"].startswith("trigger:"), run["trigger"]  # the threshold, not by hand
+        report = json.loads((Path(run["report_path"]).parent / "report.json").read_text())
+        [f1] = [row for row in report["sets"]["holdout"] if row["metric"] == "token_f1"]
+        assert f1["candidate"] > f1["baseline"], f1
+        assert f1["ci_low"] > 0, f1
+        assert (Path(run["report_path"]).parent / "report.png").stat().st_size > 0
+
+        offsets = _topic_offsets(platform)
+        curated = offsets["dataset.example.curated.v1"]
+        assert curated >= run["train_examples"] + run["holdout_examples"]
+        assert offsets["chat.completed.v1"] >= curated
+        assert offsets["interaction.ingested.v1"] >= curated
+        assert offsets["interaction.judged.v1"] >= curated
+        assert offsets["review.completed.v1"] >= curated
+        assert offsets["adapter.promoted.v1"] >= 1
+
+        client = OpenAI(base_url=f"{platform.url('gateway')}/v1", api_key=keys["client"])
+        question = kb.holdout_questions()[1]
+        raw = client.chat.completions.with_raw_response.create(
+            model="raftloop",
+            messages=[{"role": "user", "content": question.question}],
+            max_tokens=64,
+            temperature=0,
+        )
+        answer = raw.parse()
+        assert raw.headers["x-raftloop-adapter"] == run["adapter_id"]
+        assert answer.system_fingerprint == run["adapter_id"]
+        assert answer.choices[0].message.content
+    except BaseException:
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        (ARTIFACTS / "up.log").write_text(platform.output())
+        platform.kill()
+        raise
+    platform.stop()  # Ctrl-C leaves nothing running
