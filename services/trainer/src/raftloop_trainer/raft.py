@@ -26,7 +26,9 @@ from raftloop_core.prompting import (
 )
 
 NO_QUOTE_REASONING = "No document states this directly; answering from what I know."
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+# Line breaks end a sentence too: rag's chunks open with their heading path on its own lines,
+# and a quote must not run a heading into the sentence under it.
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+")
 _WORD = re.compile(r"\w+")
 
 Message = dict[str, str]

@@ -124,3 +124,12 @@ def test_long_prompts_are_cut_in_the_middle_never_the_answer(tiny_model_dir: Pat
     assert len(encoded["input_ids"]) == 200
     labelled = [t for t in encoded["labels"] if t != IGNORE_INDEX]
     assert tokenizer.decode(labelled).replace(" ", "").startswith("Thedocumentssay")
+
+
+def test_best_quote_never_runs_a_heading_into_the_sentence_under_it() -> None:
+    chunk = (
+        "Billing and Payments\n\n"
+        "To fix a failed payment, update your card. Backups resume within 10 minutes."
+    )
+    assert best_quote(chunk, "within 10 minutes") == "Backups resume within 10 minutes."
+    assert best_quote(chunk, "update your card") == "To fix a failed payment, update your card."
