@@ -7,19 +7,19 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from fleet import LOOP, SETTINGS, Fleet
+from fleet import ALL, SETTINGS, Fleet
 from reliability_tools import RESULTS_DIR, knobs, machine, write_report
 
 
 @pytest.fixture(scope="session")
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
-    """Broker plus ingest, gateway (tiny Llama), judge and hitl, each its own process."""
+    """Broker plus all six services (gateway and trainer on the tiny Llama), each a process."""
     from raftloop_models.tiny import build_tiny_llama
 
     model = build_tiny_llama(tmp_path_factory.mktemp("tiny") / "tiny-llama")
     folder = tmp_path_factory.mktemp("fleet")
-    env = {**SETTINGS, "GATEWAY_BASE_MODEL_PATH": str(model)}
-    running = Fleet.start(folder, LOOP, env)
+    env = {**SETTINGS, "GATEWAY_BASE_MODEL_PATH": str(model), "TRAINER_BASE_MODEL_PATH": str(model)}
+    running = Fleet.start(folder, ALL, env)
     try:
         yield running
     finally:

@@ -36,6 +36,7 @@ KEYS = {
 }
 QUIET = {"RAFTLOOP_LOG_LEVEL": "INFO"}
 LOOP = ("ingest", "gateway", "judge", "hitl")
+ALL = ("rag", *LOOP, "trainer")
 SETTINGS = {
     # Short answers and the tiny Llama keep the CPU cost of every interaction low.
     "GATEWAY_DEFAULT_MAX_TOKENS": "8",
@@ -47,6 +48,8 @@ SETTINGS = {
     "JUDGE_INVALID_OUTPUT_ATTEMPTS": "1",
     "JUDGE_MAX_RETRIES": "1",
     "KAFKA_MAX_MESSAGE_BYTES": "262144",  # oversize test messages stay small for the broker
+    # The trainer keeps the curated dataset; the suite never trains (the e2e test does).
+    "TRAINER_AUTO_TRAIN": "false",
 }
 
 
@@ -161,7 +164,9 @@ class Fleet:
         inherited = {
             k: v
             for k, v in os.environ.items()
-            if not k.startswith(("KAFKA_", "GATEWAY_", "JUDGE_", "HITL_", "INGEST_", "RAG_"))
+            if not k.startswith(
+                ("KAFKA_", "GATEWAY_", "JUDGE_", "HITL_", "INGEST_", "RAG_", "TRAINER_")
+            )
             and k not in ("DATABASE_URL", "RAFTLOOP_API_KEYS_FILE")
         }
         env = {
