@@ -1,4 +1,4 @@
-"""Pure helpers of the reliability suite: the loss checker, the auth matrix and RELIABILITY.md.
+"""Pure helpers of the reliability suite: loss checker, auth matrix, fuzz guards, RELIABILITY.md.
 
 Nothing here does I/O except `record()` and `write_report()`, which keep each test's figures as
 JSON under test-artifacts/reliability/ and turn them into the results file.
@@ -10,7 +10,7 @@ import json
 import os
 import platform
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -164,6 +164,42 @@ def matrix_rows(probes: Iterable[Probe]) -> list[list[str]]:
     return [
         [service, method, f"`{path}`", *(str(got.get(c, "")) for c in CALLERS)]
         for (service, method, path), got in sorted(table.items())
+    ]
+
+
+# ---------------------------------------------------------------- fuzz and poisoning
+
+
+def spare_tenant_body(body: object, live: Collection[str], spare: str) -> object:
+    """A generated body for the trainer's "start a run" route that cannot name a live tenant.
+
+    `POST /v1/admin/train` trains the body's `tenant` (absent or `null` body: `default`). A
+    tenant that has examples would start a real run, so such a body gets `spare` (a tenant
+    with none: the run stops at once with NothingToTrain); every other body, valid or not,
+    is sent as generated.
+    """
+    if body is None:
+        return {"tenant": spare}
+    if isinstance(body, dict) and body.get("tenant", "default") in live:
+        return {**body, "tenant": spare}
+    return body
+
+
+def unapproved_examples(
+    rows: Iterable[Mapping[str, object]], watched: Collection[str], approvals: Mapping[str, str]
+) -> list[Mapping[str, object]]:
+    """Rows of `watched` interactions that no human approval record vouches for.
+
+    Args:
+        rows: training-snapshot rows (each with `interaction_id` and `review_id`).
+        watched: the interaction ids to check (the poisoned ones).
+        approvals: review id -> interaction id of every approving (or correcting) review.
+    """
+    return [
+        row
+        for row in rows
+        if str(row.get("interaction_id")) in watched
+        and approvals.get(str(row.get("review_id"))) != str(row.get("interaction_id"))
     ]
 
 

@@ -5,29 +5,46 @@ consumed topic, malformed documents for ingest. Figures: 5xx, dead-lettered vs e
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 import pytest
 from fleet import Fleet, decoded, read_topic
 from loop_support import INTERACTION_HEADER, ask, wait_until_queued
-from reliability_tools import Section, record
+from reliability_tools import Section, record, spare_tenant_body
 
 from raftloop_core.topics import Topic
 
+if TYPE_CHECKING:
+    import schemathesis
+
 pytestmark = pytest.mark.integration
 COMMAND = "make reliability  # or: pytest tests/reliability/test_reliability_bad_input.py"
-FUZZ_KEY = {"gateway": "client", "ingest": "internal", "judge": "internal", "hitl": "internal"}
+# The key each API is fuzzed with: a role its API admits (the trainer admits only admins).
+FUZZ_KEY = {
+    "gateway": "client",
+    "ingest": "internal",
+    "judge": "internal",
+    "hitl": "internal",
+    "rag": "internal",
+    "trainer": "admin",
+}
+TRAIN_ROUTE = "POST /v1/admin/train"
+ROLLBACK_ROUTE = "POST /v1/adapters/rollback"
 # Consumers of each topic in the fleet: each dead-letters its own copy of a poison message.
 CONSUMERS = {
+    Topic.KB_DOCUMENT: ("rag",),
     Topic.CHAT_COMPLETED: ("ingest",),
     Topic.CHAT_FEEDBACK: ("ingest", "hitl"),
     Topic.INTERACTION_INGESTED: ("judge",),
     Topic.INTERACTION_JUDGED: ("hitl",),
     Topic.REVIEW_COMPLETED: ("judge",),
-    Topic.EXAMPLE_CURATED: ("judge",),
+    Topic.EXAMPLE_CURATED: ("judge", "trainer"),
     Topic.TRAINING_RUN_FINISHED: ("hitl",),
     Topic.ADAPTER_PROMOTED: ("gateway", "hitl"),
     Topic.ADAPTER_ROLLED_BACK: ("gateway", "hitl"),
@@ -65,11 +82,18 @@ def _expected_5xx(response: object) -> bool:
     return response.status_code == 502 and code == "judge_failed"  # type: ignore[attr-defined]
 
 
+Prepare = Callable[["schemathesis.Case"], None]
+
+
 def _fuzz(
-    operation: object, base: str, headers: dict[str, str], calls: list[int], expected: list[str]
+    operation: object,
+    base: str,
+    headers: dict[str, str],
+    calls: list[int],
+    expected: list[str],
+    prepare: Prepare | None = None,
 ) -> list[str]:
     """Run one operation's generated cases; the unexpected 5xx answers."""
-    import schemathesis
     from hypothesis import HealthCheck, given, settings
 
     failures: list[str] = []
@@ -77,6 +101,8 @@ def _fuzz(
     @settings(max_examples=8, deadline=None, database=None, suppress_health_check=list(HealthCheck))
     @given(case=operation.as_strategy())  # type: ignore[attr-defined]
     def check(case: schemathesis.Case) -> None:
+        if prepare is not None:
+            prepare(case)
         response = case.call(base_url=base, headers=headers, timeout=60)
         calls.append(response.status_code)
         if response.status_code >= 500:
@@ -87,35 +113,94 @@ def _fuzz(
     return failures
 
 
+def _trainer_db(fleet: Fleet) -> Path:
+    return fleet.folder / "var" / "trainer" / "dataset.sqlite3"
+
+
+def _trainer_state(fleet: Fleet) -> tuple[set[str], int, dict[str, object]]:
+    """Tenants with examples, training runs recorded, and the serving alias."""
+    with sqlite3.connect(f"file:{_trainer_db(fleet)}?mode=ro", uri=True, timeout=30) as conn:
+        tenants = {r[0] for r in conn.execute("select distinct tenant from trainer_examples")}
+        runs = int(conn.execute("select count(*) from trainer_runs").fetchone()[0])
+    admin = {"Authorization": f"Bearer {fleet.keys['admin']}"}
+    adapters = httpx.get(f"{fleet.url('trainer')}/v1/adapters", headers=admin, timeout=30)
+    assert adapters.status_code == 200, adapters.text
+    return tenants, runs, adapters.json()["serving"]
+
+
+def _spare_tenant(live: set[str], spare: str) -> Prepare:
+    """Point every generated "start a run" body that names a live tenant at `spare`."""
+    from schemathesis.core import NotSet
+
+    def prepare(case: schemathesis.Case) -> None:
+        if f"{case.method.upper()} {case.path}" != TRAIN_ROUTE:
+            return
+        body = None if isinstance(case.body, NotSet) else case.body
+        changed = spare_tenant_body(body, live, spare)
+        if changed is not body:
+            case.body = changed
+            case.media_type = "application/json"
+
+    return prepare
+
+
 def test_schema_fuzz_of_every_api_finds_no_server_errors(fleet: Fleet) -> None:
     import schemathesis
 
+    live, runs_before, serving_before = _trainer_state(fleet)
+    live |= {"default", "other"}  # the fleet's tenants, with examples or not
+    spare = f"fuzz-{uuid.uuid4().hex[:8]}"  # no examples: a run for it stops at once
+    # A rollback with history would switch the gateway's adapter under the other tests.
+    skipped = {ROLLBACK_ROUTE} if serving_before.get("history") else set()
     rows, failures, expected = [], [], []
     for name, caller in FUZZ_KEY.items():
         base = fleet.url(name)
         spec = httpx.get(f"{base}/openapi.json", timeout=30).json()
         schema = schemathesis.openapi.from_dict(spec)
         headers = {"Authorization": f"Bearer {fleet.keys[caller]}"}
+        prepare = _spare_tenant(live, spare) if name == "trainer" else None
         calls: list[int] = []
         for result in schema.get_all_operations():
-            failures += _fuzz(result.ok(), base, headers, calls, expected)
+            operation = result.ok()
+            if name == "trainer" and f"{operation.method.upper()} {operation.path}" in skipped:
+                continue
+            failures += _fuzz(operation, base, headers, calls, expected, prepare)
         rows.append([name, caller, str(len(calls)), str(sum(s >= 500 for s in calls))])
+    time.sleep(2)  # a run the fuzz launched would be recorded by now
+    _, runs_after, serving_after = _trainer_state(fleet)
     record(
         Section(
             "20-fuzz",
             "Schema fuzz (schemathesis) of every running HTTP API",
             COMMAND,
             {
+                "services": len(rows),
                 "calls": sum(int(r[2]) for r in rows),
                 "5xx": len(failures) + len(expected),
                 "expected 5xx (502: the judge model gave no verdict)": len(expected),
                 "unexpected 5xx": len(failures),
+                "training runs started by the fuzz": runs_after - runs_before,
+                "serving alias changed by the fuzz": int(serving_after != serving_before),
             },
             tables=[(["service", "key role", "calls", "5xx"], rows)],
             notes=[
-                "8 generated cases per operation. Admin keys are not used, so the fuzz cannot "
-                "change routing policy or adapters under the other tests; the per-service "
-                "suites fuzz the admin routes.",
+                "Up to 8 generated cases per operation, each service with a key its API "
+                "admits (table). Admin keys are used only for the trainer, whose routes all "
+                "need one; the other services' admin routes (routing policy, gateway adapters) are "
+                "fuzzed by their own suites so that this fuzz cannot change them under the "
+                "other tests.",
+                f"Trainer `{TRAIN_ROUTE}`: a generated body that would train a tenant with "
+                "examples (no body, `null`, no `tenant`, or `default`/`other`) is sent with a "
+                f"fresh tenant (`{spare}`) instead, so each run it starts stops at once with "
+                "NothingToTrain; other bodies go as generated. Promote gets generated adapter "
+                "ids, none of which exists, so the registry refuses each (404).",
+                (
+                    f"Trainer `{ROLLBACK_ROUTE}` was not fuzzed: the serving alias has a history, "
+                    "so a rollback would switch the adapter the gateway serves."
+                    if skipped
+                    else f"Trainer `{ROLLBACK_ROUTE}` was fuzzed: the serving alias was never "
+                    "promoted, so every rollback is refused (409)."
+                ),
                 "The judge's pairwise API answers 502 `judge_failed` when its model (here the "
                 "gateway's random tiny Llama) returns no usable verdict: an upstream failure "
                 "reported as such, counted apart.",
@@ -124,6 +209,8 @@ def test_schema_fuzz_of_every_api_finds_no_server_errors(fleet: Fleet) -> None:
         )
     )
     assert failures == []
+    assert runs_after == runs_before
+    assert serving_after == serving_before
 
 
 def _dead_letters(fleet: Fleet, topic: str, marker: str) -> dict[str, int]:

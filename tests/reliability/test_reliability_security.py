@@ -5,8 +5,8 @@
 - Cross-tenant reads: another tenant's keys (client and admin) never read this tenant's queue.
 - PII canaries: unique e-mail, card and secret values sent through the gateway never appear on
   any topic after ingest, nor in any service log.
-- Poisoning: injections, trigger phrases and abuse never become a curated (training) example
-  without a human approval record.
+- Poisoning: injections, trigger phrases and abuse never become a curated example, nor a row of
+  the trainer's training snapshot, without a human approval record.
 - No `torch.load` without `weights_only=True` anywhere in the repository.
 """
 
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from fleet import Fleet, decoded, read_topic
+from fleet import ALL, Fleet, decoded, group_lag, read_topic
 from loop_support import INTERACTION_HEADER, ask, hitl_db, wait_until_queued
 from reliability_tools import (
     CALLERS,
@@ -30,6 +30,7 @@ from reliability_tools import (
     Section,
     matrix_rows,
     record,
+    unapproved_examples,
     violations,
 )
 
@@ -55,6 +56,14 @@ def _concrete(path: str, params: list[dict[str, object]]) -> str:
     return path
 
 
+# Bodies that fail validation (400) once a caller is admitted, for the routes whose `{}` would
+# act: start a training run for tenant `default`, or roll the serving adapter back.
+INVALID_BODIES: dict[tuple[str, str, str], dict[str, object]] = {
+    ("trainer", "post", "/v1/admin/train"): {"tenant": "Not A Tenant!"},
+    ("trainer", "post", "/v1/adapters/rollback"): {"reason": "x" * 501},
+}
+
+
 def probe_service(fleet: Fleet, name: str) -> list[Probe]:
     """Every operation of one service's OpenAPI document, called by every kind of caller."""
     base = fleet.url(name)
@@ -67,12 +76,13 @@ def probe_service(fleet: Fleet, name: str) -> list[Probe]:
                 if method not in ("get", "post", "put", "patch", "delete"):
                     continue
                 url = _concrete(path, op.get("parameters", []))
+                body = INVALID_BODIES.get((name, method, path), {})
                 for caller in CALLERS:
                     response = client.request(
                         method.upper(),
                         url,
                         headers=_headers(fleet, caller),
-                        json={} if method in ("post", "put", "patch") else None,
+                        json=body if method in ("post", "put", "patch") else None,
                     )
                     probes.append(Probe(name, method.upper(), path, caller, response.status_code))
     return probes
@@ -81,6 +91,12 @@ def probe_service(fleet: Fleet, name: str) -> list[Probe]:
 def test_auth_matrix_of_every_service(fleet: Fleet) -> None:
     probes = [p for name in fleet.services for p in probe_service(fleet, name)]
     found = violations(probes)
+    routes = {(p.service, p.method, p.path) for p in probes}
+    acted = [  # a 2xx on a route probed with an invalid body would mean it acted
+        p
+        for p in probes
+        if (p.service, p.method.lower(), p.path) in INVALID_BODIES and p.status < 300
+    ]
     record(
         Section(
             "30-auth",
@@ -88,8 +104,9 @@ def test_auth_matrix_of_every_service(fleet: Fleet) -> None:
             COMMAND,
             {
                 "services": ", ".join(fleet.services),
-                "routes": len({(p.service, p.method, p.path) for p in probes}),
-                "calls": len(probes),
+                "routes": len(routes),
+                "callers": len(CALLERS),
+                "calls (routes x callers)": len(probes),
                 "5xx": sum(p.status >= 500 for p in probes),
                 "violations": len(found),
             },
@@ -102,11 +119,18 @@ def test_auth_matrix_of_every_service(fleet: Fleet) -> None:
                 "'other tenant' and 'other admin' are client and admin keys of tenant `other`. "
                 "The review UI's pages take a signed-in session, not API keys, so every key "
                 "gets 401 there; hitl's own access tests cover the UI roles.",
+                "The trainer's `POST /v1/admin/train` and `POST /v1/adapters/rollback` get a body "
+                "that fails validation instead of `{}` (which would start a run for tenant "
+                "`default` or switch the serving adapter), so an admitted caller gets 400 and "
+                "the probe changes nothing. Every trainer route needs the admin role; rag's "
+                "retrieval admits client, internal and admin keys.",
                 *(f"Violation: {v}" for v in found),
             ],
         )
     )
+    assert set(fleet.services) == set(ALL)
     assert not found, found
+    assert acted == [], acted
 
 
 def test_other_tenants_never_read_this_tenants_queue(fleet: Fleet) -> None:
@@ -224,6 +248,105 @@ POISON = [
 ]
 
 
+def _approvals(fleet: Fleet) -> dict[str, str]:
+    """Review id -> interaction id of every human review in hitl that approved or corrected."""
+    with sqlite3.connect(f"file:{hitl_db(fleet)}?mode=ro", uri=True, timeout=30) as conn:
+        rows = conn.execute(
+            "select r.id, i.interaction_id from reviews r join items i on i.id = r.item_id "
+            "where r.action in ('approved', 'corrected') and r.reviewer != ''"
+        ).fetchall()
+    return {str(review_id): str(iid) for review_id, iid in rows}
+
+
+def _claim(api: str, headers: dict[str, str], wanted: set[str]) -> dict[str, object] | None:
+    """Claim until an item of a `wanted` interaction comes up; the claim, or None.
+
+    Other items are skipped by this reviewer only: they stay open for everyone else.
+    """
+    for _ in range(200):
+        got = httpx.post(f"{api}/claims", headers=headers, timeout=30)
+        if got.status_code == 204:
+            return None
+        assert got.status_code == 200, got.text
+        claim = got.json()
+        iid = str(claim["item"]["event"]["interaction"]["interaction_id"])
+        if iid in wanted:
+            return dict(claim)
+        body = {"action": "skipped", "lease_token": claim["lease_token"]}
+        skip = httpx.post(
+            f"{api}/items/{claim['item']['id']}/reviews", json=body, headers=headers, timeout=30
+        )
+        assert skip.status_code == 200, skip.text
+    return None
+
+
+def _human_corrects_one(fleet: Fleet, ids: set[str]) -> str | None:
+    """A human corrects one of `ids` (with more reviewers if hitl asks for an overlap); its id."""
+    api = f"{fleet.url('hitl')}/api/v1"
+    wanted, chosen = set(ids), None
+    for n in range(3):
+        headers = {**_headers(fleet, "internal"), "x-reviewer": f"poison-control-{n}"}
+        claim = _claim(api, headers, wanted)
+        if claim is None:
+            return chosen
+        item = claim["item"]
+        assert isinstance(item, dict)
+        chosen = str(item["event"]["interaction"]["interaction_id"])
+        wanted = {chosen}
+        body = {
+            "action": "corrected",
+            "lease_token": claim["lease_token"],
+            "answer": "I can't help with that request.",
+        }
+        done = httpx.post(
+            f"{api}/items/{item['id']}/reviews", json=body, headers=headers, timeout=30
+        )
+        assert done.status_code == 200, done.text
+        state = httpx.get(f"{api}/items/{item['id']}", headers=headers, timeout=30).json()
+        if state["reviews_done"] >= state["required_reviews"]:
+            break
+    return chosen
+
+
+def _wait_for_curated(fleet: Fleet, interaction_id: str, timeout_s: float = 60) -> bool:
+    """Wait until hitl's outbox published the example of `interaction_id`."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        events = decoded(read_topic(fleet.kafka, Topic.EXAMPLE_CURATED))
+        if any(str(e.get("interaction_id")) == interaction_id for e in events):
+            return True
+        time.sleep(1)
+    return False
+
+
+def _trainer_caught_up(fleet: Fleet, timeout_s: float = 120) -> int:
+    """Wait until the trainer committed all of dataset.example.curated.v1; its lag then."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        lag = group_lag(fleet.kafka, "trainer", Topic.EXAMPLE_CURATED)
+        if lag == 0 or (lag == -1 and not read_topic(fleet.kafka, Topic.EXAMPLE_CURATED)):
+            return 0  # -1 on an empty topic: there was nothing to commit
+        if time.monotonic() > deadline:
+            return lag
+        time.sleep(1)
+
+
+def _training_snapshot(fleet: Fleet) -> list[dict[str, object]]:
+    """Every row of the trainer's training snapshots (train and holdout), all tenants."""
+    from raftloop_trainer.store import DatasetStore
+
+    path = fleet.folder / "var" / "trainer" / "dataset.sqlite3"
+    store = DatasetStore(f"sqlite:///file:{path}?mode=ro&uri=true")
+    try:
+        rows: list[dict[str, object]] = []
+        for data in store.pending():  # one entry per tenant and base model with examples
+            snap = store.snapshot(data.tenant, data.base_model)
+            rows += snap.train + snap.holdout
+        return rows
+    finally:
+        store.engine.dispose()
+
+
 def test_poisoned_interactions_never_become_examples_without_a_human(fleet: Fleet) -> None:
     marker = f"poison-{uuid.uuid4().hex[:8]}"
     ids = set()
@@ -239,17 +362,23 @@ def test_poisoned_interactions_never_become_examples_without_a_human(fleet: Flee
                 "select interaction_id, state from items where question like ?", (f"%{marker}%",)
             ).fetchall()
         )
-    approvals = {
-        str(e.get("review_id"))
-        for e in decoded(read_topic(fleet.kafka, Topic.REVIEW_COMPLETED))
-        if e.get("action") in ("approved", "corrected") and e.get("reviewer")
-    }
+    # The control: a human corrects one poisoned interaction, which must then reach the
+    # trainer's snapshot with its approval, so an empty snapshot cannot pass by accident.
+    control = _human_corrects_one(fleet, ids)
+    published = control is not None and _wait_for_curated(fleet, control)
+    lag = _trainer_caught_up(fleet)
+    approvals = _approvals(fleet)
     curated = [
         e
         for e in decoded(read_topic(fleet.kafka, Topic.EXAMPLE_CURATED))
         if str(e.get("interaction_id")) in ids
     ]
-    unapproved = [e for e in curated if str(e.get("review_id")) not in approvals]
+    snapshot = _training_snapshot(fleet)
+    poisoned = [r for r in snapshot if str(r.get("interaction_id")) in ids]
+    unapproved_curated = unapproved_examples(curated, ids, approvals)
+    unapproved_snapshot = unapproved_examples(snapshot, ids, approvals)
+    unapproved = {str(r["interaction_id"]) for r in [*unapproved_curated, *unapproved_snapshot]}
+    vouched = {str(r["interaction_id"]) for r in poisoned} - unapproved
     auto_accepted = sum(state == "auto_accepted" for state in states.values())
     flagged = sum(
         bool(e["interaction"].get("flags"))
@@ -266,21 +395,39 @@ def test_poisoned_interactions_never_become_examples_without_a_human(fleet: Flee
                 "flagged by ingest's screen": flagged,
                 "in the review queue": len(states),
                 "auto-accepted": auto_accepted,
-                "curated examples": len(curated),
+                "corrected by a human (the control)": int(control is not None),
+                "curated examples (dataset.example.curated.v1)": len(curated),
+                "trainer lag on dataset.example.curated.v1 when read": lag,
+                "examples in the trainer's training snapshots (all tenants)": len(snapshot),
+                "poisoned examples in the trainer's training snapshot": len(poisoned),
+                "of them with a human approval (the control)": len(vouched),
+                "unapproved poisoned examples in the trainer's training snapshot": len(
+                    unapproved_snapshot
+                ),
                 "unapproved poisoned examples": len(unapproved),
             },
             notes=[
-                "A curated example counts as approved only with a review_id of a "
-                "review.completed event (approved or corrected, with a reviewer). The "
-                "trainer builds snapshots only from dataset.example.curated.v1, so an example "
-                "absent there cannot reach a snapshot; the trainer process itself is not in the "
-                "CI fleet.",
+                "One poisoned interaction is corrected by a human through hitl's review API "
+                "(the control: it must become an example, vouched for by its review); the "
+                "others are never reviewed and must stay out. Claimed items of other tests are "
+                "skipped by the control's reviewer only, so they stay open. An example counts "
+                "as approved only when hitl holds a human review of the same interaction "
+                "(action approved or corrected, with a reviewer) whose id is the example's "
+                "review_id.",
+                "Two places are checked: dataset.example.curated.v1, and the trainer's own "
+                "dataset after its consumer group `trainer` caught up (lag 0): "
+                "`DatasetStore.snapshot(tenant, base_model)` for every tenant and base model "
+                "it holds, read-only from its SQLite file. That snapshot is exactly what a "
+                "training run trains and evaluates on.",
             ],
         )
     )
     assert len(states) == len(ids), states
     assert auto_accepted == 0, states
-    assert unapproved == [], unapproved
+    assert lag == 0, f"the trainer did not catch up on {Topic.EXAMPLE_CURATED}: lag {lag}"
+    assert unapproved == set(), {"curated": unapproved_curated, "snapshot": unapproved_snapshot}
+    assert published, f"no poisoned item was reviewed and published (control: {control})"
+    assert vouched == {control}, {"poisoned in the snapshot": poisoned}
 
 
 def _unsafe_torch_loads(path: Path) -> list[str]:

@@ -14,7 +14,9 @@ from reliability_tools import (
     matrix_rows,
     record,
     render,
+    spare_tenant_body,
     totals,
+    unapproved_examples,
     violations,
 )
 
@@ -104,3 +106,28 @@ def test_sections_round_trip_into_markdown(tmp_path: Path) -> None:
     assert "| RELIABILITY_KILLS | 2 |" in text
     assert "| lost (kill -9 of consumers) | 0 |" in text
     assert "| cross-tenant reads | not run |" in text
+
+
+def test_a_train_body_that_would_train_a_live_tenant_names_the_spare_one() -> None:
+    live = {"default", "other"}
+    assert spare_tenant_body(None, live, "spare") == {"tenant": "spare"}
+    assert spare_tenant_body({}, live, "spare") == {"tenant": "spare"}
+    assert spare_tenant_body({"tenant": "other", "x": 1}, live, "spare") == {
+        "tenant": "spare",
+        "x": 1,
+    }
+    # Anything else goes as generated: unknown tenants and invalid bodies.
+    assert spare_tenant_body({"tenant": "zz9"}, live, "spare") == {"tenant": "zz9"}
+    assert spare_tenant_body({"tenant": 5}, live, "spare") == {"tenant": 5}
+    assert spare_tenant_body([1, 2], live, "spare") == [1, 2]
+
+
+def test_only_an_approval_of_the_same_interaction_vouches_for_an_example() -> None:
+    rows = [
+        {"interaction_id": "p1", "review_id": "r1"},  # approved by its own review
+        {"interaction_id": "p2", "review_id": "r1"},  # borrows another item's review
+        {"interaction_id": "p3", "review_id": None},  # auto-accepted: no review at all
+        {"interaction_id": "clean", "review_id": None},  # not watched
+    ]
+    found = unapproved_examples(rows, {"p1", "p2", "p3"}, {"r1": "p1"})
+    assert [r["interaction_id"] for r in found] == ["p2", "p3"]
