@@ -149,7 +149,7 @@ def test_schema_fuzz_of_every_api_finds_no_server_errors(fleet: Fleet) -> None:
 
     live, runs_before, serving_before = _trainer_state(fleet)
     live |= {"default", "other"}  # the fleet's tenants, with examples or not
-    spare = f"fuzz-{uuid.uuid4().hex[:8]}"  # no examples: a run for it stops at once
+    spare = f"fuzz-{uuid.uuid4().hex[:8]}"  # not the key's tenant: the trainer refuses it
     # A rollback with history would switch the gateway's adapter under the other tests.
     skipped = {ROLLBACK_ROUTE} if serving_before.get("history") else set()
     rows, failures, expected = [], [], []
@@ -191,9 +191,9 @@ def test_schema_fuzz_of_every_api_finds_no_server_errors(fleet: Fleet) -> None:
                 "other tests.",
                 f"Trainer `{TRAIN_ROUTE}`: a generated body that would train a tenant with "
                 "examples (no body, `null`, no `tenant`, or `default`/`other`) is sent with a "
-                f"fresh tenant (`{spare}`) instead, so each run it starts stops at once with "
-                "NothingToTrain; other bodies go as generated. Promote gets generated adapter "
-                "ids, none of which exists, so the registry refuses each (404).",
+                f"fresh tenant (`{spare}`) instead, which the trainer refuses (403: an admin "
+                "trains only its own tenant); other bodies go as generated. Promote gets "
+                "generated adapter ids, none of which is the tenant's, so each gets 404.",
                 (
                     f"Trainer `{ROLLBACK_ROUTE}` was not fuzzed: the serving alias has a history, "
                     "so a rollback would switch the adapter the gateway serves."

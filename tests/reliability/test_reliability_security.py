@@ -115,14 +115,19 @@ def test_auth_matrix_of_every_service(fleet: Fleet) -> None:
                 "Bodies are `{}` and path ids are placeholders, so an admitted caller mostly "
                 "gets 404/422: the matrix shows who passes authentication and authorisation. "
                 "Rules checked: 401 without a key outside /healthz, /readyz, /metrics and the "
-                "docs; no 5xx; an admin is never refused where another role is admitted. "
-                "'other tenant' and 'other admin' are client and admin keys of tenant `other`. "
+                "docs; no 5xx; an admin is never refused where another role is admitted; a "
+                "key of tenant `other` is never admitted where our key of the same role is "
+                "refused. 'other tenant' and 'other admin' are client and admin keys of tenant "
+                "`other`. "
                 "The review UI's pages take a signed-in session, not API keys, so every key "
                 "gets 401 there; hitl's own access tests cover the UI roles.",
                 "The trainer's `POST /v1/admin/train` and `POST /v1/adapters/rollback` get a body "
                 "that fails validation instead of `{}` (which would start a run for tenant "
                 "`default` or switch the serving adapter), so an admitted caller gets 400 and "
-                "the probe changes nothing. Every trainer route needs the admin role; rag's "
+                "the probe changes nothing. Every trainer route needs the admin role and is "
+                "scoped to the key's tenant, so 'other admin' is admitted but sees and switches "
+                "only tenant `other`'s runs and adapters (403 training `default`, 404 for "
+                "`default`'s adapters; the trainer's route tests check those answers); rag's "
                 "retrieval admits client, internal and admin keys.",
                 *(f"Violation: {v}" for v in found),
             ],

@@ -87,6 +87,28 @@ def test_auth_rules_flag_open_routes_5xx_and_refused_admins() -> None:
     assert rows[-1][:3] == ["gw", "POST", "`/open`"]
 
 
+def test_auth_rules_flag_another_tenant_admitted_where_ours_is_refused() -> None:
+    probes = [
+        # Tenant-scoped routes admit both tenants' admins (each sees its own data): no violation.
+        Probe("trainer", "GET", "/v1/admin/training", "admin", 200),
+        Probe("trainer", "GET", "/v1/admin/training", "other admin", 200),
+        Probe("trainer", "POST", "/v1/admin/train", "admin", 400),
+        Probe("trainer", "POST", "/v1/admin/train", "other admin", 403),
+        Probe("trainer", "POST", "/v1/admin/train", "client", 403),
+        Probe("trainer", "POST", "/v1/admin/train", "other tenant", 403),
+        # Another tenant's keys passing where ours of the same role are refused: violations.
+        Probe("hitl", "GET", "/a", "client", 403),
+        Probe("hitl", "GET", "/a", "other tenant", 200),
+        Probe("hitl", "GET", "/b", "admin", 401),
+        Probe("hitl", "GET", "/b", "other admin", 404),
+    ]
+    found = violations(probes)
+    assert found == [
+        "hitl GET /a: other tenant admitted while client refused",
+        "hitl GET /b: other admin admitted while admin refused",
+    ]
+
+
 def test_sections_round_trip_into_markdown(tmp_path: Path) -> None:
     section = Section(
         "10-faults",
@@ -112,6 +134,7 @@ def test_a_train_body_that_would_train_a_live_tenant_names_the_spare_one() -> No
     live = {"default", "other"}
     assert spare_tenant_body(None, live, "spare") == {"tenant": "spare"}
     assert spare_tenant_body({}, live, "spare") == {"tenant": "spare"}
+    assert spare_tenant_body({"tenant": None}, live, "spare") == {"tenant": "spare"}  # the key's
     assert spare_tenant_body({"tenant": "other", "x": 1}, live, "spare") == {
         "tenant": "spare",
         "x": 1,

@@ -137,15 +137,20 @@ def rollback_adapter(reason: Annotated[str | None, typer.Option()] = None) -> No
 
 
 def train_command(
-    tenant: Annotated[str, typer.Option(help="Tenant whose dataset trains.")] = "default",
+    tenant: Annotated[
+        str | None,
+        typer.Option(help="Tenant whose dataset trains; default: the admin key's own tenant."),
+    ] = None,
     status: Annotated[bool, typer.Option("--status", help="Show progress only.")] = False,
 ) -> None:
     """Start a training run on the trainer service (or show its progress with --status)."""
     if status:
         typer.echo(json.dumps(_call("GET", "/v1/admin/training"), indent=2, default=str))
         return
-    _call("POST", "/v1/admin/train", {"tenant": tenant})
-    typer.echo(f"training run started for {tenant}; follow it with `raftloop train --status`")
+    started = _call("POST", "/v1/admin/train", {"tenant": tenant} if tenant else {})
+    typer.echo(
+        f"training run started for {started['tenant']}; follow it with `raftloop train --status`"
+    )
 
 
 def eval_command(

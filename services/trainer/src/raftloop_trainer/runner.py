@@ -66,12 +66,19 @@ class Runner:
         self.lock = RunLock(self.settings.state_dir / "run.lock")
         self.current: dict[str, Any] | None = None
 
-    def status(self) -> dict[str, Any]:
-        """The run in progress (with its step, loss and eta) and the latest runs."""
+    def status(self, tenant: str | None = None) -> dict[str, Any]:
+        """The run in progress (with its step, loss and eta) and the latest runs.
+
+        Args:
+            tenant: only this tenant's runs, and the run in progress only if it is one of them;
+                None: every tenant's.
+        """
         current = dict(self.current) if self.current else None
+        if current and tenant is not None and current["tenant"] != tenant:
+            current = None
         if current:
             current["progress"] = read_progress(Path(current["job_dir"]) / PROGRESS_FILE)
-        return {"running": current, "runs": self.store.runs(limit=10)}
+        return {"running": current, "runs": self.store.runs(limit=10, tenant=tenant)}
 
     async def run(self, tenant: str, trigger: str) -> dict[str, Any]:
         """Train, evaluate and gate one adapter from the tenant's current dataset.

@@ -232,13 +232,19 @@ class DatasetStore:
         with self.engine.begin() as conn:
             conn.execute(runs.update().where(runs.c.run_id == run_id).values(**fields))
 
-    def runs(self, limit: int = 20) -> list[dict[str, Any]]:
-        """The latest runs, newest first."""
+    def runs(self, limit: int = 20, *, tenant: str | None = None) -> list[dict[str, Any]]:
+        """The latest runs, newest first: every tenant's, or only `tenant`'s."""
+        query = sa.select(runs).order_by(runs.c.started_at.desc()).limit(limit)
+        if tenant is not None:
+            query = query.where(runs.c.tenant == tenant)
         with self.engine.connect() as conn:
-            rows = conn.execute(
-                sa.select(runs).order_by(runs.c.started_at.desc()).limit(limit)
-            ).mappings()
-            return [dict(r) for r in rows]
+            return [dict(r) for r in conn.execute(query).mappings()]
+
+    def run_ids(self, tenant: str) -> set[str]:
+        """The ids of every run of a tenant (an adapter's card names the run that made it)."""
+        with self.engine.connect() as conn:
+            query = sa.select(runs.c.run_id).where(runs.c.tenant == tenant)
+            return set(conn.execute(query).scalars())
 
     def run(self, run_id: str) -> dict[str, Any] | None:
         """One run, or None."""

@@ -30,12 +30,18 @@ from raftloop_trainer.train import LoraParams
 pytestmark = pytest.mark.integration
 
 ADMIN, CLIENT = "admin-secret-key", "client-secret-key"
-KEYS = KeyStore(
-    [
-        ApiKey(key_id="adm", key_sha256=hash_key(ADMIN), role="admin"),
-        ApiKey(key_id="cli", key_sha256=hash_key(CLIENT), role="client"),
-    ]
-)
+
+
+def keys_of(tenant: str) -> KeyStore:
+    """An admin and a client key of `tenant`: an admin trains only its own tenant's data."""
+    return KeyStore(
+        [
+            ApiKey(key_id="adm", key_sha256=hash_key(ADMIN), tenant=tenant, role="admin"),
+            ApiKey(key_id="cli", key_sha256=hash_key(CLIENT), tenant=tenant, role="client"),
+        ]
+    )
+
+
 WATCHED = [
     Topic.TRAINING_RUN_FINISHED,
     Topic.ADAPTER_PROMOTED,
@@ -109,7 +115,7 @@ async def test_service_consumes_trains_gates_and_switches(
     tenant = unique("t").replace("-", "_")
     broker = make_broker(settings.kafka, client_id="trainer-test")
     runner = build_runner(settings, KafkaEventSink(broker))
-    app = create_app(settings, keys=KEYS, runner=runner, broker=broker)
+    app = create_app(settings, keys=keys_of(tenant), runner=runner, broker=broker)
     seen: list[tuple[str, dict[str, Any]]] = []
 
     @broker.subscriber(*WATCHED, **consumer_options(kafka_settings, group_id=unique("watch")))
