@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import signal
 import subprocess
 import sys
 import time
@@ -102,6 +103,24 @@ class Service:
             self.proc.kill()
             self.proc.wait(30)
 
+    def crash_at(self, point: str, folder: Path, timeout_s: float = 60) -> bool:
+        """Arm failpoint `point` and wait for the process to kill itself there.
+
+        True when it died by the failpoint (SIGKILL right after a database write, before the
+        offset commit); False when the flow did not reach the point in time, and then the
+        process is killed with SIGKILL here instead.
+        """
+        assert self.proc is not None
+        trigger = folder / point
+        trigger.touch()
+        try:
+            self.proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            trigger.unlink(missing_ok=True)
+            self.kill9()
+            return False
+        return self.proc.returncode == -signal.SIGKILL and not trigger.exists()
+
     def stop(self) -> None:
         """SIGTERM, then SIGKILL after 20 s."""
         if self.proc is None or self.proc.poll() is not None:
@@ -135,6 +154,7 @@ class Fleet:
         """Start the broker, create the topics, then start `names` in the given order."""
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "logs").mkdir(exist_ok=True)
+        (folder / "failpoints").mkdir(exist_ok=True)
         broker = EmbeddedBroker(
             port=free_port(), storage=storage, log_path=folder / "logs" / "broker.log"
         ).start()
@@ -184,6 +204,7 @@ class Fleet:
             **{f"RAFTLOOP_{n.upper()}_URL": u for n, u in urls.items()},
             "JUDGE_ENDPOINT_URL": f"{urls['gateway']}/v1",
             "JUDGE_ENDPOINT_API_KEY": keys["internal"],
+            "RAFTLOOP_FAILPOINTS_DIR": str(folder / "failpoints"),
             **extra_env,
         }
         fleet = cls(folder, broker, kafka, keys)
@@ -203,6 +224,11 @@ class Fleet:
             fleet.stop()
             raise
         return fleet
+
+    @property
+    def failpoints(self) -> Path:
+        """The folder whose files arm the services' failpoints (`raftloop_core.faults`)."""
+        return self.folder / "failpoints"
 
     def url(self, name: str) -> str:
         """Base URL of one service."""

@@ -5,6 +5,8 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -147,52 +149,132 @@ def stages(fleet: Fleet, marker: str) -> list[Stage]:
 
 
 @dataclass
-class AfterWrite:
-    """Waits until a service has just written something, so a kill lands before its commit.
+class Reviewer:
+    """A reviewer on a thread: claims queue items and approves those of this run.
 
-    ingest and hitl log one line per applied message after their database transaction
-    ("interaction ingested", "judged interaction routed"); the judge commits its offsets after
-    each batch, so a new record on interaction.judged marks a written but uncommitted batch.
+    Items of other tests are skipped. `reviewed` keeps the interaction ids whose review the
+    hitl API acknowledged (2xx); a review cut off by a kill of hitl is retried with a new claim.
     """
 
     fleet: Fleet
-    lines: dict[str, str] = field(
-        default_factory=lambda: {
-            "ingest": '"interaction ingested"',
-            "hitl": '"judged interaction routed"',
+    marker: str
+    reviewed: list[str] = field(default_factory=list)
+    errors: int = 0
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Start reviewing."""
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop after the review in hand."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(120)
+
+    def _run(self) -> None:
+        headers = {
+            "Authorization": f"Bearer {self.fleet.keys['internal']}",
+            "X-Reviewer": "fault-suite",
         }
-    )
+        while not self._stop.is_set():
+            try:
+                self._review_one(headers)
+            except (httpx.HTTPError, KeyError, ValueError):
+                self.errors += 1  # hitl is down or was killed mid-request: claim again
+                self._stop.wait(0.5)
 
-    def wait(self, name: str, timeout_s: float = 30) -> bool:
-        """Block until `name` writes again; False if it wrote nothing within `timeout_s`."""
-        if name in self.lines:
-            return self._wait_line(name, timeout_s)
-        return self._wait_offsets(Topic.INTERACTION_JUDGED, timeout_s)
+    def _review_one(self, headers: dict[str, str]) -> None:
+        api = f"{self.fleet.url('hitl')}/api/v1"
+        got = httpx.post(f"{api}/claims", headers=headers, timeout=30)
+        if got.status_code == 204:
+            self._stop.wait(0.5)
+            return
+        got.raise_for_status()
+        claim = got.json()
+        item = claim["item"]
+        interaction = item["event"]["interaction"]
+        ours = self.marker in _question(interaction)
+        body = {
+            "action": "approved" if ours else "skipped",
+            "lease_token": claim["lease_token"],
+            "answer": interaction["answer"] or "(empty)",
+            "reason": "fault suite" if ours else "another test's item",
+            "oracle_chunk_ids": [],
+        }
+        done = httpx.post(
+            f"{api}/items/{item['id']}/reviews", json=body, headers=headers, timeout=30
+        )
+        if done.status_code < 300 and ours:
+            self.reviewed.append(str(interaction["interaction_id"]))
+        elif done.status_code >= 300:
+            self.errors += 1
 
-    def _wait_line(self, name: str, timeout_s: float) -> bool:
-        log = self.fleet.services[name].log
-        seen = log.stat().st_size
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            with log.open("rb") as f:
-                f.seek(seen)
-                if self.lines[name].encode() in f.read():
-                    return True
-            time.sleep(0.02)
-        return False
 
-    def _wait_offsets(self, topic: Topic, timeout_s: float) -> bool:
-        from kafka import KafkaConsumer, TopicPartition
+def trainer_records(fleet: Fleet, marker: str) -> list[Record]:
+    """Examples of this run in the trainer's dataset, one record per row."""
+    db = fleet.folder / "var" / "trainer" / "dataset.sqlite3"
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30) as conn:
+        rows = conn.execute(
+            "select example_id, interaction_id from trainer_examples where question like ?",
+            (f"%{marker}%",),
+        ).fetchall()
+    return [Record(str(iid), str(example_id)) for example_id, iid in rows]
 
-        consumer = KafkaConsumer(bootstrap_servers=self.fleet.kafka.servers, group_id=None)
-        try:
-            tps = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
-            start = sum(consumer.end_offsets(tps).values())
-            deadline = time.monotonic() + timeout_s
-            while time.monotonic() < deadline:
-                if sum(consumer.end_offsets(tps).values()) > start:
-                    return True
-                time.sleep(0.02)
-            return False
-        finally:
-            consumer.close()
+
+def _by_interaction(objs: list[dict[str, object]], ids: set[str]) -> list[Record]:
+    return [
+        Record(str(o.get("interaction_id")), str(o.get("event_id")))
+        for o in objs
+        if str(o.get("interaction_id")) in ids
+    ]
+
+
+def review_stages(fleet: Fleet, marker: str, reviewed: set[str]) -> list[Stage]:
+    """What the reviews of this run became: review.completed, curated, the trainer's dataset.
+
+    review.completed and curated are keyed by event id (hitl's outbox relays each once, with a
+    fixed id); the trainer's rows by example id, so one interaction curated twice under two
+    example ids shows as a duplicate.
+    """
+    kafka = fleet.kafka
+    reviews = decoded(read_topic(kafka, Topic.REVIEW_COMPLETED))
+    curated = decoded(read_topic(kafka, Topic.EXAMPLE_CURATED))
+    return [
+        Stage("hitl -> review.completed", _by_interaction(reviews, reviewed)),
+        Stage("hitl -> dataset.example.curated", _by_interaction(curated, reviewed)),
+        Stage(
+            "trainer -> dataset (DB)",
+            trainer_records(fleet, marker),
+            group_lag(kafka, "trainer", Topic.EXAMPLE_CURATED),
+        ),
+    ]
+
+
+def wait_until_curated(fleet: Fleet, marker: str, ids: set[str], timeout_s: float) -> float:
+    """Wait until every reviewed id is in the trainer's dataset; the seconds waited."""
+    start = time.monotonic()
+    while time.monotonic() - start < timeout_s:
+        if ids <= {r.interaction_id for r in trainer_records(fleet, marker)}:
+            break
+        time.sleep(2)
+    return time.monotonic() - start
+
+
+@contextmanager
+def one_review_per_item(fleet: Fleet) -> Iterator[None]:
+    """No second-reviewer overlap while the block runs, so each approval completes its item.
+
+    hitl gives a share of items to two reviewers (agreement statistics); the fault test has one
+    reviewer, and an item waiting for its second review is not curated yet.
+    """
+    url = f"{fleet.url('hitl')}/api/v1/routing"
+    headers = {"Authorization": f"Bearer {fleet.keys['admin']}"}
+    old = httpx.get(url, headers=headers, timeout=30).raise_for_status().json()
+    httpx.put(url, json=old | {"overlap_rate": 0.0}, headers=headers, timeout=30).raise_for_status()
+    try:
+        yield
+    finally:
+        httpx.put(url, json=old, headers=headers, timeout=120).raise_for_status()

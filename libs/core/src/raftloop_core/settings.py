@@ -10,7 +10,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEV_SECRET_PREFIX = "dev-"
@@ -37,6 +37,18 @@ class RuntimeSettings(BaseSettings):
     data_dir: Path = Field(default=Path("var"), description="All local state lives here.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "text"] = "json"
+    failpoints_dir: Path | None = Field(
+        default=None, description="Fault-injection tests only; refused in production."
+    )
+
+    @model_validator(mode="after")
+    def _no_failpoints_in_production(self) -> RuntimeSettings:
+        if self.failpoints_dir is not None and self.mode is Mode.PRODUCTION:
+            raise ValueError(
+                "RAFTLOOP_FAILPOINTS_DIR is set in production mode; it lets a file kill the "
+                "service and is for fault-injection tests only: unset it"
+            )
+        return self
 
     @property
     def production(self) -> bool:

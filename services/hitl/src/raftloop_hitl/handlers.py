@@ -8,6 +8,7 @@ import logging
 from sqlalchemy import Engine
 
 from raftloop_core import events as ev
+from raftloop_core.faults import crash_point
 from raftloop_core.topics import Topic
 from raftloop_hitl import policies
 from raftloop_hitl.store import ReviewStore
@@ -61,6 +62,7 @@ class Handlers:
                 "overall": event.judgement.overall,
             },
         )
+        crash_point("hitl.after_write")  # fault tests: written, offset not yet committed
 
     async def on_feedback_received(self, event: ev.FeedbackReceived) -> None:
         """chat.feedback -> attach to the item, re-route or re-prioritise it."""

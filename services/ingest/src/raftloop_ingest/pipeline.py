@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, replace
 from uuid import UUID
 
 from raftloop_core.events import ChatCompleted, FeedbackReceived, InteractionIngested
+from raftloop_core.faults import crash_point
 from raftloop_ingest.domain import (
     IngestStore,
     PendingFeedback,
@@ -79,6 +80,8 @@ class Pipeline:
             ]
             await self.publish_many(outs)
             self.store.save_many(staged)
+            crash_point("ingest.after_write")  # fault tests: written, offset not yet committed
+            crash_point("ingest.after_write")  # fault tests: written, offset not yet committed
         log.debug("interactions ingested", extra={"count": len(outs)})
         return outs
 

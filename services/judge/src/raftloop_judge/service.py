@@ -14,6 +14,7 @@ from raftloop_core.events import (
     Judgement,
     ReviewCompleted,
 )
+from raftloop_core.faults import crash_point
 from raftloop_judge import domain
 from raftloop_judge.calibration import Calibrator, agreement, fit_calibrator
 from raftloop_judge.judge import Judge
@@ -63,6 +64,10 @@ class JudgeService:
     async def handle(self, event: InteractionIngested) -> InteractionJudged | None:
         """Judge one ingested interaction unless already done; publish the judgement."""
         if await asyncio.to_thread(self.store.is_processed, event.event_id):
+            log.info(
+                "redelivered ingested event skipped",
+                extra={"event_id": str(event.event_id), "tenant": event.tenant},
+            )
             return None
         interaction = event.interaction
         out_id = domain.output_event_id(
@@ -84,6 +89,7 @@ class JudgeService:
             self.errors += judgement.error is not None
         await self.publish(out)
         await asyncio.to_thread(self.store.mark_processed, event.event_id, out_id)
+        crash_point("judge.after_write")  # fault tests: written, offset not yet committed
         return out
 
     async def handle_many(self, events: Sequence[InteractionIngested]) -> list[BaseException]:

@@ -21,6 +21,7 @@ from raftloop_core.events import (
     ExampleCurated,
     TrainingRunFinished,
 )
+from raftloop_core.faults import crash_point
 from raftloop_core.messaging import consumer_options
 from raftloop_core.service import ReadinessCheck, add_ops_routes, blocking_check, broker_check
 from raftloop_core.telemetry import instrument_broker
@@ -110,6 +111,7 @@ def _subscribe(
                 "outcome": outcome,
             },
         )
+        crash_point("trainer.after_write")  # fault tests: written, offset not yet committed
         scheduler.wake.set()
 
 
