@@ -119,7 +119,20 @@ def encoded_dataset(tokenizer: Any, config: TrainConfig) -> list[dict[str, list[
     examples = load_examples(config.examples_path)
     if not examples:
         raise ValueError(f"{config.examples_path} holds no examples; nothing to train on")
-    return [encode_example(tokenizer, m, max_length=config.params.max_length) for m in examples]
+    limit = config.params.max_length
+    encoded = [encode_example(tokenizer, m, max_length=limit) for m in examples]
+    # A cut example fills max_length exactly; its documents lost their middle, often the oracle,
+    # and the model learns to quote text it cannot see.
+    cut = sum(len(e["input_ids"]) == limit for e in encoded)
+    if cut:
+        log.warning(
+            "%d of %d examples are longer than max_length %d and lose the middle of their "
+            "documents; raise max_length (TRAINER_LORA) or retrieve shorter chunks",
+            cut,
+            len(encoded),
+            limit,
+        )
+    return encoded
 
 
 def training_arguments(config: TrainConfig, device: str) -> Any:
