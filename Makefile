@@ -54,7 +54,7 @@ reliability: install system-deps
 
 # The closed loop end to end (about half an hour on two cores): raftloop up, then raftloop demo.
 e2e: install
-	RAFTLOOP_E2E_LOOP=1 $(BIN)/python -m pytest tests/e2e $(PYTEST_ARGS)
+	$(BIN)/python -m pytest tests/e2e $(PYTEST_ARGS)
 
 check: install
 	$(BIN)/ruff format --check .
