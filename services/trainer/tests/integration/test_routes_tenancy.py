@@ -31,6 +31,7 @@ from raftloop_core.settings import KafkaSettings, RuntimeSettings
 from raftloop_core.topics import Topic
 from raftloop_trainer.adapters import KafkaEventSink
 from raftloop_trainer.app import create_app
+from raftloop_trainer.domain import is_holdout
 from raftloop_trainer.main import build_runner
 from raftloop_trainer.runner import Runner
 from raftloop_trainer.settings import TrainerSettings
@@ -76,11 +77,18 @@ class Trainer:
         return self.runner.registry.serving(self.settings.alias).adapter_id
 
 
+def training_example_id() -> uuid.UUID:
+    """A random example id that the hash split puts in training (a fifth are held out)."""
+    while is_holdout(str(example_id := uuid.uuid4())):
+        pass
+    return example_id
+
+
 def curated(tenant: str) -> ExampleCurated:
     answer = "Plan 1 costs 4 dollars."
     return ExampleCurated(
         tenant=tenant,
-        example_id=uuid.uuid4(),
+        example_id=training_example_id(),  # pending counts training examples only
         interaction_id=uuid.uuid4(),
         source="approved",
         messages=[ChatMessage(role="user", content="What does plan 1 cost?")],
