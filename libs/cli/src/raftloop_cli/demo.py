@@ -492,7 +492,8 @@ def run_demo(d: Demo, kb: Any, seed: int) -> None:
         raise DemoError("the trainer's automatic runs are off (TRAINER_AUTO_TRAIN=false)")
     old_routing = d.review_everything()
     console.print(
-        f"{SIMULATED}s now review every interaction of tenant {d.tenant!r} (restored at the end)"
+        f"simulated reviewers ({SIMULATED!r} in every review's reason) now review every "
+        f"interaction of tenant {d.tenant!r} (restored at the end)"
     )
     try:
         with Progress(
