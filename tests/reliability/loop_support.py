@@ -37,7 +37,29 @@ def ask(fleet: Fleet, question: str, *, key: str, stream: bool = False) -> httpx
 
 
 @dataclass
-class Traffic:
+class Background:
+    """A loop that runs `_run` on a daemon thread until `stop()`; `_run` checks `_stop`."""
+
+    _stop: threading.Event = field(default_factory=threading.Event, kw_only=True)
+    _thread: threading.Thread | None = field(default=None, kw_only=True)
+
+    def start(self) -> None:
+        """Start the loop."""
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop after the step in hand and wait for it."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(120)
+
+    def _run(self) -> None:
+        raise NotImplementedError
+
+
+@dataclass
+class Traffic(Background):
     """A steady flow of chat requests on a thread; keeps the ids the gateway acknowledged."""
 
     fleet: Fleet
@@ -46,19 +68,6 @@ class Traffic:
     acked: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     sent: int = 0
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _thread: threading.Thread | None = None
-
-    def start(self) -> None:
-        """Start sending."""
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        """Stop sending and wait for the last request."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(120)
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -149,7 +158,7 @@ def stages(fleet: Fleet, marker: str) -> list[Stage]:
 
 
 @dataclass
-class Reviewer:
+class Reviewer(Background):
     """A reviewer on a thread: claims queue items and approves those of this run.
 
     Items of other tests are skipped. `reviewed` keeps the interaction ids whose review the
@@ -160,19 +169,6 @@ class Reviewer:
     marker: str
     reviewed: list[str] = field(default_factory=list)
     errors: int = 0
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _thread: threading.Thread | None = None
-
-    def start(self) -> None:
-        """Start reviewing."""
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        """Stop after the review in hand."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(120)
 
     def _run(self) -> None:
         headers = {

@@ -81,7 +81,6 @@ class Pipeline:
             await self.publish_many(outs)
             self.store.save_many(staged)
             crash_point("ingest.after_write")  # fault tests: written, offset not yet committed
-            crash_point("ingest.after_write")  # fault tests: written, offset not yet committed
         log.debug("interactions ingested", extra={"count": len(outs)})
         return outs
 
