@@ -7,7 +7,7 @@ No framework imports and no I/O; the ports that `adapters.py`, `local.py`, `upst
 from __future__ import annotations
 
 import hashlib
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
@@ -74,9 +74,57 @@ class AdapterUnavailable(GatewayError):
     code = "adapter_refused"
 
 
+class UnsupportedSchema(GatewayError):
+    """A JSON schema (or tool parameters) uses a feature the constrained decoder cannot enforce."""
+
+    status = 400
+    code = "unsupported_schema"
+
+
+@dataclass(frozen=True)
+class ToolSpec:
+    """A function the model may call: its name, description and JSON schema of arguments."""
+
+    name: str
+    description: str = ""
+    parameters: Mapping[str, object] = field(default_factory=dict)
+
+
+TOOL_CALL_OPEN = "<tool_call>"
+TOOL_CALL_CLOSE = "</tool_call>"
+"""The Hermes convention: each call is `<tool_call>{"name": .., "arguments": {..}}</tool_call>`."""
+
+
+@dataclass(frozen=True)
+class Constraint:
+    """What the decoder must keep the output to.
+
+    `json`: the whole output is one JSON value matching `schema` (None: any JSON object).
+    `tools`: the output is one or more tool calls in the Hermes layout, each call's arguments
+    matching its function's parameters; with `tool_choice` "auto" free text (not starting with
+    `<`) is allowed instead, and a function's name forces that function.
+    """
+
+    kind: Literal["json", "tools"]
+    schema: Mapping[str, object] | None = None
+    tools: tuple[ToolSpec, ...] = ()
+    tool_choice: str = "auto"
+
+    def key(self) -> str:
+        """A stable cache key for the compiled grammar."""
+        import json
+
+        tools = [(t.name, t.parameters) for t in self.tools]
+        return json.dumps([self.kind, self.schema, tools, self.tool_choice], sort_keys=True)
+
+
+Lane = Literal["chat", "internal"]
+"""Admission lane: chat clients, or the platform's own callers (judge, gate)."""
+
+
 @dataclass(frozen=True)
 class GenerationRequest:
-    """What a backend is asked to produce."""
+    """What a backend is asked to produce (`n` choices, each its own sequence)."""
 
     messages: list[ChatMessage]
     max_tokens: int
@@ -88,6 +136,8 @@ class GenerationRequest:
     logprobs: bool = False
     top_logprobs: int = 0
     stream: bool = False
+    n: int = 1
+    constraint: Constraint | None = None
 
 
 @dataclass(frozen=True)
@@ -108,6 +158,8 @@ class Piece:
     finish_reason: str | None = None
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+    index: int = 0
+    """Which of the request's `n` choices this piece belongs to."""
 
 
 class Backend(Protocol):
@@ -130,6 +182,14 @@ class Backend(Protocol):
 
     async def prepare(self, adapter_id: str) -> None:
         """Make an adapter servable ahead of its first request; idempotent."""
+        ...
+
+    async def check_constraint(self, constraint: Constraint) -> None:
+        """Compile (and cache) a constraint ahead of the request, off the event loop.
+
+        Raises:
+            UnsupportedSchema: a schema feature this backend cannot enforce.
+        """
         ...
 
 
