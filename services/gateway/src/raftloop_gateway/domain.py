@@ -138,6 +138,10 @@ class GenerationRequest:
     stream: bool = False
     n: int = 1
     constraint: Constraint | None = None
+    parallel_tool_calls: bool = True
+    """False: at most one tool call per choice (the gateway keeps only the first)."""
+    native: NativeTools | None = None
+    """Set when the client sent tools or a response format (see `NativeTools`)."""
 
 
 @dataclass(frozen=True)
@@ -160,6 +164,8 @@ class Piece:
     completion_tokens: int | None = None
     index: int = 0
     """Which of the request's `n` choices this piece belongs to."""
+    tool_calls: list[ToolCall] = field(default_factory=list)
+    """Calls a backend parsed itself (an upstream server's `tool_calls`), complete ones only."""
 
 
 class Backend(Protocol):
@@ -363,3 +369,28 @@ class StopScanner:
         """The held-back tail once generation ended without a stop string."""
         out, self.pending = ("" if self.stopped else self.pending), ""
         return out
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    """A function call in an answer: its id, the function's name and its arguments as JSON text."""
+
+    id: str
+    name: str
+    arguments: str
+
+
+@dataclass(frozen=True)
+class NativeTools:
+    """The client's tool and format fields in OpenAI's shape, for backends that take them as is.
+
+    An upstream vLLM applies its own chat template, tool parser and guided decoding.
+    `messages` is the conversation with `tool` turns and assistant `tool_calls` kept, and the
+    retrieved sources added the same way as in `GenerationRequest.messages`.
+    """
+
+    messages: tuple[Mapping[str, object], ...]
+    tools: tuple[Mapping[str, object], ...] = ()
+    tool_choice: str | Mapping[str, object] | None = None
+    parallel_tool_calls: bool | None = None
+    response_format: Mapping[str, object] | None = None
