@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import gc
 import logging
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
 
 from fastapi import Depends, FastAPI, Request
@@ -172,6 +172,7 @@ def create_app(
     app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)
     metrics = CollectorRegistry()
     _capture_metrics(metrics, capture)
+    _engine_metrics(metrics, backend)
     instrument_broker(broker, metrics, service="gateway")
     metrics.register(ServingAdapterInfo(state))
     add_ops_routes(
@@ -198,6 +199,26 @@ def _async_value(read: Any) -> Any:
         return bool(read())
 
     return check
+
+
+def _engine_metrics(metrics: CollectorRegistry, backend: Backend) -> None:
+    """Rows in the batch, jobs waiting, steps and tokens of the local engine (0 before load)."""
+
+    def read(name: str) -> Callable[[], float]:
+        def value() -> float:
+            engine = getattr(backend, "engine", None)
+            return float(getattr(engine, name, 0)) if engine is not None else 0.0
+
+        return value
+
+    for name, doc, attr in (
+        ("raftloop_gateway_engine_running", "Sequences in the running batch.", "running"),
+        ("raftloop_gateway_engine_waiting", "Requests waiting to join the batch.", "waiting"),
+        ("raftloop_gateway_engine_steps", "Batched decode steps run.", "steps"),
+        ("raftloop_gateway_engine_tokens", "Tokens generated.", "tokens"),
+        ("raftloop_gateway_engine_adapters", "LoRA adapters loaded.", "adapters_loaded"),
+    ):
+        Gauge(name, doc, registry=metrics).set_function(read(attr))
 
 
 def _capture_metrics(metrics: CollectorRegistry, capture: CapturePublisher) -> None:

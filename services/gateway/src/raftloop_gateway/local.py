@@ -1,7 +1,8 @@
-"""The local backend: transformers + peft on CPU or GPU, generation on worker threads.
+"""The local backend: transformers + peft on CPU or GPU, served by the batching engine.
 
 One base model; LoRA adapters are loaded from verified registry folders into one PeftModel and
-selected per request through `AdapterGate`. Tokens stream to the event loop as they are made.
+selected per row, so requests for different adapters and for the base share each forward pass
+(`engine.py`). Tokens stream to the event loop as they are made.
 """
 
 from __future__ import annotations
@@ -9,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections import OrderedDict
 from collections.abc import AsyncGenerator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -18,21 +18,19 @@ from typing import Any
 from raftloop_core.events import ChatMessage
 from raftloop_gateway.domain import (
     BASE,
-    AdapterUnavailable,
+    Constraint,
     GenerationRequest,
     NotReady,
     Piece,
-    StopScanner,
 )
-from raftloop_gateway.gate import AdapterGate
-from raftloop_gateway.sampling import step_tokens
+from raftloop_gateway.engine import AdapterSlots, Engine, Job, Row
+from raftloop_gateway.sampling import generator_for
 
 log = logging.getLogger(__name__)
-_DONE = object()
 
 
 class LocalBackend:
-    """A Hugging Face causal LM with hot-swappable LoRA adapters."""
+    """A Hugging Face causal LM with hot-swappable LoRA adapters, batched across requests."""
 
     def __init__(
         self,
@@ -40,28 +38,33 @@ class LocalBackend:
         *,
         name: str,
         resolve: Callable[[str], Path],
-        workers: int = 1,
+        max_batch: int = 16,
         max_adapters: int = 4,
     ) -> None:
         self.base_model = name
         self.model_path = model_path
         self._resolve = resolve
-        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="generate")
-        self._gate = AdapterGate()
-        self._loaded: OrderedDict[str, None] = OrderedDict()
+        self._max_batch = max_batch
         self._max_adapters = max_adapters
-        self._model: Any = None
+        # Loading, tokenizing and grammar compiles; the engine has its own thread.
+        self._executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="backend")
+        self._engine: Engine | None = None
         self._tokenizer: Any = None
-        self._eos: set[int] = set()
+        self._grammars: Any = None
         self.load_error: str | None = None
 
     @property
     def ready(self) -> bool:
-        """Whether the base model is loaded."""
-        return self._model is not None
+        """Whether the base model is loaded and the engine runs."""
+        return self._engine is not None
+
+    @property
+    def engine(self) -> Engine | None:
+        """The batching engine, once the model is loaded."""
+        return self._engine
 
     def load(self) -> None:
-        """Load the base model and tokenizer (blocking; run it off the event loop)."""
+        """Load the base model and tokenizer and start the engine (blocking; off the loop)."""
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -77,10 +80,19 @@ class LocalBackend:
             raise
         model.eval()
         eos = model.generation_config.eos_token_id
-        self._eos = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+        eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
         if tokenizer.eos_token_id is not None:
-            self._eos.add(tokenizer.eos_token_id)
-        self._tokenizer, self._model = tokenizer, model
+            eos_ids.add(tokenizer.eos_token_id)
+        self._tokenizer = tokenizer
+        engine = Engine(
+            model,
+            tokenizer,
+            eos=eos_ids,
+            max_batch=self._max_batch,
+            adapters=AdapterSlots(self._resolve, self._max_adapters),
+        )
+        engine.start()
+        self._engine = engine
         log.info("base model loaded", extra={"model": self.base_model})
 
     async def start(self) -> None:
@@ -88,7 +100,9 @@ class LocalBackend:
         await asyncio.get_running_loop().run_in_executor(self._executor, self.load)
 
     def close(self) -> None:
-        """Stop the worker threads."""
+        """Stop the engine and the worker threads."""
+        if self._engine is not None:
+            self._engine.stop()
         self._executor.shutdown(wait=False, cancel_futures=True)
 
     def _prompt(self, messages: Sequence[ChatMessage]) -> str:
@@ -98,68 +112,57 @@ class LocalBackend:
         )
         return text
 
+    def _encode(self, messages: Sequence[ChatMessage]) -> list[int]:
+        ids: list[int] = self._tokenizer(self._prompt(messages), add_special_tokens=False).input_ids
+        return ids
+
     def count_tokens(self, messages: Sequence[ChatMessage]) -> int:
         """Prompt length in tokens."""
         if not self.ready:
             return sum(len(m.content) for m in messages) // 4
-        return len(self._tokenizer(self._prompt(messages), add_special_tokens=False).input_ids)
+        return len(self._encode(messages))
 
-    # ---------------------------------------------------------------- adapters
-
-    def _load_adapter(self, adapter_id: str) -> None:
-        from peft import PeftModel
-
-        if adapter_id in self._loaded:
-            self._loaded.move_to_end(adapter_id)
-            return
-        folder = self._resolve(adapter_id)
-        with self._gate.exclusive():
-            if adapter_id in self._loaded:
-                return
-            if isinstance(self._model, PeftModel):
-                self._model.load_adapter(str(folder), adapter_name=adapter_id)
-            else:
-                self._model = PeftModel.from_pretrained(
-                    self._model, str(folder), adapter_name=adapter_id, is_trainable=False
-                )
-            self._model.eval()
-            self._loaded[adapter_id] = None
-            while len(self._loaded) > self._max_adapters:
-                evicted, _ = self._loaded.popitem(last=False)
-                self._model.delete_adapter(evicted)
-            self._gate.active = None  # loading changes which adapter peft has active
-        log.info("adapter loaded", extra={"adapter_id": adapter_id})
+    # ---------------------------------------------------------------- adapters and grammars
 
     async def prepare(self, adapter_id: str) -> None:
-        """Load a verified adapter ahead of its first request."""
+        """Load a verified adapter ahead of its first request (on the engine thread)."""
+        engine = self._engine
+        if engine is None or adapter_id == BASE:
+            return
+
+        def load() -> None:
+            if not engine.ensure_adapter(adapter_id):
+                log.info("adapter slots all busy; it loads with its first request")
+
+        await asyncio.wrap_future(engine.call(load))
+
+    def _grammar_cache(self) -> Any:
+        if self._grammars is None:
+            from raftloop_gateway.constrain import GrammarCache
+
+            vocab = int(self._engine.model.config.vocab_size) if self._engine else 0
+            self._grammars = GrammarCache(self._tokenizer, vocab)
+        return self._grammars
+
+    async def check_constraint(self, constraint: Constraint) -> None:
+        """Compile the constraint's grammar (cached) off the event loop.
+
+        Raises:
+            UnsupportedSchema: the schema uses something the decoder cannot enforce.
+        """
         if not self.ready:
             return
-        await asyncio.get_running_loop().run_in_executor(
-            self._executor, self._load_adapter, adapter_id
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(
+            self._executor, lambda: self._grammar_cache().compile(constraint)
         )
-
-    def _activate(self, key: str) -> None:
-        from peft import PeftModel
-
-        model: Any = self._model
-        if not isinstance(model, PeftModel):
-            if key != BASE:
-                raise KeyError(key)
-            return
-        lora: Any = model.base_model
-        if key == BASE:
-            lora.disable_adapter_layers()
-            return
-        if key not in self._loaded:
-            raise KeyError(key)
-        lora.enable_adapter_layers()
-        model.set_adapter(key)
 
     # ---------------------------------------------------------------- generation
 
     async def generate(self, request: GenerationRequest) -> AsyncGenerator[Piece, None]:
-        """Stream the answer; closing the iterator stops generation at the next token."""
-        if not self.ready:
+        """Stream the answer's pieces (all `n` choices); closing the iterator frees the rows."""
+        engine = self._engine
+        if engine is None:
             raise NotReady(self.load_error or "the model is still loading; retry in a few seconds")
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[object] = asyncio.Queue()
@@ -168,71 +171,37 @@ class LocalBackend:
         def emit(item: object) -> None:
             loop.call_soon_threadsafe(queue.put_nowait, item)
 
-        future = loop.run_in_executor(self._executor, self._run, request, emit, cancel)
+        prompt = await loop.run_in_executor(self._executor, self._encode, request.messages)
+        matchers: list[Any] = [None] * request.n
+        if request.constraint is not None:
+            grammars = self._grammar_cache()
+            constraint = request.constraint
+            matchers = await loop.run_in_executor(
+                self._executor,
+                lambda: [grammars.matcher(constraint) for _ in range(request.n)],
+            )
+        rows = [
+            Row(
+                request,
+                index,
+                emit,
+                cancel,
+                matcher=matchers[index],
+                generator=generator_for(request.seed, index),
+            )
+            for index in range(request.n)
+        ]
+        engine.submit(Job(prompt, rows))
+        remaining = request.n
         try:
-            while True:
+            while remaining:
                 item = await queue.get()
-                if item is _DONE:
-                    break
                 if isinstance(item, BaseException):
                     raise item
                 assert isinstance(item, Piece)
+                if item.finish_reason is not None:
+                    remaining -= 1
                 yield item
         finally:
             cancel.set()
-            if future.done() and not future.cancelled():
-                future.exception()  # already reported through the queue
-
-    def _run(
-        self, request: GenerationRequest, emit: Callable[[object], None], cancel: threading.Event
-    ) -> None:
-        try:
-            key = request.adapter_id or BASE
-            for _ in range(3):  # an eviction may race the load; try again
-                if key != BASE:
-                    self._load_adapter(key)
-                try:
-                    with self._gate.use(key, self._activate):
-                        self._decode(request, emit, cancel)
-                    break
-                except KeyError:
-                    continue
-            else:
-                raise AdapterUnavailable(f"adapter {key[:12]} could not be kept loaded; retry")
-        except BaseException as exc:  # handed to the event loop, which re-raises it
-            emit(exc)
-        finally:
-            emit(_DONE)
-
-    def _decode(
-        self, request: GenerationRequest, emit: Callable[[object], None], cancel: threading.Event
-    ) -> None:
-        tokenizer = self._tokenizer
-        prompt = tokenizer(self._prompt(request.messages), add_special_tokens=False).input_ids
-        scanner = StopScanner(request.stop)
-        generated: list[int] = []
-        sent = ""
-        finish = "length"
-        for token_id, info in step_tokens(self._model, prompt, request, self._eos, tokenizer):
-            if cancel.is_set():
-                finish = "abort"
-                break
-            if token_id is None:
-                finish = "stop"
-                break
-            generated.append(token_id)
-            text = tokenizer.decode(generated, skip_special_tokens=True)
-            new = "" if text.endswith("\ufffd") else text[len(sent) :]
-            sent += new
-            emit(Piece(text=scanner.feed(new), tokens=[info] if info else []))
-            if scanner.stopped:
-                finish = "stop"
-                break
-        emit(
-            Piece(
-                text=scanner.flush(),
-                finish_reason=finish,
-                prompt_tokens=len(prompt),
-                completion_tokens=len(generated),
-            )
-        )
+            engine.wake()  # the row leaves the batch at the next step

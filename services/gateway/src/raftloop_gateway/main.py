@@ -56,7 +56,7 @@ def _backend(settings: GatewaySettings, registry: AdapterRegistry) -> Backend:
         path,
         name=settings.base_model_name or path.name,
         resolve=registry.get,
-        workers=settings.max_concurrency,
+        max_batch=settings.max_concurrency,
         max_adapters=settings.max_adapters,
     )
 

@@ -1,29 +1,30 @@
-"""Token-by-token decoding with a KV cache: sampling, seeds and log probabilities."""
+"""Choosing a row's next token: greedy, temperature and nucleus sampling, seeds, log probs."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
-from raftloop_gateway.domain import GenerationRequest, TokenInfo
+from raftloop_gateway.domain import TokenInfo
 
 
-def _pick(logits: Any, request: GenerationRequest, generator: Any) -> int:
+def pick(logits: Any, *, temperature: float, top_p: float, generator: Any) -> int:
+    """The next token of one row from its (already masked) logits."""
     import torch
 
-    if request.temperature <= 0:
+    if temperature <= 0:
         return int(torch.argmax(logits))
-    probs = torch.softmax(logits / request.temperature, dim=-1)
-    if request.top_p < 1.0:
+    probs = torch.softmax(logits / temperature, dim=-1)
+    if top_p < 1.0:
         sorted_probs, order = torch.sort(probs, descending=True)
-        beyond = torch.cumsum(sorted_probs, dim=-1) - sorted_probs > request.top_p
+        beyond = torch.cumsum(sorted_probs, dim=-1) - sorted_probs > top_p
         sorted_probs = sorted_probs.masked_fill(beyond, 0.0)
         choice = torch.multinomial(sorted_probs / sorted_probs.sum(), 1, generator=generator)
         return int(order[choice])
     return int(torch.multinomial(probs, 1, generator=generator))
 
 
-def _info(logprobs: Any, token_id: int, top: int, tokenizer: Any) -> TokenInfo:
+def token_info(logprobs: Any, token_id: int, top: int, tokenizer: Any) -> TokenInfo:
+    """The chosen token's log probability and the `top` most likely alternatives."""
     import torch
 
     alternatives: list[tuple[str, float]] = []
@@ -35,29 +36,10 @@ def _info(logprobs: Any, token_id: int, top: int, tokenizer: Any) -> TokenInfo:
     return TokenInfo(tokenizer.decode([token_id]), float(logprobs[token_id]), alternatives)
 
 
-def step_tokens(
-    model: Any, prompt: list[int], request: GenerationRequest, eos: set[int], tokenizer: Any
-) -> Iterator[tuple[int | None, TokenInfo | None]]:
-    """Yield (token id, its log-prob info) per step; a None id means end of sequence."""
+def generator_for(seed: int | None, choice: int) -> Any:
+    """A private random stream per choice, so a seeded request repeats whatever it shares."""
     import torch
 
-    generator = None
-    if request.seed is not None:
-        generator = torch.Generator().manual_seed(request.seed % 2**63)
-    input_ids = torch.tensor([prompt])
-    past = None
-    with torch.inference_mode():
-        for _ in range(request.max_tokens):
-            out = model(input_ids=input_ids, cache=past, use_cache=True)
-            past = out.get("cache")
-            logits = out.logits[0, -1].float()
-            token_id = _pick(logits, request, generator)
-            if token_id in eos:
-                yield None, None
-                return
-            info = None
-            if request.logprobs:
-                logprobs = torch.log_softmax(logits, dim=-1)
-                info = _info(logprobs, token_id, request.top_logprobs, tokenizer)
-            yield token_id, info
-            input_ids = torch.tensor([[token_id]])
+    if seed is None:
+        return None
+    return torch.Generator().manual_seed((seed + choice) % 2**63)

@@ -32,7 +32,14 @@ class GatewaySettings(BaseSettings):
     registry_dir: Path | None = Field(default=None, description="Default: <data dir>/registry.")
     alias: str = "serving"
     alias_poll_s: float = Field(default=2.0, gt=0, description="Alias file re-read interval.")
-    max_adapters: int = Field(default=4, ge=1, description="LoRA adapters kept loaded at once.")
+    max_adapters: int = Field(
+        default=8,
+        ge=1,
+        validation_alias=AliasChoices(
+            "GATEWAY_MAX_LOADED_ADAPTERS", "GATEWAY_MAX_ADAPTERS", "max_adapters"
+        ),
+        description="LoRA adapters resident at once (least recently used out).",
+    )
 
     upstream_url: str | None = None
     upstream_api_key: SecretStr | None = None
@@ -55,8 +62,21 @@ class GatewaySettings(BaseSettings):
         description="raft: the trainer's RAFT layout (what adapters learn); sources: a list.",
     )
 
-    max_concurrency: int = Field(default=1, ge=1, description="Generations running at once.")
-    max_queue: int = Field(default=16, ge=0, description="Requests waiting; beyond: 429.")
+    max_concurrency: int = Field(
+        default=16,
+        ge=1,
+        description="Sequences generating at once: the local engine's batch (rows per step).",
+    )
+    max_queue: int = Field(
+        default=16, ge=0, description="Chat requests waiting for a slot; beyond: 429."
+    )
+    internal_max_queue: int = Field(
+        default=64, ge=0, description="Internal requests (judge, gate) waiting; beyond: 429."
+    )
+    chat_weight: int = Field(default=1, ge=1, description="Chat lane's share of free slots.")
+    internal_weight: int = Field(
+        default=1, ge=1, description="Internal lane's share of free slots (judge, gate)."
+    )
     max_request_bytes: int = Field(default=256 * 1024, ge=1024)
     max_prompt_tokens: int = Field(default=4096, ge=16)
     max_tokens_limit: int = Field(default=1024, ge=1)
