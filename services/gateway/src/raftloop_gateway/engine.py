@@ -287,7 +287,7 @@ class Engine:
         live = []
         for row in job.rows:
             row.prompt_tokens = len(job.prompt)
-            self._advance(row, logits.clone())
+            self._advance_or_fail(row, logits.clone())
             live.append(not row.finished)
         if not any(live):
             return
@@ -311,9 +311,18 @@ class Engine:
         self._batch.cache = out.past_key_values
         logits = out.logits[:, -1].float()
         for i, row in enumerate(rows):
-            self._advance(row, logits[i])
+            self._advance_or_fail(row, logits[i])
         self.steps += 1
         self._retire()
+
+    def _advance_or_fail(self, row: Row, logits: Any) -> None:
+        """Advance one row; a failure (a grammar that hit its limits) ends that row alone."""
+        try:
+            self._advance(row, logits)
+        except Exception as exc:
+            log.exception("a row failed; it ends, the batch goes on")
+            row.finished = True
+            row.emit(_failed(exc))
 
     def _advance(self, row: Row, logits: Any) -> None:
         """Choose the row's next token from its logits, stream it, and see if the row is done."""
