@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx2
@@ -15,7 +16,15 @@ import openai
 from openai import AsyncOpenAI
 
 from raftloop_core.events import ChatMessage
-from raftloop_gateway.domain import GatewayError, GenerationRequest, Piece, TokenInfo
+from raftloop_gateway.domain import (
+    Constraint,
+    GatewayError,
+    GenerationRequest,
+    Piece,
+    TokenInfo,
+    ToolCall,
+)
+from raftloop_gateway.tools import new_call_id
 
 
 class UpstreamFailed(GatewayError):
@@ -32,25 +41,54 @@ class UpstreamOverloaded(GatewayError):
     code = "upstream_rate_limited"
 
 
-def _piece(done: dict[str, Any]) -> Piece:
-    choice = done["choices"][0]
-    usage = done.get("usage") or {}
-    content = (choice.get("logprobs") or {}).get("content") or []
-    tokens = [
-        TokenInfo(
-            t["token"],
-            t["logprob"],
-            [(a["token"], a["logprob"]) for a in t.get("top_logprobs", [])],
-        )
-        for t in content
+def _split(total: int | None, weights: Sequence[int]) -> list[int | None]:
+    """Share a request's completion tokens among its choices (servers report only the sum)."""
+    if total is None or len(weights) <= 1:
+        return [total] * len(weights)
+    if not any(weights):
+        weights = [1] * len(weights)
+    shares = [total * w // sum(weights) for w in weights]
+    shares[max(range(len(weights)), key=lambda i: weights[i])] += total - sum(shares)
+    return list(shares)
+
+
+def _calls(raw: list[dict[str, Any]] | None) -> list[ToolCall]:
+    return [
+        ToolCall(c.get("id") or new_call_id(), c["function"]["name"], c["function"]["arguments"])
+        for c in raw or []
     ]
-    return Piece(
-        text=choice["message"].get("content") or "",
-        tokens=tokens,
-        finish_reason=choice.get("finish_reason") or "stop",
-        prompt_tokens=usage.get("prompt_tokens"),
-        completion_tokens=usage.get("completion_tokens"),
-    )
+
+
+def _pieces_of(done: dict[str, Any]) -> list[Piece]:
+    """A whole completion as one final piece per choice."""
+    usage = done.get("usage") or {}
+    choices = sorted(done["choices"], key=lambda c: c.get("index", 0))
+    pieces = []
+    for choice in choices:
+        content = (choice.get("logprobs") or {}).get("content") or []
+        tokens = [
+            TokenInfo(
+                t["token"],
+                t["logprob"],
+                [(a["token"], a["logprob"]) for a in t.get("top_logprobs", [])],
+            )
+            for t in content
+        ]
+        message = choice["message"]
+        pieces.append(
+            Piece(
+                text=message.get("content") or "",
+                tokens=tokens,
+                finish_reason=choice.get("finish_reason") or "stop",
+                prompt_tokens=usage.get("prompt_tokens"),
+                index=choice.get("index", 0),
+                tool_calls=_calls(message.get("tool_calls")),
+            )
+        )
+    weights = [len(p.text) + sum(len(c.arguments) for c in p.tool_calls) for p in pieces]
+    for piece, share in zip(pieces, _split(usage.get("completion_tokens"), weights), strict=True):
+        piece.completion_tokens = share
+    return pieces
 
 
 def _tokens(logprobs: Any) -> list[TokenInfo]:
@@ -81,6 +119,9 @@ class UpstreamBackend:
     async def prepare(self, adapter_id: str) -> None:
         """The upstream server loads its adapters itself."""
 
+    async def check_constraint(self, constraint: Constraint) -> None:
+        """The upstream server enforces formats and tool schemas itself (vLLM's guided decoding)."""
+
     def _arguments(self, request: GenerationRequest) -> dict[str, Any]:
         args: dict[str, Any] = {
             "model": request.adapter_id or self.base_model,
@@ -89,6 +130,18 @@ class UpstreamBackend:
             "temperature": request.temperature,
             "top_p": request.top_p,
         }
+        native = request.native
+        if native is not None:  # the server applies its own tool template, parser and grammar
+            args["messages"] = [dict(m) for m in native.messages]
+            fields = {
+                "tools": [dict(t) for t in native.tools] or None,
+                "tool_choice": native.tool_choice,
+                "parallel_tool_calls": native.parallel_tool_calls,
+                "response_format": native.response_format,
+            }
+            args |= {k: v for k, v in fields.items() if v is not None}
+        if request.n > 1:
+            args["n"] = request.n
         if request.stop:
             args["stop"] = request.stop
         if request.seed is not None:
@@ -108,13 +161,14 @@ class UpstreamBackend:
                 raw = await self.client.post(
                     "/chat/completions", body=args, cast_to=httpx2.Response
                 )
-                yield _piece(json.loads(raw.content))
+                for piece in _pieces_of(json.loads(raw.content)):
+                    yield piece
                 return
             stream = await self.client.chat.completions.create(
                 **args, stream=True, stream_options={"include_usage": True}
             )
             async with stream:
-                async for piece in _pieces(stream):
+                async for piece in _pieces(stream, request.n):
                     yield piece
         except openai.RateLimitError as exc:
             raise UpstreamOverloaded(f"the upstream model server is rate limiting: {exc}") from exc
@@ -128,20 +182,51 @@ class UpstreamBackend:
             ) from exc
 
 
-async def _pieces(stream: Any) -> AsyncIterator[Piece]:
+@dataclass
+class _Choice:
+    """A streamed choice: its finish reason, tool calls assembled from deltas, chunk count."""
+
     finish: str | None = None
+    calls: dict[int, list[str]] = field(default_factory=dict)  # index -> [id, name, arguments]
+    chunks: int = 0
+
+    def add_calls(self, deltas: Any) -> None:
+        for d in deltas or []:
+            call = self.calls.setdefault(d.index, ["", "", ""])
+            call[0] = d.id or call[0]
+            if d.function is not None:
+                call[1] = d.function.name or call[1]
+                call[2] += d.function.arguments or ""
+
+    def tool_calls(self) -> list[ToolCall]:
+        return [
+            ToolCall(i or new_call_id(), name, args)
+            for i, name, args in (self.calls[k] for k in sorted(self.calls))
+        ]
+
+
+async def _pieces(stream: Any, n: int) -> AsyncIterator[Piece]:
+    """Text as it streams; each choice's tool calls, finish reason and counts at the end."""
+    choices = [_Choice() for _ in range(n)]
+    usage: Any = None
     async for chunk in stream:
-        if chunk.choices:
-            choice = chunk.choices[0]
-            finish = choice.finish_reason or finish
-            text = choice.delta.content or "" if choice.delta else ""
+        for choice in chunk.choices or []:
+            state = choices[choice.index]
+            state.finish = choice.finish_reason or state.finish
+            delta = choice.delta
+            text = (delta.content or "") if delta else ""
+            state.add_calls(delta.tool_calls if delta else None)
+            state.chunks += 1
             if text or choice.logprobs:
-                yield Piece(text=text, tokens=_tokens(choice.logprobs))
-        if chunk.usage is not None:
-            yield Piece(
-                finish_reason=finish or "stop",
-                prompt_tokens=chunk.usage.prompt_tokens,
-                completion_tokens=chunk.usage.completion_tokens,
-            )
-            return
-    yield Piece(finish_reason=finish or "stop")
+                yield Piece(text=text, tokens=_tokens(choice.logprobs), index=choice.index)
+        usage = chunk.usage or usage
+    total = usage.completion_tokens if usage is not None else None
+    shares = _split(total, [c.chunks for c in choices])
+    for index, (state, share) in enumerate(zip(choices, shares, strict=True)):
+        yield Piece(
+            finish_reason=state.finish or "stop",
+            prompt_tokens=usage.prompt_tokens if usage is not None else None,
+            completion_tokens=share,
+            index=index,
+            tool_calls=state.tool_calls(),
+        )
