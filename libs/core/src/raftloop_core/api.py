@@ -6,12 +6,18 @@ subclasses (or plain domain errors mapped by the service), never `HTTPException`
 
 Callers: every route checks who is calling. A key (`Authorization: Bearer <key>` or
 `x-api-key`) is looked up by its sha256 in the `KeyStore`; it carries a tenant and a role.
+
+Tenants: a key acts for its own tenant, whatever a request body or query names. Only a key
+whose record lists `tenants` (the platform's own services: the internal key that the gateway
+and the trainer send to rag) may act for another tenant, and only for one it lists, or for any
+with `["*"]`. Routes that take a tenant from the request resolve it with `Caller.acting_for`.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,16 +26,20 @@ from typing import Literal
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from raftloop_core.credentials import ensure_dev_credentials, hash_key
-from raftloop_core.events import DEFAULT_TENANT, Tenant
+from raftloop_core.events import DEFAULT_TENANT, TENANT_PATTERN, Tenant
 from raftloop_core.settings import RuntimeSettings, SettingsError
 
 log = logging.getLogger(__name__)
 
-Role = Literal["client", "internal", "admin"]
+Role = Literal["client", "internal", "admin", "metrics"]
+"""A `metrics` key only reads the ops routes (`/metrics`, the API docs) where they need a key."""
+
+ALL_TENANTS = "*"
+"""In a key record's `tenants`: the key may act for every tenant."""
 
 _TYPES = {
     400: "invalid_request_error",
@@ -131,19 +141,66 @@ class ApiKey(BaseModel):
     key_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     tenant: Tenant = DEFAULT_TENANT
     role: Role
+    tenants: tuple[str, ...] = Field(
+        default=(),
+        description=(
+            'Other tenants this key may act for when a request names one; `["*"]` for all. '
+            "Only for the platform's own internal (or admin) keys; empty: its own tenant only."
+        ),
+    )
     requests_per_minute: int = Field(default=600, ge=1)
     tokens_per_minute: int = Field(default=200_000, ge=1)
+
+    @model_validator(mode="after")
+    def _check_tenants(self) -> ApiKey:
+        if not self.tenants:
+            return self
+        if self.role not in ("internal", "admin"):
+            raise ValueError(
+                f"key {self.key_id!r} has role {self.role} and lists `tenants`; only internal and "
+                "admin keys of the platform's own services may act for several tenants"
+            )
+        if ALL_TENANTS in self.tenants and len(self.tenants) > 1:
+            raise ValueError(f'key {self.key_id!r}: `tenants` is either ["*"] or a list of tenants')
+        for tenant in self.tenants:
+            if tenant != ALL_TENANTS and not re.match(TENANT_PATTERN, tenant):
+                raise ValueError(f"key {self.key_id!r}: {tenant!r} in `tenants` is not a tenant")
+        return self
 
 
 @dataclass(frozen=True)
 class Caller:
-    """Who is calling: the key's id, tenant and role."""
+    """Who is calling: the key's id, tenant and role, and any other tenants it may act for."""
 
     key_id: str
     tenant: str
     role: Role
     requests_per_minute: int = 600
     tokens_per_minute: int = 200_000
+    tenants: frozenset[str] = frozenset()
+
+    def may_act_for(self, tenant: str) -> bool:
+        """Whether this key may act for `tenant`: its own, or one its record lists."""
+        return tenant == self.tenant or ALL_TENANTS in self.tenants or tenant in self.tenants
+
+    def acting_for(self, requested: str | None, *, param: str = "tenant") -> str:
+        """The tenant a request runs in: `requested` when the key may act for it, else its own.
+
+        Raises:
+            ApiError: 403 when the request names a tenant this key may not act for.
+        """
+        if not requested:
+            return self.tenant
+        if self.may_act_for(requested):
+            return requested
+        raise ApiError(
+            403,
+            f"this key acts for tenant {self.tenant!r} only and may not name tenant "
+            f"{requested!r}; omit `{param}` or use a key of tenant {requested!r} (a platform key "
+            "may act for several tenants only if the keys file lists them in its `tenants`)",
+            code="tenant_forbidden",
+            param=param,
+        )
 
 
 class KeyStore:
@@ -166,11 +223,12 @@ class KeyStore:
             found.role,
             found.requests_per_minute,
             found.tokens_per_minute,
+            frozenset(found.tenants),
         )
 
     @classmethod
     def from_file(cls, path: Path) -> KeyStore:
-        """Load `[{key_id, key_sha256, tenant, role, ...}]` from a JSON file.
+        """Load `[{key_id, key_sha256, tenant, role, tenants?, ...}]` from a JSON file.
 
         Raises:
             SettingsError: the file is missing or malformed.
@@ -199,8 +257,15 @@ class KeyStore:
                 "hashed keys (see README, 'Production')"
             )
         creds = ensure_dev_credentials(runtime)
+        # The internal key is the one the platform's services send each other (the gateway and
+        # the trainer to rag, the judge to the gateway): it acts for every tenant.
         return cls(
-            ApiKey(key_id=f"dev-{role}", key_sha256=hash_key(key), role=role)
+            ApiKey(
+                key_id=f"dev-{role}",
+                key_sha256=hash_key(key),
+                role=role,
+                tenants=(ALL_TENANTS,) if role == "internal" else (),
+            )
             for role, key in creds.api_keys.items()
         )
 

@@ -14,7 +14,7 @@ Retrieval contract (port 8001, `RAG_PORT`)
 
         {"query": "How long do refunds take?",    # required
          "k": 5,                                  # default RAG_DEFAULT_K (5), at most RAG_MAX_K
-         "tenant": "acme",                        # internal/admin keys only; see below
+         "tenant": "acme",                        # optional: see Tenants below
          "filters": {"document_id": "refunds.md", "source": ["a", "b"], "metadata.lang": "en"},
          "exclude_ids": ["refunds.md#0"],         # chunk ids to leave out
          "exclude_document_ids": ["refunds.md"],  # whole documents to leave out (RAFT distractors)
@@ -26,13 +26,16 @@ Retrieval contract (port 8001, `RAG_PORT`)
     ``chunk_index``. The gateway cites ``source`` or ``title`` and records the chunks in
     `ChatCompleted.retrieved`.
 
-    Tenants: a client key always searches its own key's tenant, whatever the body says; an
-    internal or admin key searches ``tenant`` when given, else its own. Filters can only narrow
+    Tenants: a key searches its own tenant. ``tenant`` may name another one only with a key
+    whose record lists it in ``tenants`` (the platform's internal key, ``["*"]``, which the
+    gateway and the trainer send with the tenant of the work they do); any other tenant is a
+    403 (``tenant_forbidden``), whatever the key's role. Filters can only narrow
     a search (they are ANDed after the tenant condition, which the service adds itself); a filter
     key that mentions the tenant, or any key outside document_id, source, title, format,
     chunk_index, content_hash and metadata.<key>, is a 400.
 
-    Errors use the OpenAI envelope: 401 no or unknown key, 403 wrong role, 400 bad body.
+    Errors use the OpenAI envelope: 401 no or unknown key, 403 wrong role or tenant, 400 bad
+    body.
     `/healthz`, `/readyz` (collection, model and broker) and `/metrics` need no key.
 """
 

@@ -167,16 +167,6 @@ FILTERABLE = frozenset({"document_id", "source", "title", "format", "chunk_index
 _METADATA_KEY = re.compile(r"^metadata\.[A-Za-z0-9_-]{1,64}$")
 
 
-def tenant_for(role: str, own_tenant: str, requested: str | None) -> str:
-    """The tenant a retrieval runs in: a client is pinned to its key's tenant.
-
-    Only internal and admin callers may name another tenant.
-    """
-    if role in ("internal", "admin") and requested:
-        return requested
-    return own_tenant
-
-
 def check_filters(
     filters: Mapping[str, str | int | list[str] | list[int]],
 ) -> dict[str, str | int | list[str] | list[int]]:
@@ -189,7 +179,7 @@ def check_filters(
         if "tenant" in key.lower():
             raise BadFilter(
                 f"filter {key!r} is not allowed: the tenant comes from your API key "
-                "(internal callers set the top-level `tenant` field)"
+                "(the platform's own services set the top-level `tenant` field)"
             )
         if key not in FILTERABLE and not _METADATA_KEY.match(key):
             allowed = ", ".join(sorted(FILTERABLE))

@@ -13,7 +13,6 @@ from pydantic import BaseModel, ConfigDict, Field
 from raftloop_core.api import ApiError, Caller, KeyStore, require
 from raftloop_core.events import RetrievedChunk, Tenant
 from raftloop_core.logs import INTERACTION_ID_HEADER
-from raftloop_rag.domain import tenant_for
 from raftloop_rag.retrieval import FilterValue, RetrievalRequest, Retriever
 from raftloop_rag.telemetry import RagMetrics
 
@@ -28,7 +27,8 @@ class RetrieveRequest(BaseModel):
     query: str = Field(min_length=1, max_length=8_000)
     k: int | None = Field(default=None, ge=1, description="Default RAG_DEFAULT_K; max RAG_MAX_K.")
     tenant: Tenant | None = Field(
-        default=None, description="Only internal/admin keys may name a tenant."
+        default=None,
+        description="Default: the key's tenant. Another only with a key that may act for it.",
     )
     filters: dict[str, FilterValue] = Field(default_factory=dict)
     exclude_ids: list[str] = Field(default_factory=list, description="Chunk ids to leave out.")
@@ -66,7 +66,7 @@ def retrieval_router(
             raise ApiError(
                 400, f"k={k} is above the limit of {max_k} (RAG_MAX_K)", param="k", code="k_too_big"
             )
-        tenant = tenant_for(caller.role, caller.tenant, body.tenant)
+        tenant = caller.acting_for(body.tenant)
         start = time.perf_counter()
         chunks = await retriever.retrieve(
             RetrievalRequest(

@@ -35,8 +35,11 @@ KEYS = {
     "globex": "test-client-globex-key",
     "internal": "test-internal-key",
     "admin": "test-admin-key",
+    "acme-internal": "test-acme-internal-key",
+    "acme-admin": "test-acme-admin-key",
 }
-"""Test API keys: a client of tenant acme, one of globex, internal and admin (tenant default)."""
+"""Test API keys: a client of tenant acme, one of globex, the platform's internal key (tenant
+default, may act for every tenant), an admin of tenant default, and acme's internal and admin."""
 
 
 def sample_keys() -> KeyStore:
@@ -47,8 +50,25 @@ def sample_keys() -> KeyStore:
             ApiKey(
                 key_id="globex", key_sha256=hash_key(KEYS["globex"]), tenant="globex", role="client"
             ),
-            ApiKey(key_id="internal", key_sha256=hash_key(KEYS["internal"]), role="internal"),
+            ApiKey(
+                key_id="internal",
+                key_sha256=hash_key(KEYS["internal"]),
+                role="internal",
+                tenants=("*",),
+            ),
             ApiKey(key_id="admin", key_sha256=hash_key(KEYS["admin"]), role="admin"),
+            ApiKey(
+                key_id="acme-internal",
+                key_sha256=hash_key(KEYS["acme-internal"]),
+                tenant="acme",
+                role="internal",
+            ),
+            ApiKey(
+                key_id="acme-admin",
+                key_sha256=hash_key(KEYS["acme-admin"]),
+                tenant="acme",
+                role="admin",
+            ),
         ]
     )
 

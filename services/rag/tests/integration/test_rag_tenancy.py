@@ -84,7 +84,7 @@ async def test_both_tenants_documents_are_stored_under_distinct_points(rag: RagS
     "body",
     [
         {},
-        {"tenant": "globex"},
+        {"tenant": "acme"},
         {"filters": {"document_id": "refunds.md"}},
         {"filters": {"source": ["globex/refunds.md", "globex/secret.md"]}},
         {"filters": {"document_id": "secret.md"}},
@@ -128,13 +128,37 @@ async def test_each_client_sees_its_own_tenant(rag: RagService) -> None:
     assert all("GLOBEX" not in t for t in texts(acme))
 
 
-async def test_internal_and_admin_keys_may_choose_a_tenant(rag: RagService) -> None:
-    for who in ("internal", "admin"):
-        chosen = await rag.retrieve(who, query="ninety days", tenant="globex", k=1)
-        assert chosen.json()["tenant"] == "globex"
-        assert chosen.json()["chunks"][0]["document_id"] == "secret.md"
-        own = await rag.retrieve(who, query="ninety days")
-        assert own.json() == {"chunks": [], "tenant": "default"}
+async def test_the_platforms_internal_key_may_choose_a_tenant(rag: RagService) -> None:
+    chosen = await rag.retrieve("internal", query="ninety days", tenant="globex", k=1)
+    assert chosen.json()["tenant"] == "globex"
+    assert chosen.json()["chunks"][0]["document_id"] == "secret.md"
+    own = await rag.retrieve("internal", query="ninety days")
+    assert own.json() == {"chunks": [], "tenant": "default"}
+
+
+@pytest.mark.parametrize("who", ["acme", "acme-internal", "acme-admin"])
+async def test_a_tenants_key_of_any_role_cannot_name_another_tenant(
+    rag: RagService, who: str
+) -> None:
+    response = await rag.retrieve(who, query="GLOBEX refunds take ninety days", tenant="globex")
+    assert response.status_code == 403, response.text
+    error = response.json()["error"]
+    assert error["type"] == "permission_error"
+    assert error["param"] == "tenant"
+    assert "acme" in error["message"]
+    assert "GLOBEX" not in response.text
+    own = await rag.retrieve(who, query="refunds", tenant="acme", k=50)
+    assert own.json()["tenant"] == "acme"
+    assert texts(own)
+    assert not any("GLOBEX" in t for t in texts(own))
+
+
+async def test_an_admin_key_of_the_default_tenant_cannot_name_another_tenant(
+    rag: RagService,
+) -> None:
+    response = await rag.retrieve("admin", query="ninety days", tenant="globex")
+    assert response.status_code == 403
+    assert response.json()["error"]["code"] == "tenant_forbidden"
 
 
 async def test_excluded_chunks_and_documents_are_left_out(rag: RagService) -> None:

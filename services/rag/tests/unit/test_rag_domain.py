@@ -8,7 +8,6 @@ from raftloop_rag.domain import (
     mmr,
     parse_chunk_id,
     point_id,
-    tenant_for,
 )
 
 
@@ -22,22 +21,6 @@ def test_chunk_ids_round_trip_even_with_hashes_in_document_ids() -> None:
     assert parse_chunk_id(chunk_id("a#b.md", 12)) == ("a#b.md", 12)
     with pytest.raises(BadFilter, match="not a chunk id"):
         parse_chunk_id("doc.md")
-
-
-@pytest.mark.parametrize(
-    ("role", "requested", "expected"),
-    [
-        ("client", None, "acme"),
-        ("client", "globex", "acme"),
-        ("internal", None, "acme"),
-        ("internal", "globex", "globex"),
-        ("admin", "globex", "globex"),
-    ],
-)
-def test_only_internal_and_admin_callers_choose_the_tenant(
-    role: str, requested: str | None, expected: str
-) -> None:
-    assert tenant_for(role, "acme", requested) == expected
 
 
 @pytest.mark.parametrize("key", ["tenant", "TENANT", "metadata.tenant", "payload.tenant_id"])
