@@ -265,10 +265,24 @@ class SqlIngestStore:
             conn.execute(delete(documents).where(documents.c.document_id == doc_id))
             conn.execute(insert(documents).values(document_id=doc_id, updated_at=_now(), **values))
 
-    def delete_document(self, doc_id: str) -> bool:
-        """Forget a document; whether it was known."""
+    def has_document(self, doc_id: str, *, tenant: str) -> bool:
+        """Whether the tenant has this document (another tenant's is unknown here)."""
+        with self.engine.connect() as conn:
+            found = conn.execute(
+                select(documents.c.document_id).where(
+                    documents.c.document_id == doc_id, documents.c.tenant == tenant
+                )
+            ).first()
+        return found is not None
+
+    def delete_document(self, doc_id: str, *, tenant: str) -> bool:
+        """Forget a document of the tenant; whether it was known."""
         with self.engine.begin() as conn:
-            removed = conn.execute(delete(documents).where(documents.c.document_id == doc_id))
+            removed = conn.execute(
+                delete(documents).where(
+                    documents.c.document_id == doc_id, documents.c.tenant == tenant
+                )
+            )
         return bool(removed.rowcount)
 
     @staticmethod

@@ -145,8 +145,12 @@ class IngestStore(Protocol):
         """Record a published document."""
         ...
 
-    def delete_document(self, doc_id: str) -> bool:
-        """Forget a document; whether it was known."""
+    def has_document(self, doc_id: str, *, tenant: str) -> bool:
+        """Whether the tenant has this document (another tenant's is unknown here)."""
+        ...
+
+    def delete_document(self, doc_id: str, *, tenant: str) -> bool:
+        """Forget a document of the tenant; whether it was known."""
         ...
 
 

@@ -16,6 +16,10 @@ log = logging.getLogger(__name__)
 Status = Literal["submitted", "unchanged", "deleted", "error"]
 
 
+class UnknownDocument(LookupError):
+    """The tenant has no document with this id."""
+
+
 @dataclass(frozen=True)
 class Outcome:
     """What happened to one document."""
@@ -66,12 +70,24 @@ class KnowledgeBase:
         log.info("document submitted", extra={"document_id": doc_id, "tenant": tenant})
         return Outcome(source, "submitted", doc_id, doc.title)
 
-    async def remove(self, source: str, *, tenant: str, doc_id: str | None = None) -> Outcome:
-        """Publish the deletion of a document, named by its source or id."""
+    async def remove(
+        self, source: str, *, tenant: str, doc_id: str | None = None, known_only: bool = False
+    ) -> Outcome:
+        """Publish the deletion of a document of `tenant`, named by its source or id.
+
+        With `known_only` (the HTTP API) a document the tenant never added is refused, and
+        another tenant's document is as unknown as a made-up id. The operator's CLI leaves it
+        off, so it can also clear chunks whose record is gone.
+
+        Raises:
+            UnknownDocument: `known_only` and the tenant has no such document.
+        """
         doc_id = doc_id or document_id(tenant, source)
+        if known_only and not self.store.has_document(doc_id, tenant=tenant):
+            raise UnknownDocument(f"no document {doc_id!r} in tenant {tenant!r}")
         event: Event = DocumentDeleted(tenant=tenant, document_id=doc_id, source=source or None)
         await self.publish(event)
-        self.store.delete_document(doc_id)
+        self.store.delete_document(doc_id, tenant=tenant)
         return Outcome(source or doc_id, "deleted", doc_id)
 
     async def add_paths(self, paths: list[Path], *, tenant: str) -> list[Outcome]:

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, File, UploadFile
 from pydantic import BaseModel
 
 from raftloop_core.api import ApiError, Caller, KeyStore, require
-from raftloop_ingest.kb import KnowledgeBase, Status
+from raftloop_ingest.kb import KnowledgeBase, Status, UnknownDocument
 
 
 class DocumentResult(BaseModel):
@@ -30,7 +30,10 @@ class DocumentsResponse(BaseModel):
 
 
 def documents_router(kb: KnowledgeBase, keys: KeyStore, *, max_bytes: int) -> APIRouter:
-    """`POST /v1/documents` and `DELETE /v1/documents/{document_id}` (internal or admin key)."""
+    """`POST /v1/documents` and `DELETE /v1/documents/{document_id}` (internal or admin key).
+
+    Both act for the key's own tenant only: a document of another tenant is a 404.
+    """
     router = APIRouter(prefix="/v1/documents", tags=["documents"])
     CallerDep = Annotated[Caller, Depends(require(keys, "internal"))]
 
@@ -56,8 +59,17 @@ def documents_router(kb: KnowledgeBase, keys: KeyStore, *, max_bytes: int) -> AP
 
     @router.delete("/{document_id}", response_model=DocumentsResponse)
     async def remove(caller: CallerDep, document_id: str) -> DocumentsResponse:
-        """Publish the deletion of a document of the key's tenant."""
-        outcome = await kb.remove("", tenant=caller.tenant, doc_id=document_id)
+        """Publish the deletion of a document of the key's tenant (404 for any other)."""
+        try:
+            outcome = await kb.remove("", tenant=caller.tenant, doc_id=document_id, known_only=True)
+        except UnknownDocument as exc:
+            raise ApiError(
+                404,
+                f"no document {document_id[:64]!r} among this key's tenant's documents; use "
+                "an id that an upload of this tenant returned",
+                code="document_not_found",
+                param="document_id",
+            ) from exc
         return DocumentsResponse(tenant=caller.tenant, documents=[DocumentResult(**vars(outcome))])
 
     return router

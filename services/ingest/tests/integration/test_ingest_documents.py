@@ -171,3 +171,56 @@ async def test_upload_endpoint_checks_the_key_and_uses_its_tenant(
     assert submitted.title == "FAQ"
     assert submitted.text == "Hello there"
     assert isinstance(deleted, ev.DocumentDeleted)
+
+
+async def test_a_key_cannot_delete_another_tenants_document(
+    kafka_settings: KafkaSettings, unique: Callable[[str], str], tmp_path: Path
+) -> None:
+    prefix = unique("del") + "."
+    create_topics(kafka_settings, prefix)
+    keys = KeyStore(
+        [
+            ApiKey(key_id="a", key_sha256=hash_key("acme-key"), tenant="acme", role="internal"),
+            ApiKey(key_id="g", key_sha256=hash_key("globex-key"), tenant="globex", role="internal"),
+            ApiKey(key_id="ga", key_sha256=hash_key("globex-admin"), tenant="globex", role="admin"),
+        ]
+    )
+    settings = settings_for(kafka_settings, prefix, str(tmp_path), unique("g"))
+    store = SqlIngestStore(make_engine(settings.database_url()))
+    app = create_app(settings, store=store, scrubbers=Redactor(hash_key=b"k"), keys=keys)
+    topic = f"{prefix}{Topic.KB_DOCUMENT}"
+    files = [("files", ("plan.md", b"# Plan\n\nAcme's private launch plan."))]
+    acme = {"Authorization": "Bearer acme-key"}
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://ingest") as client,
+        Collector(kafka_settings, [topic]) as seen,
+    ):
+        doc_id = (await client.post("/v1/documents", files=files, headers=acme)).json()[
+            "documents"
+        ][0]["document_id"]
+        refused = [
+            await client.delete(f"/v1/documents/{doc_id}", headers={"Authorization": f"Bearer {k}"})
+            for k in ("globex-key", "globex-admin")
+        ]
+        unknown = await client.delete(f"/v1/documents/{'0' * 32}", headers=acme)
+        again = await client.post("/v1/documents", files=files, headers=acme)
+        own = await client.delete(f"/v1/documents/{doc_id}", headers=acme)
+        await wait_for(lambda: len(documents(seen.on(topic), "acme")) >= 2)
+        await asyncio.sleep(1)  # any stray deletion would be on the topic by now
+
+    for response in refused:
+        assert response.status_code == 404, response.text
+        assert response.json()["error"]["type"] == "not_found_error"
+        assert "acme" not in response.text
+    assert unknown.status_code == 404
+    # acme's row survived: the same upload is still unchanged, and acme may delete it.
+    assert again.json()["documents"][0]["status"] == "unchanged"
+    assert own.status_code == 200
+    assert own.json()["documents"][0]["status"] == "deleted"
+    assert documents(seen.on(topic), "globex") == []
+    assert [type(e) for e in documents(seen.on(topic), "acme")] == [
+        ev.DocumentSubmitted,
+        ev.DocumentDeleted,
+    ]
+    assert store.document_hash(doc_id) is None
