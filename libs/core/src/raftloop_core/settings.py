@@ -117,26 +117,55 @@ class DatabaseSettings(BaseSettings):
         return f"sqlite:///{runtime.path('db', f'{name}.sqlite3').resolve()}"
 
 
+MIN_SECRET_CHARS = 16
+"""The shortest secret production accepts (session secrets, API keys, passwords in settings)."""
+
+
 def require_secret(
     value: SecretStr | None, *, name: str, env: str, runtime: RuntimeSettings
 ) -> SecretStr | None:
-    """Check a secret against the mode's rules.
+    """Check a secret that production needs against the mode's rules.
 
     Raises:
         SettingsError: in production when the secret is missing, short, or a development value.
     """
-    if not runtime.production:
-        return value
-    if value is None or not value.get_secret_value():
+    if runtime.production and (value is None or not value.get_secret_value()):
         raise SettingsError(f"{name} is not set; production mode needs it: set {env}")
+    return check_secret(value, name=name, env=env, runtime=runtime)
+
+
+def check_secret(
+    value: SecretStr | None, *, name: str, env: str, runtime: RuntimeSettings
+) -> SecretStr | None:
+    """Check a secret that may be unset: once configured, production holds it to the same rules.
+
+    Raises:
+        SettingsError: in production when the secret is short or a development value.
+    """
+    if not runtime.production or value is None or not value.get_secret_value():
+        return value  # unset (an empty variable from a compose file counts as unset)
     secret = value.get_secret_value()
-    if secret.startswith(DEV_SECRET_PREFIX) or len(secret) < 16:
+    if secret.startswith(DEV_SECRET_PREFIX) or len(secret) < MIN_SECRET_CHARS:
         raise SettingsError(
             f"{name} is a development or too-short value; set {env} to a random secret of at "
-            "least 16 characters, e.g. from `python -c 'import secrets; "
+            f"least {MIN_SECRET_CHARS} characters, e.g. from `python -c 'import secrets; "
             "print(secrets.token_urlsafe())'`"
         )
     return value
+
+
+def check_kafka_secrets(kafka: KafkaSettings, runtime: RuntimeSettings) -> None:
+    """Hold the Kafka SASL password, when one is set, to production's secret rules.
+
+    Raises:
+        SettingsError: in production when the password is short or a development value.
+    """
+    check_secret(
+        kafka.sasl_password,
+        name="the Kafka SASL password",
+        env="KAFKA_SASL_PASSWORD",
+        runtime=runtime,
+    )
 
 
 def external_kafka_configured() -> bool:

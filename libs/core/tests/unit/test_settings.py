@@ -8,10 +8,13 @@ from raftloop_core.api import KeyStore
 from raftloop_core.credentials import ensure_dev_credentials, hash_key
 from raftloop_core.messaging import RetryPolicy
 from raftloop_core.settings import (
+    MIN_SECRET_CHARS,
     KafkaSettings,
     Mode,
     RuntimeSettings,
     SettingsError,
+    check_kafka_secrets,
+    check_secret,
     require_secret,
 )
 
@@ -38,6 +41,23 @@ def test_production_refuses_missing_and_development_secrets(tmp_path: Path) -> N
     good = SecretStr("q" * 32)
     assert require_secret(good, name="s", env="X", runtime=prod) == good
     assert require_secret(None, name="s", env="X", runtime=dev) is None
+
+
+def test_an_optional_secret_once_set_meets_the_same_minimum(tmp_path: Path) -> None:
+    prod = RuntimeSettings(mode=Mode.PRODUCTION, data_dir=tmp_path)
+    dev = RuntimeSettings(data_dir=tmp_path)
+    assert check_secret(None, name="s", env="X", runtime=prod) is None
+    assert check_secret(SecretStr(""), name="s", env="X", runtime=prod) == SecretStr("")
+    short = SecretStr("k" * (MIN_SECRET_CHARS - 1))
+    with pytest.raises(
+        SettingsError, match=f"set X to a random secret of at least {MIN_SECRET_CHARS}"
+    ):
+        check_secret(short, name="s", env="X", runtime=prod)
+    assert check_secret(short, name="s", env="X", runtime=dev) == short
+    kafka = KafkaSettings(sasl_password=short)
+    with pytest.raises(SettingsError, match="KAFKA_SASL_PASSWORD"):
+        check_kafka_secrets(kafka, prod)
+    check_kafka_secrets(KafkaSettings(sasl_password=SecretStr("k" * MIN_SECRET_CHARS)), prod)
 
 
 def test_dev_credentials_are_created_once_owner_only(tmp_path: Path) -> None:

@@ -129,7 +129,7 @@ class Accounts:
         Raises:
             AccountError: bad role, short password, or the username is taken.
         """
-        _check(username, password, role)
+        check_account(username, password, role)
         now = time.time()
         try:
             with self.engine.begin() as conn:
@@ -151,14 +151,19 @@ class Accounts:
         return Account(new_id, username, role, tenant, True)
 
     def ensure(self, username: str, password: str, role: str, tenant: str) -> None:
-        """Create the account unless it exists (dev and bootstrap accounts)."""
+        """Create the account unless it exists (dev and bootstrap accounts).
+
+        Raises:
+            AccountError: the account is invalid (it would never be created).
+        """
+        check_account(username, password, role)
         with self.engine.connect() as conn:
             exists = conn.execute(select(User.id).where(User.username == username)).first()
         if exists is None:
             try:
                 self.create(username, password, role, tenant)
             except AccountError:
-                return  # another process created it first
+                return  # another process created it first (the account itself was checked)
 
     def update(
         self,
@@ -179,7 +184,7 @@ class Accounts:
         if active is not None:
             values["active"] = active
         if password:
-            _check("x", password, "reviewer")
+            check_account("x", password, "reviewer")
             values["password_hash"] = hash_password(password)
         if password or role is not None or active is False:
             values["session_epoch"] = User.session_epoch + 1  # existing sessions end
@@ -196,7 +201,12 @@ class Accounts:
         return True
 
 
-def _check(username: str, password: str, role: str) -> None:
+def check_account(username: str, password: str, role: str) -> None:
+    """Refuse a bad role, username or password.
+
+    Raises:
+        AccountError: what to fix.
+    """
     if role not in ROLES:
         raise AccountError(f"role must be one of {', '.join(ROLES)}")
     if (

@@ -14,7 +14,7 @@ from fastapi import FastAPI
 
 from raftloop_core.api import KeyStore
 from raftloop_core.logs import configure_logging
-from raftloop_core.settings import SettingsError, require_secret
+from raftloop_core.settings import SettingsError, check_kafka_secrets, require_secret
 from raftloop_ingest.adapters import SqlIngestStore, make_engine
 from raftloop_ingest.app import create_app
 from raftloop_ingest.redaction import Redactor, build_analyzer, resolve_ner_model
@@ -56,6 +56,7 @@ def build() -> FastAPI:
     settings = IngestSettings()
     configure_logging("ingest", level=settings.runtime.log_level, fmt=settings.runtime.log_format)
     try:
+        check_kafka_secrets(settings.kafka, settings.runtime)
         key = hash_key(settings)
         keys = KeyStore.for_runtime(settings.runtime, settings.api_keys_file)
         ner = resolve_ner_model(settings.ner_model)

@@ -13,7 +13,7 @@ from openai import AsyncOpenAI
 from raftloop_core.api import KeyStore
 from raftloop_core.credentials import ensure_dev_credentials
 from raftloop_core.logs import configure_logging
-from raftloop_core.settings import SettingsError, require_secret
+from raftloop_core.settings import SettingsError, check_kafka_secrets, require_secret
 from raftloop_judge.adapters import (
     EndpointMisconfigured,
     OpenAIChatEndpoint,
@@ -49,6 +49,7 @@ def build() -> FastAPI:
     settings = JudgeSettings()
     configure_logging("judge", level=settings.runtime.log_level, fmt=settings.runtime.log_format)
     try:
+        check_kafka_secrets(settings.kafka, settings.runtime)
         keys = KeyStore.for_runtime(settings.runtime, settings.api_keys_file)
         client = AsyncOpenAI(
             base_url=settings.endpoint_url,

@@ -12,7 +12,7 @@ from qdrant_client import AsyncQdrantClient
 
 from raftloop_core.api import KeyStore
 from raftloop_core.logs import configure_logging
-from raftloop_core.settings import SettingsError
+from raftloop_core.settings import SettingsError, check_kafka_secrets, check_secret
 from raftloop_rag.adapters import QdrantIndex, SentenceTransformerEmbedder
 from raftloop_rag.app import create_app
 from raftloop_rag.domain import IndexConfigError
@@ -23,10 +23,17 @@ def qdrant_client(settings: RagSettings) -> AsyncQdrantClient:
     """A Qdrant server client when a URL is set, else local mode on the data folder.
 
     Raises:
-        SettingsError: the local folder is already used by another process.
+        SettingsError: the local folder is already used by another process, or (production)
+            the Qdrant API key is short.
     """
     if settings.qdrant_url:
-        key = settings.qdrant_api_key.get_secret_value() if settings.qdrant_api_key else None
+        secret = check_secret(
+            settings.qdrant_api_key,
+            name="the Qdrant API key",
+            env="QDRANT_API_KEY",
+            runtime=settings.runtime,
+        )
+        key = secret.get_secret_value() if secret else None
         return AsyncQdrantClient(url=settings.qdrant_url, api_key=key)
     path = settings.local_path()
     try:
@@ -46,6 +53,7 @@ def build() -> FastAPI:
     settings = RagSettings()
     configure_logging("rag", level=settings.runtime.log_level, fmt=settings.runtime.log_format)
     try:
+        check_kafka_secrets(settings.kafka, settings.runtime)
         keys = KeyStore.for_runtime(settings.runtime, settings.api_keys_file)
         model = settings.model_path()
         # The Qdrant client first: a locked local folder is reported before the model loads.

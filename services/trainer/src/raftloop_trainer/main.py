@@ -15,7 +15,12 @@ from raftloop_core.credentials import ensure_dev_credentials
 from raftloop_core.logs import configure_logging
 from raftloop_core.messaging import make_broker
 from raftloop_core.registry import AdapterRegistry
-from raftloop_core.settings import SettingsError
+from raftloop_core.settings import (
+    SettingsError,
+    check_kafka_secrets,
+    check_secret,
+    require_secret,
+)
 from raftloop_trainer.adapters import EventSink, KafkaEventSink
 from raftloop_trainer.app import create_app
 from raftloop_trainer.builder import DistractorSource
@@ -45,10 +50,15 @@ def distractor_source(settings: TrainerSettings) -> DistractorSource:
     """Hard negatives from rag when configured, else from the demo knowledge base's chunks."""
     if not settings.rag_url:
         return LocalDistractorSource.from_demo_kb()
-    key = settings.rag_api_key.get_secret_value() if settings.rag_api_key else None
-    if key is None:
-        if settings.runtime.production:
-            raise SettingsError("TRAINER_RAG_URL is set but TRAINER_RAG_API_KEY is not")
+    secret = require_secret(
+        settings.rag_api_key,
+        name="the rag key for TRAINER_RAG_URL",
+        env="TRAINER_RAG_API_KEY",
+        runtime=settings.runtime,
+    )
+    if secret is not None:
+        key = secret.get_secret_value()
+    else:
         key = ensure_dev_credentials(settings.runtime).api_keys["internal"]
     return HttpDistractorSource(httpx.Client(timeout=10.0), settings.rag_url, key)
 
@@ -57,8 +67,14 @@ def judge_api_key(settings: TrainerSettings) -> str | None:
     """The pairwise judge endpoint's key: configured, else (development) the internal key."""
     if not settings.judge_url:
         return None
-    if settings.judge_api_key is not None:
-        return settings.judge_api_key.get_secret_value()
+    secret = check_secret(
+        settings.judge_api_key,
+        name="the pairwise judge key",
+        env="TRAINER_JUDGE_API_KEY",
+        runtime=settings.runtime,
+    )
+    if secret is not None:
+        return secret.get_secret_value()
     if settings.runtime.production:
         return None  # an endpoint without auth (vLLM); the client sends a placeholder
     return ensure_dev_credentials(settings.runtime).api_keys["internal"]
@@ -66,24 +82,31 @@ def judge_api_key(settings: TrainerSettings) -> str | None:
 
 def build_runner(settings: TrainerSettings, sink: EventSink) -> Runner:
     """The run orchestrator with real ports."""
+    # Secrets first: a bad key is reported before the base model is loaded.
+    distractors = distractor_source(settings)
+    judge_key = judge_api_key(settings)
     path, name = base_model(settings)
     return Runner(
         settings=settings,
         store=DatasetStore(settings.database_url()),
         registry=AdapterRegistry(settings.registry_root),
         sink=sink,
-        distractors=distractor_source(settings),
+        distractors=distractors,
         base_model_dir=path,
         base_model=name,
-        judge_api_key=judge_api_key(settings),
+        judge_api_key=judge_key,
     )
 
 
 def build() -> FastAPI:
-    """The trainer service from environment settings."""
+    """The trainer service from environment settings; a bad setting exits with one line."""
     settings = TrainerSettings()
     configure_logging("trainer", level=settings.runtime.log_level, fmt=settings.runtime.log_format)
-    keys = KeyStore.for_runtime(settings.runtime, settings.keys_file)
-    broker = make_broker(settings.kafka, client_id="raftloop-trainer")
-    runner = build_runner(settings, KafkaEventSink(broker))
+    try:
+        check_kafka_secrets(settings.kafka, settings.runtime)
+        keys = KeyStore.for_runtime(settings.runtime, settings.keys_file)
+        broker = make_broker(settings.kafka, client_id="raftloop-trainer")
+        runner = build_runner(settings, KafkaEventSink(broker))
+    except SettingsError as exc:
+        raise SystemExit(f"trainer: {exc}") from None
     return create_app(settings, keys=keys, runner=runner, broker=broker)
