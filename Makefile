@@ -8,6 +8,9 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
+# torch's OpenMP threads spin while waiting; on a shared 2-core machine that multiplied decode
+# steps by ten under load. Passive waiting keeps every torch process fast when others run.
+export OMP_WAIT_POLICY ?= PASSIVE
 
 .PHONY: install system-deps up test e2e check format bench reliability clean
 

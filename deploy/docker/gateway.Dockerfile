@@ -31,6 +31,7 @@ COPY --from=builder /opt/models /opt/models
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     HF_HUB_OFFLINE=1 \
+    OMP_WAIT_POLICY=PASSIVE \
     TRANSFORMERS_OFFLINE=1 \
     RAFTLOOP_MODEL_CACHE=/opt/models \
     RAFTLOOP_DATA_DIR=/data

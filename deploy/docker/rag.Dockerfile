@@ -25,6 +25,7 @@ COPY --from=builder /opt/venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     HF_HUB_OFFLINE=1 \
+    OMP_WAIT_POLICY=PASSIVE \
     TOKENIZERS_PARALLELISM=false \
     RAFTLOOP_DATA_DIR=/data
 USER raftloop

@@ -34,6 +34,7 @@ COPY deploy/docker/trainer_run_once.py /opt/raftloop/trainer_run_once.py
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     HF_HUB_OFFLINE=1 \
+    OMP_WAIT_POLICY=PASSIVE \
     TRANSFORMERS_OFFLINE=1 \
     RAFTLOOP_MODEL_CACHE=/opt/models \
     RAFTLOOP_DATA_DIR=/data

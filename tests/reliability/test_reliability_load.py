@@ -111,7 +111,7 @@ def test_steady_load_with_streams_and_aborts_captures_everything(
             notes=[
                 "Latency is locust's time to the response headers (streams: the first byte), "
                 "on the shared 2-core machine with the tiny Llama answering 8 tokens. The "
-                "gateway runs one generation at a time (GATEWAY_MAX_CONCURRENCY=1), so any 429 "
+                "gateway batches up to GATEWAY_MAX_CONCURRENCY (16) sequences per step, so any 429 "
                 "is its queue limit, not an error of the capture path. A request still in "
                 "flight when locust stops is acknowledged but may be missing from its counts."
             ],

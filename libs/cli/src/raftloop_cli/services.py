@@ -83,9 +83,13 @@ def service_urls() -> dict[str, str]:
     env = {f"RAFTLOOP_{name.upper()}_URL": url for name, url in urls.items()}
     env["GATEWAY_RAG_URL"] = urls["rag"]
     env["JUDGE_ENDPOINT_URL"] = f"{urls['gateway']}/v1"  # the judge model: the gateway's own
-    # The local gateway generates one answer at a time: more judge requests in flight only wait
-    # in its queue until the judge's timeout, and a transient failure re-reads the whole batch.
-    env["JUDGE_CONCURRENCY"] = "2"
-    env["JUDGE_BATCH_SIZE"] = "2"
+    # The local gateway batches: the judge's requests share decode steps with the chat clients'
+    # (in their own admission lane), so a few in flight keep its rows busy without a long queue.
+    env["JUDGE_CONCURRENCY"] = "4"
+    env["JUDGE_BATCH_SIZE"] = "4"
     env["JUDGE_REQUEST_TIMEOUT_S"] = "180"
+    # torch's OpenMP threads spin while they wait for each other; when the services share the
+    # cores with each other (or a laptop's other work) that spinning turned a 0.1 s decode step
+    # into 8 s. Passive waiting costs little on an idle machine (measured in BENCHMARKS.md).
+    env["OMP_WAIT_POLICY"] = "PASSIVE"
     return env

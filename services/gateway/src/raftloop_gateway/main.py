@@ -79,6 +79,8 @@ def _retriever(settings: GatewaySettings) -> Retriever | None:
 def build() -> FastAPI:
     """Build the gateway from the environment (`GATEWAY_*`, `RAFTLOOP_*`, `KAFKA_*`)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    # Before torch loads: OpenMP threads that spin while waiting collapse under shared cores.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     settings = GatewaySettings()
     runtime = settings.runtime
     configure_logging("gateway", level=runtime.log_level, fmt=runtime.log_format)

@@ -49,6 +49,8 @@ def qdrant_client(settings: RagSettings) -> AsyncQdrantClient:
 def build() -> FastAPI:
     """Build the rag app from the environment; a configuration problem exits with one line."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    # Before torch loads: OpenMP threads that spin while waiting collapse under shared cores.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     settings = RagSettings()
     configure_logging("rag", level=settings.runtime.log_level, fmt=settings.runtime.log_format)

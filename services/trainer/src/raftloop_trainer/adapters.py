@@ -97,7 +97,11 @@ async def run_job(
         JobFailed: the process exited non-zero; the message carries the end of its log.
     """
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    full_env = os.environ | {"PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1"} | dict(env or {})
+    # Passive OpenMP waiting: the job shares the cores with the serving gateway (see Makefile).
+    defaults = {"OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
+    full_env = (
+        os.environ | defaults | {"PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1"} | dict(env or {})
+    )
     log = await asyncio.to_thread(open, log_path, "ab")
     with log:
         process = await asyncio.create_subprocess_exec(
