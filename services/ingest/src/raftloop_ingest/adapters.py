@@ -20,7 +20,9 @@ from sqlalchemy import (
     delete,
     event,
     insert,
+    inspect,
     select,
+    text,
     update,
 )
 
@@ -54,6 +56,8 @@ pending_feedback = Table(
     Column("payload", Text, nullable=False),
     Column("mapping", Text, nullable=False),
     Column("received_at", DateTime(timezone=True), nullable=False),
+    # The sender's tenant, checked against the interaction's when it arrives (issue #17).
+    Column("tenant", String(64), nullable=True),
 )
 feedback_seen = Table(
     "ingest_feedback_seen",
@@ -85,7 +89,21 @@ def make_engine(url: str) -> Engine:
             cur.close()
 
     metadata.create_all(engine)
+    _add_missing_columns(engine)
     return engine
+
+
+def _add_missing_columns(engine: Engine) -> None:
+    """Nullable columns added since a table was first created (create_all skips old tables)."""
+    have = {c["name"] for c in inspect(engine).get_columns(pending_feedback.name)}
+    if "tenant" in have:
+        return
+    # Replicas may start together on PostgreSQL; SQLite has one writer and no IF NOT EXISTS here.
+    guard = "IF NOT EXISTS " if engine.dialect.name == "postgresql" else ""
+    with engine.begin() as conn:
+        conn.execute(
+            text(f"ALTER TABLE {pending_feedback.name} ADD COLUMN {guard}tenant VARCHAR(64)")
+        )
 
 
 def _now() -> datetime:
@@ -128,6 +146,7 @@ class SqlIngestStore:
             interaction_id=interaction_id,
             feedback=Feedback.model_validate_json(row.payload),
             mapping=json.loads(row.mapping),
+            tenant=row.tenant,
         )
 
     def feedback_seen(self, event_id: UUID) -> bool:
@@ -159,6 +178,7 @@ class SqlIngestStore:
                 UUID(r.interaction_id),
                 Feedback.model_validate_json(r.payload),
                 json.loads(r.mapping),
+                r.tenant,
             )
             for r in rows
         }
@@ -246,6 +266,7 @@ class SqlIngestStore:
                     payload=pending.feedback.model_dump_json(),
                     mapping=json.dumps(pending.mapping),
                     received_at=_now(),
+                    tenant=pending.tenant,
                 )
             )
             self._insert_ignore(conn, feedback_seen, event_id=str(feedback_event_id))

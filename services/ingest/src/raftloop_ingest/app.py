@@ -1,7 +1,9 @@
 """ingest: the interaction pipeline's consumers, the document upload API and the ops routes.
 
 Consumes `Topic.CHAT_COMPLETED` and `Topic.CHAT_FEEDBACK` (group `ingest`) and publishes
-`InteractionIngested` on `Topic.INTERACTION_INGESTED` (key: interaction id). Documents arrive
+`InteractionIngested` on `Topic.INTERACTION_INGESTED` (key: interaction id). Feedback joins
+only an interaction of its own tenant; another tenant's goes to `<topic>.dlt` with the reason
+in `x-error` (`TenantMismatch: ...`). Documents arrive
 through `POST /v1/documents` (multipart `files`, internal or admin key; the tenant is the
 key's) or `raftloop kb add`, and leave as `DocumentSubmitted` / `DocumentDeleted` on
 `Topic.KB_DOCUMENT` (key: document id).
@@ -33,7 +35,7 @@ from raftloop_core.messaging import RetryPolicy, consumer_options, make_broker
 from raftloop_core.service import add_ops_routes, blocking_check, broker_check
 from raftloop_core.topics import Topic
 from raftloop_ingest.dead_letters import RedactingDeadLetters
-from raftloop_ingest.domain import IngestStore, Publish, PublishMany, Scrubbers
+from raftloop_ingest.domain import IngestStore, Publish, PublishMany, Scrubbers, TenantMismatch
 from raftloop_ingest.kb import KnowledgeBase
 from raftloop_ingest.pipeline import Pipeline
 from raftloop_ingest.routes import documents_router
@@ -165,8 +167,12 @@ def subscribe(
     async def on_feedback(msg: KafkaMessage) -> None:
         """chat.feedback -> interaction.ingested (next revision), or parked until the chat."""
         event = await dead.parse(FeedbackReceived, msg)
-        if event is not None:
+        if event is None:
+            return
+        try:
             m.observe(await pipeline.on_feedback(event))
+        except TenantMismatch as exc:  # another tenant's interaction: never joined
+            await dead.park(msg.raw_message, msg.raw_message.value or b"", exc)
 
 
 async def _raw_body(msg: KafkaMessage) -> Any:
@@ -186,15 +192,22 @@ def create_app(
         service="ingest",
     )
     metrics = IngestMetrics(registry)
+    dead = RedactingDeadLetters(broker, scrubbers)
+    feedback_topic = settings.topic(Topic.CHAT_FEEDBACK)
+
+    async def reject_parked(event: FeedbackReceived, exc: TenantMismatch) -> None:
+        key = event_key(Topic.CHAT_FEEDBACK, event)
+        await dead.park_event(feedback_topic, event, key, exc)
+
     pipeline = Pipeline(
         store,
         scrubbers,
         publisher_for(broker, settings, Topic.INTERACTION_INGESTED),
         batch_publisher_for(broker, settings, Topic.INTERACTION_INGESTED),
+        reject_parked,
         max_chars=settings.max_chars,
     )
     kb = KnowledgeBase(store, publisher_for(broker, settings, Topic.KB_DOCUMENT))
-    dead = RedactingDeadLetters(broker, scrubbers)
     subscribe(broker, settings, pipeline, metrics, dead)
 
     @asynccontextmanager

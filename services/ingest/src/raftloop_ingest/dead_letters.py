@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 from faststream.kafka import KafkaBroker, KafkaMessage
 from pydantic import BaseModel, ValidationError
 
+from raftloop_core.events import Event
 from raftloop_core.messaging import (
     ATTEMPTS_HEADER,
     ERROR_CLASS_HEADER,
@@ -26,7 +27,7 @@ from raftloop_core.messaging import (
 )
 from raftloop_core.telemetry import dead_letter_policy
 from raftloop_core.topics import dead_letter
-from raftloop_ingest.domain import Scrubbers
+from raftloop_ingest.domain import Scrubbers, TenantMismatch
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,8 @@ def describe(exc: Exception) -> str:
         return f"JSONDecodeError: {exc.msg} at position {exc.pos}"
     if isinstance(exc, UnicodeDecodeError):
         return f"UnicodeDecodeError: {exc.reason} at byte {exc.start}"
+    if isinstance(exc, TenantMismatch):  # names tenants and an id, never text
+        return f"TenantMismatch: {exc}"
     return type(exc).__name__
 
 
@@ -96,12 +99,31 @@ class RedactingDeadLetters:
             FAILED_AT_HEADER: str(time.time()),
             REDACTED_HEADER: note,
         }
-        await self.broker.publish(
-            value, topic=dead_letter(record.topic), key=record.key, headers=headers
-        )
-        self.parked += 1
-        dead_letter_policy(self.broker).count(record.topic, type(exc).__name__)
+        await self._publish(record.topic, record.key, value, headers, exc)
         log.warning(
             "dead-lettered message",
             extra={"topic": record.topic, "offset": record.offset, "error": error},
         )
+
+    async def park_event(self, topic: str, event: Event, key: bytes, exc: Exception) -> None:
+        """Dead-letter an event whose message was committed long ago, without a source offset.
+
+        Feedback parked in the store is such an event: its redacted stored form is published.
+        """
+        headers = {
+            ERROR_HEADER: describe(exc),
+            ERROR_CLASS_HEADER: type(exc).__name__,
+            SOURCE_TOPIC_HEADER: topic,
+            ATTEMPTS_HEADER: "1",
+            FAILED_AT_HEADER: str(time.time()),
+            REDACTED_HEADER: "rebuilt from the redacted copy ingest had parked",
+        }
+        await self._publish(topic, key, event.model_dump_json().encode(), headers, exc)
+        log.warning("dead-lettered parked event", extra={"topic": topic, "error": describe(exc)})
+
+    async def _publish(
+        self, topic: str, key: bytes | None, value: bytes, headers: dict[str, str], exc: Exception
+    ) -> None:
+        await self.broker.publish(value, topic=dead_letter(topic), key=key, headers=headers)
+        self.parked += 1
+        dead_letter_policy(self.broker).count(topic, type(exc).__name__)

@@ -87,11 +87,38 @@ class StoredInteraction:
 
 @dataclass(frozen=True)
 class PendingFeedback:
-    """Feedback that arrived before its interaction (redacted)."""
+    """Feedback that arrived before its interaction (redacted), with the sender's tenant.
+
+    `tenant` is None only for feedback parked before ingest recorded it.
+    """
 
     interaction_id: UUID
     feedback: Feedback
     mapping: dict[str, str]
+    tenant: str | None = None
+
+
+class TenantMismatch(Exception):
+    """Feedback names an interaction of another tenant: it is dead-lettered, never joined."""
+
+    def __init__(self, interaction_id: UUID, sender: str, owner: str) -> None:
+        super().__init__(
+            f"feedback of tenant {sender!r} names interaction {interaction_id} of tenant "
+            f"{owner!r}; not joined. A key may rate only its own tenant's answers: check the "
+            "gateway that published it"
+        )
+        self.sender = sender
+        self.owner = owner
+
+
+def check_feedback_tenant(interaction_id: UUID, sender: str, owner: str | None) -> None:
+    """Refuse to join feedback into another tenant's interaction (None: owner unknown).
+
+    Raises:
+        TenantMismatch: the feedback's tenant is not the interaction's.
+    """
+    if owner is not None and sender != owner:
+        raise TenantMismatch(interaction_id, sender, owner)
 
 
 @dataclass(frozen=True)

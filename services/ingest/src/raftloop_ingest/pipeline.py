@@ -10,18 +10,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from uuid import UUID
 
 from raftloop_core.events import ChatCompleted, FeedbackReceived, InteractionIngested
 from raftloop_core.faults import crash_point
 from raftloop_ingest.domain import (
+    BatchState,
     IngestStore,
     PendingFeedback,
     Publish,
     PublishMany,
     Scrubbers,
     StoredInteraction,
+    TenantMismatch,
+    check_feedback_tenant,
     clean_interaction,
     ingested_event_id,
     question_hash,
@@ -32,15 +36,24 @@ from raftloop_ingest.screen import screen
 
 log = logging.getLogger(__name__)
 
+RejectParked = Callable[[FeedbackReceived, TenantMismatch], Awaitable[None]]
+"""Dead-letter parked feedback that names another tenant's interaction (its message is gone)."""
+
 
 @dataclass
 class Pipeline:
-    """Cleans interactions and joins feedback; one instance per process."""
+    """Cleans interactions and joins feedback; one instance per process.
+
+    Feedback joins only its own tenant's interaction: `on_feedback` raises `TenantMismatch`
+    for another tenant's (the caller dead-letters the message), and parked feedback of another
+    tenant is handed to `reject_parked` when the interaction arrives.
+    """
 
     store: IngestStore
     scrubbers: Scrubbers
     publish: Publish
     publish_many: PublishMany
+    reject_parked: RejectParked
     max_chars: int = 20_000
     # Chat and feedback handlers run concurrently; the join must see one consistent state.
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -65,8 +78,9 @@ class Pipeline:
                     log.info("duplicate chat event skipped", extra=_ids(event))
                     continue
                 fresh[event.interaction_id] = event
+            joinable = {e.interaction_id: await self._own_pending(e, state) for e in fresh.values()}
             staged = self._mark_duplicates(
-                [self._clean(e, state.pending.get(e.interaction_id)) for e in fresh.values()]
+                [self._clean(e, joinable[e.interaction_id]) for e in fresh.values()]
             )
             outs = [
                 InteractionIngested(
@@ -83,6 +97,27 @@ class Pipeline:
             crash_point("ingest.after_write")  # fault tests: written, offset not yet committed
         log.debug("interactions ingested", extra={"count": len(outs)})
         return outs
+
+    async def _own_pending(self, event: ChatCompleted, state: BatchState) -> PendingFeedback | None:
+        """The feedback parked for this interaction, unless another tenant sent it.
+
+        Another tenant's is dead-lettered here, before the interaction is recorded (which
+        clears it), so a crash in between dead-letters it again rather than losing it.
+        """
+        pending = state.pending.get(event.interaction_id)
+        if pending is None:
+            return None
+        try:
+            check_feedback_tenant(
+                event.interaction_id, pending.tenant or event.tenant, event.tenant
+            )
+        except TenantMismatch as exc:
+            rebuilt = FeedbackReceived(
+                tenant=exc.sender, interaction_id=event.interaction_id, feedback=pending.feedback
+            )
+            await self.reject_parked(rebuilt, exc)
+            return None
+        return pending
 
     def _clean(self, event: ChatCompleted, pending: PendingFeedback | None) -> StoredInteraction:
         """Redact, screen and hash one chat event (duplicates are marked per batch)."""
@@ -122,18 +157,26 @@ class Pipeline:
         return marked
 
     async def on_feedback(self, event: FeedbackReceived) -> InteractionIngested | None:
-        """Join feedback to its interaction: a new revision now, or parked until it arrives."""
+        """Join feedback to its interaction: a new revision now, or parked until it arrives.
+
+        Raises:
+            TenantMismatch: the interaction (or the feedback parked for it) is another tenant's.
+        """
         async with self.lock:
             if self.store.feedback_seen(event.event_id):
                 return None
             stored = self.store.get(event.interaction_id)
             pending = None if stored else self.store.pending(event.interaction_id)
+            # Parked feedback of another tenant keeps its place: which of the two is the
+            # owner's is known only when the interaction arrives.
+            owner = stored.tenant if stored else pending.tenant if pending else None
+            check_feedback_tenant(event.interaction_id, event.tenant, owner)
             known = stored.mapping if stored else pending.mapping if pending else None
             scrub = self.scrubbers.session(str(event.interaction_id), known)
             feedback = redact_feedback(event.feedback, scrub)
             if stored is None:
                 self.store.save_pending(
-                    PendingFeedback(event.interaction_id, feedback, scrub.mapping),
+                    PendingFeedback(event.interaction_id, feedback, scrub.mapping, event.tenant),
                     feedback_event_id=event.event_id,
                 )
                 log.debug("feedback parked until its interaction arrives", extra=_ids(event))

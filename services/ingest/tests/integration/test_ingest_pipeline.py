@@ -216,3 +216,65 @@ async def test_feedback_join_survives_a_restart_and_duplicates_are_marked(
     assert revised.interaction.feedback.correction == "No."
     assert revised.interaction.duplicate_of == early.interaction_id
     assert revised.event_id != dup.event_id
+
+
+def of(tenant: str, event: ev.FeedbackReceived) -> ev.FeedbackReceived:
+    return event.model_copy(update={"tenant": tenant})
+
+
+async def test_feedback_of_another_tenant_is_dead_lettered_never_joined(
+    kafka_settings: KafkaSettings, prefix: str, tmp_path: Path, redactor: Redactor
+) -> None:
+    joined = chat("Where is my invoice?", tenant="acme")
+    parked = chat("Can I export my vault?", tenant="acme")
+    contested = chat("How do I add a seat?", tenant="acme")
+    ingested = f"{prefix}{Topic.INTERACTION_INGESTED}"
+    fb_dlt = dead_letter(f"{prefix}{Topic.CHAT_FEEDBACK}")
+    foreign = of("globex", feedback(joined.interaction_id, correction="GLOBEX says no."))
+    own = of("acme", feedback(joined.interaction_id, correction="In Billing.", rating=1))
+    early_foreign = of("globex", feedback(parked.interaction_id, correction="GLOBEX early."))
+    first_own = of("acme", feedback(contested.interaction_id, correction="Settings.", rating=1))
+    late_foreign = of("globex", feedback(contested.interaction_id, correction="GLOBEX late."))
+    async with (
+        Collector(kafka_settings, [ingested, fb_dlt]) as seen,
+        running(kafka_settings, prefix, tmp_path, "ingest-tenants", redactor),
+    ):
+        probe = SqlIngestStore(make_engine(f"sqlite:///{tmp_path / 'ingest/ingest.sqlite3'}"))
+        # 1. The interaction is already ingested when another tenant's feedback arrives.
+        await publish(kafka_settings, prefix, [(Topic.CHAT_COMPLETED, joined)])
+        await wait_for(lambda: len(seen.on(ingested)) >= 1)
+        await publish(kafka_settings, prefix, [(Topic.CHAT_FEEDBACK, foreign)])
+        await wait_for(lambda: len(seen.on(fb_dlt)) >= 1)
+        await publish(kafka_settings, prefix, [(Topic.CHAT_FEEDBACK, own)])
+        await wait_for(lambda: len(seen.on(ingested)) >= 2)
+        # 2. Another tenant's feedback is parked before the interaction arrives.
+        await publish(kafka_settings, prefix, [(Topic.CHAT_FEEDBACK, early_foreign)])
+        await wait_for(lambda: probe.pending(parked.interaction_id) is not None)
+        await publish(kafka_settings, prefix, [(Topic.CHAT_COMPLETED, parked)])
+        await wait_for(lambda: len(seen.on(ingested)) >= 3 and len(seen.on(fb_dlt)) >= 2)
+        # 3. The owner's feedback is parked first; another tenant's must not replace it.
+        await publish(kafka_settings, prefix, [(Topic.CHAT_FEEDBACK, first_own)])
+        await wait_for(lambda: probe.pending(contested.interaction_id) is not None)
+        await publish(kafka_settings, prefix, [(Topic.CHAT_FEEDBACK, late_foreign)])
+        await wait_for(lambda: len(seen.on(fb_dlt)) >= 3)
+        await publish(kafka_settings, prefix, [(Topic.CHAT_COMPLETED, contested)])
+        await wait_for(lambda: len(seen.on(ingested)) >= 4)
+
+    by = {(e.interaction.interaction_id, e.revision): e for e in seen.ingested(ingested)}
+    assert set(by) == {
+        (joined.interaction_id, 1),
+        (joined.interaction_id, 2),
+        (parked.interaction_id, 1),
+        (contested.interaction_id, 1),
+    }
+    assert all(e.tenant == "acme" for e in by.values())
+    assert all("GLOBEX" not in e.model_dump_json() for e in by.values())
+    assert by[(joined.interaction_id, 2)].interaction.feedback == own.feedback
+    assert by[(parked.interaction_id, 1)].interaction.feedback is None
+    assert by[(contested.interaction_id, 1)].interaction.feedback == first_own.feedback
+    dead = seen.on(fb_dlt)
+    assert len(dead) == 3
+    for record in dead:
+        assert record.headers["x-error"].startswith("TenantMismatch"), record.headers
+        assert "'globex'" in record.headers["x-error"]
+        assert ev.FeedbackReceived.model_validate_json(record.value).tenant == "globex"

@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from uuid import uuid4
 
+import pytest
+import sqlalchemy as sa
+
 from raftloop_core.events import Feedback
+from raftloop_ingest.adapters import SqlIngestStore, make_engine
 from raftloop_ingest.domain import (
+    PendingFeedback,
+    TenantMismatch,
+    check_feedback_tenant,
     document_id,
     ingested_event_id,
     normalise_question,
@@ -44,3 +52,29 @@ def test_feedback_text_is_redacted() -> None:
     assert out.correction == "mail me: <EMAIL_1>"
     assert out.comment is None
     assert out.rating == -1
+
+
+def test_feedback_joins_only_its_own_tenants_interaction() -> None:
+    iid = uuid4()
+    check_feedback_tenant(iid, "acme", "acme")
+    check_feedback_tenant(iid, "acme", None)  # parked before tenants were recorded
+    with pytest.raises(TenantMismatch, match="feedback of tenant 'globex' names interaction"):
+        check_feedback_tenant(iid, "globex", "acme")
+
+
+def test_a_pending_table_from_before_tenants_gets_the_column(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'old.sqlite3'}"
+    old = sa.create_engine(url)
+    with old.begin() as conn:
+        conn.execute(
+            sa.text(
+                "CREATE TABLE ingest_pending_feedback (interaction_id VARCHAR(36) PRIMARY KEY, "
+                "payload TEXT NOT NULL, mapping TEXT NOT NULL, received_at DATETIME NOT NULL)"
+            )
+        )
+    old.dispose()
+    store = SqlIngestStore(make_engine(url))
+    parked = PendingFeedback(uuid4(), Feedback(feedback_id=uuid4(), rating=1), {}, "acme")
+    store.save_pending(parked, feedback_event_id=uuid4())
+    assert store.pending(parked.interaction_id) == parked
+    make_engine(url)  # a second start finds the column and changes nothing
