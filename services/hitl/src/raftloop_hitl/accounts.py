@@ -200,6 +200,25 @@ class Accounts:
             add_audit(conn, tenant, actor, "user.update", f"user:{user_id}", detail, time.time())
         return True
 
+    def end_sessions(self, tenant: str, user_id: int, *, actor: str | None = None) -> bool:
+        """Sign a user out everywhere: every cookie issued before now stops working.
+
+        With an `actor` (an admin revoking) the audit log records it. False when the user is
+        not in this tenant.
+        """
+        with self.engine.begin() as conn:
+            done = conn.execute(
+                update(User)
+                .where(User.id == user_id, User.tenant == tenant)
+                .values(session_epoch=User.session_epoch + 1)
+            )
+            if done.rowcount != 1:
+                return False
+            if actor is not None:
+                target = f"user:{user_id}"
+                add_audit(conn, tenant, actor, "user.revoke_sessions", target, "", time.time())
+        return True
+
 
 def check_account(username: str, password: str, role: str) -> None:
     """Refuse a bad role, username or password.

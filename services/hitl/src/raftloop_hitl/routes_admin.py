@@ -78,6 +78,12 @@ def admin_router(ctx: Ctx) -> APIRouter:
             raise PageError(404, f"no user {user_id}")
         return RedirectResponse("/admin/users?m=saved", status_code=303)
 
+    @router.post("/users/{user_id}/revoke-sessions", dependencies=[Csrf])
+    def revoke_sessions(who: Admin, user_id: RowId) -> Response:
+        if not ctx.accounts.end_sessions(who.tenant, user_id, actor=who.name):
+            raise PageError(404, f"no user {user_id}")
+        return RedirectResponse("/admin/users?m=signed+out+everywhere", status_code=303)
+
     @router.get("/routing", response_class=HTMLResponse)
     def routing(request: Request, who: Admin) -> Response:
         with ctx.engine.connect() as conn:

@@ -10,7 +10,14 @@ from raftloop_hitl import policies
 from raftloop_hitl.accounts import LoginThrottle
 from raftloop_hitl.context import Ctx, RowId
 from raftloop_hitl.store import QueueError
-from raftloop_hitl.web import CSRF_FIELD, PageError, Principal, check_csrf, render
+from raftloop_hitl.web import (
+    CSRF_FIELD,
+    PageError,
+    Principal,
+    check_csrf,
+    render,
+    session_principal,
+)
 
 ACTIONS = {"approve": "approved", "correct": "corrected", "reject": "rejected", "skip": "skipped"}
 
@@ -58,6 +65,11 @@ def ui_router(ctx: Ctx) -> APIRouter:
 
     @router.post("/logout", dependencies=[Csrf])
     def logout(request: Request) -> Response:
+        who = session_principal(request, ctx.accounts)
+        user_id = request.session.get("uid")
+        if who is not None and isinstance(user_id, int):
+            # Server-side: this cookie, and any copy of it, stops working (#17).
+            ctx.accounts.end_sessions(who.tenant, user_id)
         request.session.clear()
         return RedirectResponse("/login", status_code=303)
 

@@ -156,3 +156,60 @@ def test_sign_in_claim_mark_correct_and_approve_with_the_keyboard(
         assert actions[str(fourth.interaction.interaction_id)] == ("skipped", None)
     finally:
         service.stop()
+
+
+def test_signing_out_and_an_admins_revoke_button_end_sessions_server_side(
+    tmp_path: Path, kafka_settings: KafkaSettings
+) -> None:
+    """#17: a copied cookie dies with the sign-out; the users page signs a reviewer out."""
+    if not CHROMIUM.exists():
+        pytest.fail("Debian's chromium is missing: apt-get install -y chromium chromium-driver")
+    from playwright.sync_api import expect, sync_playwright
+
+    settings = settings_for(tmp_path, kafka_settings, prefixed_topics(kafka_settings))
+    service = Service(settings, tmp_path / "hitl.log")
+    service.start()
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    password = {a.username: a.password for a in ensure_dev_credentials(settings.runtime).accounts}
+
+    def sign_in(page: object, username: str) -> None:
+        page.goto(f"{service.url}/login")  # type: ignore[attr-defined]
+        page.fill("input[name=username]", username)  # type: ignore[attr-defined]
+        page.fill("input[name=password]", password[username])  # type: ignore[attr-defined]
+        page.keyboard.press("Enter")  # type: ignore[attr-defined]
+        page.wait_for_url(re.compile(r"/queue$"))  # type: ignore[attr-defined]
+
+    try:
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(
+                executable_path=str(CHROMIUM),
+                args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+            )
+            reviewer = browser.new_page()
+            sign_in(reviewer, "reviewer")
+            cookies = reviewer.context.cookies()
+            thief = browser.new_page()  # a context of its own, given the copied cookie
+            thief.context.add_cookies(cookies)  # type: ignore[arg-type]
+            thief.goto(f"{service.url}/queue")
+            expect(thief.locator("h1")).not_to_have_text("Sign in")
+
+            reviewer.get_by_role("button", name="Sign out").click()
+            expect(reviewer.locator("h1")).to_have_text("Sign in")
+            thief.reload()
+            expect(thief.locator("h1")).to_have_text("Sign in")
+
+            sign_in(reviewer, "reviewer")
+            admin = browser.new_page(viewport={"width": 1400, "height": 1000})
+            sign_in(admin, "admin")
+            admin.goto(f"{service.url}/admin/users")
+            admin.get_by_role("button", name="Sign reviewer out everywhere").click()
+            admin.wait_for_url(re.compile(r"/admin/users\?m="))
+            expect(admin.locator(".flash")).to_have_text("signed out everywhere")
+            admin.screenshot(path=ARTIFACTS / "users-revoked.png", full_page=True)
+            reviewer.reload()
+            expect(reviewer.locator("h1")).to_have_text("Sign in")
+            admin.goto(f"{service.url}/admin/audit")
+            expect(admin.locator("main table")).to_contain_text("user.revoke_sessions")
+            browser.close()
+    finally:
+        service.stop()
