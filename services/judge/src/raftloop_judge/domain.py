@@ -118,8 +118,8 @@ class JudgeStore(Protocol):
         """Store a label; False when this review was already stored."""
         ...
 
-    def recent_labels(self, limit: int) -> list[LabelRecord]:
-        """The newest `limit` labels, oldest first."""
+    def recent_labels(self, limit: int, tenant: str | None = None) -> list[LabelRecord]:
+        """The newest `limit` labels (of one tenant, or of all), oldest first."""
         ...
 
     def add_reference(self, reference: Reference) -> bool:

@@ -6,10 +6,11 @@ No `from __future__ import annotations` here: FastAPI must see the local depende
 from typing import Annotated, Literal
 
 import openai
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, Field
 
 from raftloop_core.api import ApiError, Caller, KeyStore, require
+from raftloop_core.events import Tenant
 from raftloop_judge.evaluators import JudgeFailed, PairwiseJudge
 from raftloop_judge.service import JudgeService
 
@@ -73,7 +74,14 @@ def judge_router(keys: KeyStore, service: JudgeService, pairwise: PairwiseJudge)
         )
 
     @router.get("/agreement")
-    async def agreement(caller: Internal) -> dict[str, object]:
-        return await service.agreement()
+    async def agreement(
+        caller: Internal,
+        tenant: Annotated[
+            Tenant | None,
+            Query(description="Default: the key's tenant; another only with a platform key."),
+        ] = None,
+    ) -> dict[str, object]:
+        """Judge-vs-reviewer agreement over one tenant's recent labels."""
+        return await service.agreement(caller.acting_for(tenant))
 
     return router

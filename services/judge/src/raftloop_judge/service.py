@@ -176,15 +176,17 @@ class JudgeService:
             self._since_fit = 0
         return fitted
 
-    async def agreement(self) -> dict[str, object]:
-        """Agreement figures over the sliding window, plus the calibrator's state."""
-        labels = await asyncio.to_thread(self.store.recent_labels, self.policy.window)
+    async def agreement(self, tenant: str) -> dict[str, object]:
+        """A tenant's agreement figures over its sliding window, plus the calibrator's state.
+
+        The calibrator is fitted on every tenant's labels, so only whether it is fitted is
+        shown, not how many labels it saw.
+        """
+        labels = await asyncio.to_thread(self.store.recent_labels, self.policy.window, tenant)
         figures = agreement(labels)
+        figures["tenant"] = tenant
         figures["judge_version"] = self.judge.version
-        figures["calibrator"] = {
-            "fitted": self.calibrator is not None,
-            "labels": self.calibrator.n if self.calibrator else 0,
-        }
+        figures["calibrator"] = {"fitted": self.calibrator is not None}
         return figures
 
     async def keep_reference(self, ref_id: str, tenant: str, question: str, answer: str) -> bool:

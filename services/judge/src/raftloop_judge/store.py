@@ -37,6 +37,8 @@ labels = sa.Table(
     sa.Column("review_id", sa.String(64), nullable=False, unique=True),
     sa.Column("payload", sa.Text, nullable=False),
     sa.Column("at", sa.DateTime(timezone=True), nullable=False, index=True),
+    # Agreement figures are per tenant (issue #17); older rows get it from their payload.
+    sa.Column("tenant", sa.String(64), nullable=True, index=True),
 )
 references = sa.Table(
     "judge_references",
@@ -78,6 +80,7 @@ class SqlJudgeStore:
         if self.engine.dialect.name == "sqlite":
             sa.event.listen(self.engine, "connect", _sqlite_pragmas)
         metadata.create_all(self.engine)
+        _add_label_tenants(self.engine)
 
     def close(self) -> None:
         """Release connections."""
@@ -133,13 +136,19 @@ class SqlJudgeStore:
     def add_label(self, label: LabelRecord) -> bool:
         """Store a label once per review."""
         return self._insert(
-            labels, review_id=label.review_id, payload=json.dumps(label.__dict__), at=_now()
+            labels,
+            review_id=label.review_id,
+            payload=json.dumps(label.__dict__),
+            at=_now(),
+            tenant=label.slices.get("tenant"),
         )
 
-    def recent_labels(self, limit: int) -> list[LabelRecord]:
-        """The newest `limit` labels, oldest first."""
+    def recent_labels(self, limit: int, tenant: str | None = None) -> list[LabelRecord]:
+        """The newest `limit` labels (of one tenant, or of all), oldest first."""
         with self.engine.connect() as conn:
             query = sa.select(labels.c.payload).order_by(labels.c.id.desc()).limit(limit)
+            if tenant is not None:
+                query = query.where(labels.c.tenant == tenant)
             rows = conn.execute(query).all()
         return [LabelRecord(**json.loads(r[0])) for r in reversed(rows)]
 
@@ -181,3 +190,17 @@ class SqlJudgeStore:
             query = sa.select(calibrators.c.payload).order_by(calibrators.c.id.desc()).limit(1)
             row = conn.execute(query).first()
         return row[0] if row else None
+
+
+def _add_label_tenants(engine: sa.Engine) -> None:
+    """Add the labels' tenant column to a table created before it, filled from the payloads."""
+    if "tenant" in {c["name"] for c in sa.inspect(engine).get_columns(labels.name)}:
+        return
+    # Replicas may start together on PostgreSQL; SQLite has one writer and no IF NOT EXISTS here.
+    guard = "IF NOT EXISTS " if engine.dialect.name == "postgresql" else ""
+    with engine.begin() as conn:
+        conn.execute(sa.text(f"ALTER TABLE {labels.name} ADD COLUMN {guard}tenant VARCHAR(64)"))
+        rows = conn.execute(sa.select(labels.c.id, labels.c.payload)).all()
+        for row in rows:
+            tenant = json.loads(row.payload).get("slices", {}).get("tenant")
+            conn.execute(labels.update().where(labels.c.id == row.id).values(tenant=tenant))

@@ -5,7 +5,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from openai import AsyncOpenAI
 
@@ -43,7 +42,8 @@ def stubs() -> Iterator[dict[str, str]]:
 
 
 def openai_client(base_url: str, key: str = "test-key") -> AsyncOpenAI:
-    return AsyncOpenAI(base_url=base_url, api_key=key, timeout=httpx.Timeout(60.0), max_retries=2)
+    # A plain number: openai 3 takes its own HTTP library's timeouts (httpx2), not httpx's.
+    return AsyncOpenAI(base_url=base_url, api_key=key, timeout=60.0, max_retries=2)
 
 
 class Published(list[InteractionJudged]):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from uuid import uuid4
@@ -75,3 +76,26 @@ def test_state_round_trips_and_writes_are_idempotent(store: SqlJudgeStore) -> No
     store.save_calibrator('{"a": 1}')
     store.save_calibrator('{"a": 2}')
     assert store.load_calibrator() == '{"a": 2}'
+
+
+def test_labels_stored_before_tenants_are_found_by_their_tenant(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'old.sqlite3'}"
+    old = sa.create_engine(url)
+    label = LabelRecord("r1", "i1", True, {}, {}, {}, slices={"tenant": "acme"})
+    with old.begin() as conn:
+        conn.execute(
+            sa.text(
+                "CREATE TABLE judge_labels (id INTEGER PRIMARY KEY AUTOINCREMENT, review_id "
+                "VARCHAR(64) NOT NULL UNIQUE, payload TEXT NOT NULL, at DATETIME NOT NULL)"
+            )
+        )
+        conn.execute(
+            sa.text("INSERT INTO judge_labels (review_id, payload, at) VALUES ('r1', :p, :at)"),
+            {"p": json.dumps(label.__dict__), "at": "2026-01-01 00:00:00"},
+        )
+    old.dispose()
+    store = SqlJudgeStore(url)
+    assert store.recent_labels(10, "acme") == [label]
+    assert store.recent_labels(10, "globex") == []
+    store.close()
+    SqlJudgeStore(url).close()  # a second start finds the column and changes nothing
