@@ -179,9 +179,14 @@ class Caller:
     tokens_per_minute: int = 200_000
     tenants: frozenset[str] = frozenset()
 
+    @property
+    def all_tenants(self) -> bool:
+        """Whether this key may act for every tenant (`tenants: ["*"]`): an operator's key."""
+        return ALL_TENANTS in self.tenants
+
     def may_act_for(self, tenant: str) -> bool:
         """Whether this key may act for `tenant`: its own, or one its record lists."""
-        return tenant == self.tenant or ALL_TENANTS in self.tenants or tenant in self.tenants
+        return tenant == self.tenant or self.all_tenants or tenant in self.tenants
 
     def acting_for(self, requested: str | None, *, param: str = "tenant") -> str:
         """The tenant a request runs in: `requested` when the key may act for it, else its own.

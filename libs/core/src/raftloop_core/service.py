@@ -2,6 +2,12 @@
 
 `/readyz` answers 200 only when every required check passes (the service's broker, store and
 model), else 503; its body names each check's result, informational ones included.
+
+Protected ops routes (`RAFTLOOP_PROTECT_OPS`, on by default in production): `/metrics` names
+every tenant (queue depths, labels), so it needs an operator's key, a `metrics` key (what
+Prometheus sends) or a key that acts for every tenant; the API docs (`/docs`, `/redoc`,
+`/openapi.json`) need any admin, internal or metrics key. `/healthz` and `/readyz` stay open
+for probes and say nothing about tenants.
 """
 
 from __future__ import annotations
@@ -15,6 +21,10 @@ from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from faststream.kafka import KafkaBroker
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
+
+from raftloop_core.api import ApiError, Caller, KeyStore, error_response, presented_key
+
+METRICS_PATH = "/metrics"
 
 
 @dataclass(frozen=True)
@@ -57,8 +67,21 @@ def add_ops_routes(
     service: str,
     registry: CollectorRegistry,
     checks: Sequence[ReadinessCheck] = (),
+    keys: KeyStore | None = None,
+    protect: bool = False,
 ) -> None:
-    """Register health, readiness and metrics routes plus a request-latency histogram."""
+    """Register health, readiness and metrics routes plus a request-latency histogram.
+
+    With `protect` (the service's `runtime.ops_protected`), `/metrics` and the API docs need
+    a key from `keys` (see the module docstring).
+
+    Raises:
+        ValueError: `protect` without `keys`.
+    """
+    if protect:
+        if keys is None:
+            raise ValueError("protected ops routes need the service's key store")
+        _guard_ops_routes(app, keys)
     latency = Histogram(
         "raftloop_http_request_seconds",
         "HTTP request latency by route and status.",
@@ -91,7 +114,7 @@ def add_ops_routes(
         ready = all(ok for check, ok in zip(checks, passed, strict=True) if check.required)
         return JSONResponse({"ready": ready, "checks": results}, status_code=200 if ready else 503)
 
-    @app.get("/metrics", include_in_schema=False)
+    @app.get(METRICS_PATH, include_in_schema=False)
     async def metrics() -> Response:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
@@ -101,3 +124,53 @@ async def _passes(check: ReadinessCheck) -> bool:
         return bool(await check.check())
     except Exception:  # a failing dependency means "not ready", never a 500
         return False
+
+
+def _guard_ops_routes(app: FastAPI, keys: KeyStore) -> None:
+    """Refuse `/metrics` and the API docs to callers without a suitable key.
+
+    A middleware rather than a dependency: FastAPI adds the docs routes itself.
+    """
+    docs = {app.docs_url, app.redoc_url, app.openapi_url}
+    if app.docs_url and app.swagger_ui_oauth2_redirect_url:
+        docs.add(app.swagger_ui_oauth2_redirect_url)
+    guarded = {p for p in docs if p} | {METRICS_PATH}
+
+    @app.middleware("http")
+    async def _ops_key(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        path = request.url.path
+        if path not in guarded:
+            return await call_next(request)
+        try:
+            _admit(path, keys, presented_key(request))
+        except ApiError as exc:
+            return error_response(exc)
+        return await call_next(request)
+
+
+def _admit(path: str, keys: KeyStore, key: str | None) -> Caller:
+    """The caller of a protected ops route, or the refusal."""
+    if key is None:
+        raise ApiError(
+            401,
+            f"{path} needs a key here (RAFTLOOP_PROTECT_OPS): send `Authorization: Bearer "
+            "<key>` with a metrics key, or an admin or internal key",
+            code="missing_api_key",
+        )
+    caller = keys.lookup(key)
+    if caller is None:
+        raise ApiError(401, "invalid API key", code="invalid_api_key")
+    if path == METRICS_PATH:
+        if caller.role == "metrics" or caller.all_tenants:
+            return caller
+        raise ApiError(
+            403,
+            "/metrics shows every tenant's figures: it needs a metrics key (role `metrics`, "
+            "what Prometheus sends) or a platform key that acts for every tenant",
+            code="forbidden",
+        )
+    if caller.role in ("metrics", "internal", "admin"):
+        return caller
+    raise ApiError(403, f"{path} needs an admin, internal or metrics key", code="forbidden")

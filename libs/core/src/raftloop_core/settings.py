@@ -40,6 +40,13 @@ class RuntimeSettings(BaseSettings):
     failpoints_dir: Path | None = Field(
         default=None, description="Fault-injection tests only; refused in production."
     )
+    protect_ops: bool | None = Field(
+        default=None,
+        description=(
+            "Whether `/metrics`, `/docs` and `/openapi.json` need a key "
+            "(RAFTLOOP_PROTECT_OPS); unset: yes in production, no in development."
+        ),
+    )
 
     @model_validator(mode="after")
     def _no_failpoints_in_production(self) -> RuntimeSettings:
@@ -54,6 +61,11 @@ class RuntimeSettings(BaseSettings):
     def production(self) -> bool:
         """Whether production rules apply."""
         return self.mode is Mode.PRODUCTION
+
+    @property
+    def ops_protected(self) -> bool:
+        """Whether the metrics and API-doc routes need a key (see `protect_ops`)."""
+        return self.production if self.protect_ops is None else self.protect_ops
 
     def path(self, *parts: str) -> Path:
         """A path under the data folder, created on demand."""

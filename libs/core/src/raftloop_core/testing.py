@@ -10,6 +10,7 @@ import os
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 from uuid import uuid4
 
 import pytest
@@ -18,6 +19,9 @@ from raftloop_core import events as ev
 from raftloop_core.embedded import EmbeddedBroker, free_port
 from raftloop_core.settings import KafkaSettings
 from raftloop_core.topics import Topic
+
+if TYPE_CHECKING:  # services' test environments have httpx; the core library does not need it
+    import httpx
 
 ADAPTER = "a" * 64
 
@@ -186,4 +190,19 @@ def sample_events() -> dict[Topic, ev.Event]:
             base_model="smollm2-135m",
             revision=3,
         ),
+    }
+
+
+OPS_PATHS = ("/metrics", "/openapi.json", "/healthz")
+"""What `ops_statuses` calls: the metrics, the API schema and a probe."""
+
+
+async def ops_statuses(http: httpx.AsyncClient, keys: dict[str, str]) -> dict[str, dict[str, int]]:
+    """Status of each of `OPS_PATHS` without a key (`none`) and with each named key."""
+    callers: dict[str, dict[str, str]] = {"none": {}} | {
+        who: {"Authorization": f"Bearer {key}"} for who, key in keys.items()
+    }
+    return {
+        path: {who: (await http.get(path, headers=h)).status_code for who, h in callers.items()}
+        for path in OPS_PATHS
     }

@@ -5,14 +5,19 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from pathlib import Path
 
 import httpx
+import pytest
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
+from raftloop_core.api import ApiKey, KeyStore, install_error_handlers
+from raftloop_core.credentials import hash_key
 from raftloop_core.logs import JsonFormatter, bind, bound
 from raftloop_core.service import ReadinessCheck, add_ops_routes, blocking_check
+from raftloop_core.settings import Mode, RuntimeSettings
 
 
 def _app(*checks: ReadinessCheck) -> FastAPI:
@@ -103,3 +108,83 @@ async def test_bound_ids_reach_every_line_in_the_block_and_its_tasks() -> None:
     assert explicit["interaction_id"] == "other"
     assert "interaction_id" not in outside
     assert bound("interaction_id") is None
+
+
+OPS_KEYS = {
+    "client": ("acme", "client", ()),
+    "tenant-admin": ("acme", "admin", ()),
+    "tenant-internal": ("acme", "internal", ()),
+    "platform": ("default", "internal", ("*",)),
+    "metrics": ("default", "metrics", ()),
+}
+
+
+def _guarded_app(*, protect: bool) -> FastAPI:
+    keys = KeyStore(
+        ApiKey(key_id=name, key_sha256=hash_key(name), tenant=t, role=role, tenants=listed)  # type: ignore[arg-type]
+        for name, (t, role, listed) in OPS_KEYS.items()
+    )
+    app = FastAPI()
+    install_error_handlers(app)
+    add_ops_routes(app, service="svc", registry=CollectorRegistry(), keys=keys, protect=protect)
+    return app
+
+
+async def _status(app: FastAPI, path: str, who: str | None) -> int:
+    transport = httpx.ASGITransport(app=app)
+    headers = {"Authorization": f"Bearer {who}"} if who else {}
+    async with httpx.AsyncClient(transport=transport, base_url="http://svc") as client:
+        return (await client.get(path, headers=headers)).status_code
+
+
+@pytest.mark.parametrize(
+    ("who", "metrics", "docs"),
+    [
+        (None, 401, 401),
+        ("nope", 401, 401),
+        ("client", 403, 403),
+        # A tenant's own keys read the API docs but not /metrics, which names every tenant.
+        ("tenant-admin", 403, 200),
+        ("tenant-internal", 403, 200),
+        ("platform", 200, 200),
+        ("metrics", 200, 200),
+    ],
+)
+async def test_protected_ops_routes_need_an_operators_key(
+    who: str | None, metrics: int, docs: int
+) -> None:
+    app = _guarded_app(protect=True)
+    assert await _status(app, "/metrics", who) == metrics
+    for path in ("/openapi.json", "/docs", "/redoc", "/docs/oauth2-redirect"):
+        assert await _status(app, path, who) == docs, path
+    for path in ("/healthz", "/readyz"):  # probes stay open
+        assert await _status(app, path, who) == 200
+
+
+async def test_unprotected_ops_routes_are_open() -> None:
+    app = _guarded_app(protect=False)
+    for path in ("/metrics", "/openapi.json", "/docs"):
+        assert await _status(app, path, None) == 200
+
+
+async def test_the_refusal_says_what_to_send() -> None:
+    transport = httpx.ASGITransport(app=_guarded_app(protect=True))
+    async with httpx.AsyncClient(transport=transport, base_url="http://svc") as client:
+        missing = (await client.get("/metrics")).json()["error"]
+        refused = (await client.get("/metrics", headers={"x-api-key": "tenant-admin"})).json()[
+            "error"
+        ]
+    assert missing["code"] == "missing_api_key"
+    assert "RAFTLOOP_PROTECT_OPS" in missing["message"]
+    assert refused["code"] == "forbidden"
+    assert "metrics" in refused["message"]
+
+
+def test_protection_defaults_on_in_production_only(tmp_path: Path) -> None:
+    dev = RuntimeSettings(data_dir=tmp_path)
+    prod = RuntimeSettings(data_dir=tmp_path, mode=Mode.PRODUCTION)
+    assert (dev.ops_protected, prod.ops_protected) == (False, True)
+    assert RuntimeSettings(data_dir=tmp_path, protect_ops=True).ops_protected
+    assert not RuntimeSettings(
+        data_dir=tmp_path, mode=Mode.PRODUCTION, protect_ops=False
+    ).ops_protected

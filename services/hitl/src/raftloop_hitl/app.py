@@ -112,6 +112,8 @@ def create_app(
         service="hitl",
         registry=registry,
         checks=[broker_check(broker), ReadinessCheck("database", _db_check(engine))],
+        keys=keys,
+        protect=settings.runtime.ops_protected,
     )
     app.state.ctx = ctx
     return app

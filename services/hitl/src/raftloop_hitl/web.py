@@ -105,7 +105,7 @@ def key_principal(request: Request, keys: KeyStore) -> Principal | None:
     caller = keys.lookup(key)
     if caller is None:
         raise ApiError(401, "invalid API key", code="invalid_api_key")
-    if caller.role == "client":
+    if caller.role not in ("internal", "admin"):  # client and metrics keys
         raise ApiError(403, "the review API needs an internal or admin key", code="forbidden")
     name = request.headers.get(REVIEWER_HEADER) or caller.key_id
     if len(name) > 100:

@@ -243,6 +243,8 @@ def create_app(
             # Any read proves the database answers; the nil id is never stored.
             blocking_check("database", lambda: store.get(_NO_INTERACTION)),
         ],
+        keys=keys,
+        protect=settings.runtime.ops_protected,
     )
     app.include_router(documents_router(kb, keys, max_bytes=settings.max_upload_bytes))
     return app

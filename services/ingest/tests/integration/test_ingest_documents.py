@@ -17,6 +17,7 @@ from raftloop_core import events as ev
 from raftloop_core.api import ApiKey, KeyStore
 from raftloop_core.credentials import hash_key
 from raftloop_core.settings import KafkaSettings
+from raftloop_core.testing import ops_statuses
 from raftloop_core.topics import Topic
 from raftloop_ingest.adapters import SqlIngestStore, make_engine
 from raftloop_ingest.app import create_app
@@ -224,3 +225,27 @@ async def test_a_key_cannot_delete_another_tenants_document(
         ev.DocumentDeleted,
     ]
     assert store.document_hash(doc_id) is None
+
+
+async def test_metrics_and_docs_need_an_operators_key_when_protected(
+    kafka_settings: KafkaSettings, unique: Callable[[str], str], tmp_path: Path
+) -> None:
+    settings = settings_for(kafka_settings, unique("ops") + ".", str(tmp_path), unique("g"))
+    settings = settings.model_copy(
+        update={"runtime": settings.runtime.model_copy(update={"protect_ops": True})}
+    )
+    keys = KeyStore(
+        [
+            ApiKey(key_id="a", key_sha256=hash_key("acme-admin"), tenant="acme", role="admin"),
+            ApiKey(key_id="m", key_sha256=hash_key("metrics-key"), role="metrics"),
+        ]
+    )
+    store = SqlIngestStore(make_engine(settings.database_url()))
+    app = create_app(settings, store=store, scrubbers=Redactor(hash_key=b"k"), keys=keys)
+    who = {"acme-admin": "acme-admin", "metrics": "metrics-key"}
+    transport = httpx.ASGITransport(app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://ingest") as http:
+        got = await ops_statuses(http, who)
+    assert got["/metrics"] == {"none": 401, "acme-admin": 403, "metrics": 200}
+    assert got["/openapi.json"] == {"none": 401, "acme-admin": 200, "metrics": 200}
+    assert set(got["/healthz"].values()) == {200}

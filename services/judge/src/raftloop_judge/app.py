@@ -151,6 +151,8 @@ def create_app(
             broker_check(broker),
             blocking_check("database", lambda: store.is_processed(_NO_EVENT)),
         ],
+        keys=keys,
+        protect=settings.runtime.ops_protected,
     )
     app.include_router(judge_router(keys, service, pairwise))
     return app

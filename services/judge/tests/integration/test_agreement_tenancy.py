@@ -1,4 +1,4 @@
-"""Agreement figures are a tenant's own: two tenants' labels in one judge, each key sees its own."""
+"""Agreement figures are a tenant's own; protected ops routes need an operator's key."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import pytest
 from raftloop_core.api import ApiKey, KeyStore
 from raftloop_core.credentials import hash_key
 from raftloop_core.settings import KafkaSettings
+from raftloop_core.testing import ops_statuses
 from raftloop_judge.adapters import OpenAIChatEndpoint, SentenceTransformerEmbedder
 from raftloop_judge.app import create_app
 from raftloop_judge.domain import LabelRecord
@@ -109,3 +110,36 @@ async def test_the_platform_key_may_name_any_tenant(http: httpx.AsyncClient) -> 
     assert (figures["tenant"], figures["window"]) == ("globex", LABELS["globex"])
     own = (await agreement(http, "platform")).json()
     assert (own["tenant"], own["window"]) == ("default", 0)
+
+
+async def test_metrics_and_docs_need_an_operators_key_when_protected(
+    kafka_settings: KafkaSettings,
+    unique: Callable[[str], str],
+    tmp_path: Path,
+    stubs: dict[str, str],
+    embedder: SentenceTransformerEmbedder,
+) -> None:
+    settings = judge_settings(kafka_settings, tmp_path, unique, stubs["logprobs"])
+    settings = settings.model_copy(
+        update={"runtime": settings.runtime.model_copy(update={"protect_ops": True})}
+    )
+    keys = KeyStore(
+        [
+            ApiKey(key_id="a", key_sha256=hash_key("acme-admin"), tenant="acme", role="admin"),
+            ApiKey(key_id="m", key_sha256=hash_key("metrics-key"), role="metrics"),
+        ]
+    )
+    app = create_app(
+        settings,
+        endpoint=OpenAIChatEndpoint(openai_client(stubs["logprobs"])),
+        embedder=embedder,
+        store=SqlJudgeStore(settings.database_url()),
+        keys=keys,
+    )
+    who = {"acme-admin": "acme-admin", "metrics": "metrics-key"}
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://judge") as http:
+        got = await ops_statuses(http, who)
+    assert got["/metrics"] == {"none": 401, "acme-admin": 403, "metrics": 200}
+    assert got["/openapi.json"] == {"none": 401, "acme-admin": 200, "metrics": 200}
+    assert set(got["/healthz"].values()) == {200}

@@ -155,6 +155,8 @@ def create_app(
             ReadinessCheck("model", model_ready),
             broker_check(broker),
         ],
+        keys=keys,
+        protect=settings.runtime.ops_protected,
     )
     app.include_router(
         retrieval_router(

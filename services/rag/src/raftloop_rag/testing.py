@@ -37,9 +37,11 @@ KEYS = {
     "admin": "test-admin-key",
     "acme-internal": "test-acme-internal-key",
     "acme-admin": "test-acme-admin-key",
+    "metrics": "test-metrics-key",
 }
 """Test API keys: a client of tenant acme, one of globex, the platform's internal key (tenant
-default, may act for every tenant), an admin of tenant default, and acme's internal and admin."""
+default, may act for every tenant), an admin of tenant default, acme's internal and admin, and
+a metrics key (what Prometheus sends where the ops routes need a key)."""
 
 
 def sample_keys() -> KeyStore:
@@ -69,6 +71,7 @@ def sample_keys() -> KeyStore:
                 tenant="acme",
                 role="admin",
             ),
+            ApiKey(key_id="metrics", key_sha256=hash_key(KEYS["metrics"]), role="metrics"),
         ]
     )
 

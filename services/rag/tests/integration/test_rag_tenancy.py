@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
+import httpx
 import pytest
 from faststream.kafka import KafkaMessage
+from qdrant_client import AsyncQdrantClient
 
 from raftloop_core.api import KeyStore
 from raftloop_core.events import DocumentDeleted, DocumentSubmitted
 from raftloop_core.messaging import ERROR_CLASS_HEADER, consumer_options, make_broker
 from raftloop_core.settings import KafkaSettings
+from raftloop_core.testing import ops_statuses
 from raftloop_core.topics import dead_letter
-from raftloop_rag.adapters import SentenceTransformerEmbedder
+from raftloop_rag.adapters import QdrantIndex, SentenceTransformerEmbedder
+from raftloop_rag.app import create_app
 from raftloop_rag.domain import point_id
 from raftloop_rag.testing import KEYS, RagService, auth, rag_settings, running_rag, wait_for
 
@@ -271,6 +276,34 @@ async def test_ops_routes(rag: RagService) -> None:
     metrics = (await rag.http.get("/metrics")).text
     assert 'raftloop_rag_documents_total{outcome="indexed"}' in metrics
     assert "raftloop_rag_retrieval_seconds_bucket" in metrics
+
+
+async def test_metrics_and_docs_need_an_operators_key_when_protected(
+    kafka_settings: KafkaSettings,
+    embedder: SentenceTransformerEmbedder,
+    keys: KeyStore,
+    tmp_path: Path,
+    unique: Callable[[str], str],
+) -> None:
+    runtime = {"data_dir": tmp_path, "protect_ops": True}
+    settings = rag_settings(kafka_settings, tmp_path / "qdrant", unique, runtime=runtime)
+    index = QdrantIndex(
+        AsyncQdrantClient(path=str(tmp_path / "q")), settings.collection, local=True
+    )
+    app = create_app(settings, embedder=embedder, index=index, keys=keys)
+    who = {k: KEYS[k] for k in ("acme", "acme-admin", "metrics", "internal")}
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://rag") as http:
+        got = await ops_statuses(http, who)
+    await index.close()
+    assert got["/metrics"] == {
+        "none": 401,
+        "acme": 403,
+        "acme-admin": 403,
+        "metrics": 200,
+        "internal": 200,
+    }
+    assert got["/openapi.json"] == {**got["/metrics"], "acme-admin": 200}
+    assert set(got["/healthz"].values()) == {200}
 
 
 async def test_a_malformed_document_event_is_dead_lettered_and_indexing_goes_on(

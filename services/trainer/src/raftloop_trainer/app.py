@@ -190,6 +190,8 @@ def create_app(
             blocking_check("database", lambda: runner.store.runs(1)),
             ReadinessCheck("model", _model_present(runner)),
         ],
+        keys=keys,
+        protect=settings.runtime.ops_protected,
     )
     app.include_router(build_router(settings, keys=keys, scheduler=scheduler))
     return app
