@@ -6,7 +6,6 @@ import base64
 import hashlib
 import hmac
 import secrets
-import threading
 import time
 from dataclasses import dataclass
 
@@ -53,36 +52,6 @@ class Account:
     tenant: str
     active: bool
     epoch: int = 0
-
-
-class LoginThrottle:
-    """Refuses sign-in for a while after repeated failures for one username (per process)."""
-
-    def __init__(self, *, failures: int = 5, window_s: float = 900.0) -> None:
-        self.failures = failures
-        self.window_s = window_s
-        self._seen: dict[str, list[float]] = {}
-        self._lock = threading.Lock()
-
-    def blocked(self, username: str) -> bool:
-        """Whether `username` has failed too often recently."""
-        now = time.monotonic()
-        with self._lock:
-            recent = [t for t in self._seen.get(username, []) if now - t < self.window_s]
-            self._seen[username] = recent
-            return len(recent) >= self.failures
-
-    def failed(self, username: str) -> None:
-        """Record a failed sign-in."""
-        with self._lock:
-            self._seen.setdefault(username, []).append(time.monotonic())
-            if len(self._seen) > 10_000:  # bounded: forget the oldest names
-                self._seen.pop(next(iter(self._seen)))
-
-    def succeeded(self, username: str) -> None:
-        """Forget failures after a good sign-in."""
-        with self._lock:
-            self._seen.pop(username, None)
 
 
 class AccountError(ValueError):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -25,6 +26,7 @@ from raftloop_hitl.accounts import Accounts
 from raftloop_hitl.adapters import KafkaOpsMonitor, OutboxRelay, published_on_kafka
 from raftloop_hitl.context import Ctx
 from raftloop_hitl.db import migrate
+from raftloop_hitl.domain import Backoff
 from raftloop_hitl.handlers import CONSUMED, Handlers
 from raftloop_hitl.routes_admin import admin_router
 from raftloop_hitl.routes_api import api_router
@@ -32,6 +34,7 @@ from raftloop_hitl.routes_ops import ops_router
 from raftloop_hitl.routes_ui import ui_router
 from raftloop_hitl.settings import HitlSettings
 from raftloop_hitl.store import RelayLeadership, ReviewStore
+from raftloop_hitl.throttle import SignInThrottle
 from raftloop_hitl.web import HERE, PageError, make_templates, page_error_handler, security_headers
 
 
@@ -42,8 +45,12 @@ def create_app(
     broker: KafkaBroker,
     keys: KeyStore,
     session_secret: SecretStr,
+    clock: Callable[[], float] = time.time,
 ) -> FastAPI:
-    """The review service: pages, API, consumers and relay, all started by the lifespan."""
+    """The review service: pages, API, consumers and relay, all started by the lifespan.
+
+    `clock` times sign-in throttling; tests pass a fake one.
+    """
     store = ReviewStore(engine, lease_s=settings.lease_seconds)
     leadership = RelayLeadership(engine)
     registry = CollectorRegistry()
@@ -57,7 +64,16 @@ def create_app(
         published=published_on_kafka(settings.kafka),
         leader=leadership.acquire,
     )
-    ctx = Ctx(settings, engine, store, Accounts(engine), keys, make_templates(), relay, ops)
+    throttle = SignInThrottle(
+        engine,
+        address=Backoff(settings.signin_free_failures, max_s=settings.signin_address_max_delay_s),
+        account=Backoff(settings.signin_free_failures, max_s=settings.signin_account_max_delay_s),
+        forget_s=settings.signin_forget_s,
+        clock=clock,
+    )
+    ctx = Ctx(
+        settings, engine, store, Accounts(engine), keys, make_templates(), relay, ops, throttle
+    )
     if settings.consume:
         _subscribe(broker, settings, Handlers(store, engine))
 

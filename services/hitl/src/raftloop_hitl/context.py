@@ -15,6 +15,7 @@ from raftloop_hitl.accounts import Accounts
 from raftloop_hitl.adapters import KafkaOpsMonitor, OutboxRelay
 from raftloop_hitl.settings import HitlSettings
 from raftloop_hitl.store import ReviewStore
+from raftloop_hitl.throttle import SignInThrottle
 from raftloop_hitl.web import (
     CSRF_HEADER,
     PageError,
@@ -41,6 +42,7 @@ class Ctx:
     templates: Jinja2Templates
     relay: OutboxRelay
     ops: KafkaOpsMonitor
+    throttle: SignInThrottle
 
     def user_dep(self) -> Callable[[Request], Principal]:
         """Dependency: the signed-in user (401 otherwise)."""

@@ -256,3 +256,22 @@ def pairwise_kappas(labels: dict[int, dict[str, str]]) -> list[tuple[str, str, i
 def accept_label(action: str) -> str:
     """Collapse a review action to accept/reject for judge-vs-human agreement."""
     return "reject" if action == "rejected" else "accept"
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Sign-in delays after repeated failures: none for the first `free`, then doubling to a cap.
+
+    A cap, not a lockout: a flood of wrong passwords slows its sender, and the account's own
+    cap stays short so the real user still gets in (#17).
+    """
+
+    free: int = 5
+    first_s: float = 1.0
+    max_s: float = 900.0
+
+    def delay(self, failures: int) -> float:
+        """Seconds to wait after the last attempt once `failures` attempts have failed."""
+        if failures < self.free:
+            return 0.0
+        return min(self.first_s * 2.0 ** min(failures - self.free, 60), self.max_s)

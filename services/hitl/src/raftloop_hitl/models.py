@@ -26,6 +26,16 @@ class User(Base):
     )
 
 
+class SignInFailures(Base):
+    """Recent failed sign-ins of one client address (`a:`) or one username (`u:`)."""
+
+    __tablename__ = "signin_failures"
+    key: Mapped[str] = mapped_column(String(128), primary_key=True)
+    failures: Mapped[int] = mapped_column(Integer)
+    last_at: Mapped[float] = mapped_column(Float, doc="When the last attempt was admitted.")
+    __table_args__ = (Index("ix_signin_failures_last_at", "last_at"),)
+
+
 class Item(Base):
     """One interaction in the review queue; the lease columns make claims atomic."""
 

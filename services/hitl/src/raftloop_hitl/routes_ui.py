@@ -1,13 +1,13 @@
 """Reviewer pages: sign-in, queue, item, guidelines, stats."""
 # No `from __future__ import annotations`: FastAPI must see the local Annotated aliases.
 
+import math
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from raftloop_hitl import policies
-from raftloop_hitl.accounts import LoginThrottle
 from raftloop_hitl.context import Ctx, RowId
 from raftloop_hitl.store import QueueError
 from raftloop_hitl.web import (
@@ -28,7 +28,6 @@ def ui_router(ctx: Ctx) -> APIRouter:
     user_dep = ctx.user_dep()
     User = Annotated[Principal, Depends(user_dep)]
     t = ctx.templates
-    throttle = LoginThrottle()
 
     async def csrf(request: Request) -> None:
         if "uid" not in request.session and request.url.path != "/login":
@@ -47,16 +46,20 @@ def ui_router(ctx: Ctx) -> APIRouter:
     def login(
         request: Request, username: Annotated[str, Form()], password: Annotated[str, Form()]
     ) -> Response:
-        if throttle.blocked(username):
-            message = "too many failed sign-ins for this user; wait 15 minutes or ask an admin"
-            return render(request, t, "login.html", {"error": message}, status=429)
+        host = request.client.host if request.client else None
+        wait = ctx.throttle.admit(host, username)
+        if wait > 0:
+            seconds = math.ceil(wait)
+            message = f"too many failed sign-ins; try again in {seconds} seconds"
+            page = render(request, t, "login.html", {"error": message}, status=429)
+            page.headers["retry-after"] = str(seconds)
+            return page
         account = ctx.accounts.authenticate(username, password)
         if account is None:
-            throttle.failed(username)
             return render(
                 request, t, "login.html", {"error": "wrong username or password"}, status=401
             )
-        throttle.succeeded(username)
+        ctx.throttle.succeeded(host, username)
         request.session.clear()
         request.session.update(
             {"uid": account.id, "uname": account.username, "epoch": account.epoch}

@@ -26,6 +26,20 @@ class HitlSettings(BaseSettings):
     )
     session_max_age_s: int = Field(default=12 * 3600, ge=60)
     lease_seconds: float = Field(default=600.0, gt=0)
+    signin_free_failures: int = Field(
+        default=5, ge=1, description="Failed sign-ins per address or account before delays."
+    )
+    signin_address_max_delay_s: float = Field(
+        default=900.0, gt=0, description="Cap of the doubling delay per client address."
+    )
+    signin_account_max_delay_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="Cap per account: kept short, so a flood never locks the real user out.",
+    )
+    signin_forget_s: float = Field(
+        default=3600.0, gt=0, description="Failures are forgotten after this long without any."
+    )
     admin_username: str | None = Field(default=None, description="Production bootstrap admin.")
     admin_password: SecretStr | None = None
     admin_tenant: str = "default"

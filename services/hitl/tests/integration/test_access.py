@@ -242,7 +242,9 @@ async def test_session_cookie_is_httponly_and_samesite(world: World) -> None:
 
 
 async def test_repeated_failed_sign_ins_are_throttled(world: World) -> None:
-    client = httpx.AsyncClient(transport=httpx.ASGITransport(app=world.app), base_url="http://hitl")
+    # Its own address: throttling is per address too, and the other tests sign in from 127.0.0.1.
+    transport = httpx.ASGITransport(app=world.app, client=("192.0.2.99", 50000))
+    client = httpx.AsyncClient(transport=transport, base_url="http://hitl")
     token = csrf_of((await client.get("/login")).text)
     form = {"username": "ghost", "password": "nope-nope-nope", "csrf_token": token}
     statuses = [(await client.post("/login", data=form)).status_code for _ in range(6)]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import httpx
@@ -21,6 +22,7 @@ from raftloop_core.messaging import make_broker
 from raftloop_core.settings import KafkaSettings
 from raftloop_hitl.app import create_app
 from raftloop_hitl.main import session_secret
+from raftloop_hitl.throttle import SignInThrottle
 
 from ..support import csrf_of, prefixed_topics, settings_for, sign_in
 
@@ -71,6 +73,7 @@ async def tenants(
         broker=make_broker(settings.kafka),
         keys=KeyStore.for_runtime(settings.runtime, None),
         session_secret=session_secret(settings),
+        clock=clock,
     )
     async with app.router.lifespan_context(app):
         accounts = app.state.ctx.accounts
@@ -155,3 +158,93 @@ async def test_an_admin_revokes_a_users_sessions_in_their_own_tenant_only(
 
         await sign_in(laptop, "acme-reviewer", PASSWORDS["acme-reviewer"])
         assert (await laptop.get("/queue")).status_code == 200
+
+
+# -- sign-in throttling ---------------------------------------------------------------------
+
+
+async def flood(
+    tenants: Tenants, usernames: list[str], addresses: list[str], seconds: float
+) -> tuple[int, list[int]]:
+    """Wrong passwords as fast as the service allows for `seconds`; (guesses, waits)."""
+    guesses, waits, turn = 0, [], 0
+    clients = {a: tenants.client(a) for a in addresses}
+    try:
+        end = tenants.clock.now + seconds
+        while tenants.clock.now < end:
+            client = clients[addresses[turn % len(addresses)]]
+            got = await attempt(client, usernames[turn % len(usernames)], "not-the-password")
+            turn += 1
+            if got.status_code == 401:
+                guesses += 1
+                continue
+            wait = retry_after(got)
+            waits.append(wait)
+            tenants.clock.advance(wait)
+    finally:
+        for client in clients.values():
+            await client.aclose()
+    return guesses, waits
+
+
+async def test_a_wrong_password_flood_does_not_lock_the_real_user_out(tenants: Tenants) -> None:
+    async with tenants.client(ATTACKER) as attacker:
+        first = [await attempt(attacker, "acme-admin", "wrong-wrong-wrong") for _ in range(6)]
+    assert [r.status_code for r in first] == [401] * 5 + [429]
+    retry_after(first[-1])
+
+    # The real admin, from their own address, right away: at most the account's short delay.
+    async with tenants.client(REAL_USER) as real:
+        got = await attempt(real, "acme-admin", PASSWORDS["acme-admin"])
+        if got.status_code == 429:
+            wait = retry_after(got)
+            assert wait <= 30
+            tenants.clock.advance(wait)
+            got = await attempt(real, "acme-admin", PASSWORDS["acme-admin"])
+        assert got.status_code == 303, got.text[:300]
+
+    # An hour of flooding from one address: the delays grow to the address cap.
+    guesses, waits = await flood(tenants, ["acme-admin"], [ATTACKER], 3600)
+    assert guesses <= 15, guesses
+    assert max(waits) >= 600, waits
+    async with tenants.client(REAL_USER) as real:
+        got = await attempt(real, "acme-admin", PASSWORDS["acme-admin"])
+        assert got.status_code == 303, got.text[:300]
+
+
+async def test_a_flood_from_many_addresses_is_slowed_per_account(tenants: Tenants) -> None:
+    addresses = [f"203.0.113.{i}" for i in range(1, 200)]
+    guesses, waits = await flood(tenants, ["acme-admin"], addresses, 3600)
+    assert guesses <= 5 + 3600 / 30 + 10, guesses  # about one guess per 30 s, not 200 a second
+    assert max(waits) <= 30, waits
+    async with tenants.client(REAL_USER) as real:
+        got = await attempt(real, "acme-admin", PASSWORDS["acme-admin"])
+        if got.status_code == 429:
+            tenants.clock.advance(retry_after(got))
+            got = await attempt(real, "acme-admin", PASSWORDS["acme-admin"])
+        assert got.status_code == 303, got.text[:300]
+
+
+async def test_spraying_usernames_from_one_address_is_throttled(tenants: Tenants) -> None:
+    names = [f"user-{i}" for i in range(50)] + ["acme-admin", "globex-admin"]
+    async with tenants.client(ATTACKER) as sprayer:
+        codes = [(await attempt(sprayer, name, "Summer2026!")).status_code for name in names[:6]]
+    assert codes == [401] * 5 + [429]
+
+    guesses, waits = await flood(tenants, names, [ATTACKER], 3600)
+    assert guesses <= 15, guesses
+    assert max(waits) >= 600, waits
+    # Other addresses and the sprayed accounts are not slowed by it.
+    async with tenants.client(REAL_USER) as real:
+        got = await attempt(real, "globex-admin", PASSWORDS["globex-admin"])
+        assert got.status_code == 303, got.text[:300]
+
+
+async def test_parallel_guesses_past_the_free_ones_get_one_admission(tenants: Tenants) -> None:
+    throttle: SignInThrottle = tenants.app.state.ctx.throttle
+    for _ in range(5):
+        assert throttle.admit(ATTACKER, "acme-admin") == 0
+    tenants.clock.advance(1.0)  # the first delay is over: exactly one more guess
+    with ThreadPoolExecutor(8) as pool:
+        waits = list(pool.map(lambda _: throttle.admit(ATTACKER, "acme-admin"), range(16)))
+    assert sum(w == 0 for w in waits) == 1, waits

@@ -146,3 +146,9 @@ def test_password_hash_round_trip() -> None:
     assert verify_password("correct horse battery", stored)
     assert not verify_password("wrong", stored)
     assert not verify_password("x", "garbage")
+
+
+def test_sign_in_delays_start_after_the_free_failures_and_double_to_the_cap() -> None:
+    backoff = domain.Backoff(free=5, first_s=1.0, max_s=30.0)
+    assert [backoff.delay(n) for n in range(12)] == [0, 0, 0, 0, 0, 1, 2, 4, 8, 16, 30, 30]
+    assert backoff.delay(10**6) == 30.0  # no overflow however long a flood goes on
