@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
 import httpx
 import openai
@@ -119,6 +120,11 @@ def start_gateway(
         time.sleep(0.3)
     gateway.stop()
     raise RuntimeError(f"gateway not ready in {timeout_s}s:\n{gateway.log_tail()}")
+
+
+def interaction_of(completion_id: str) -> str:
+    """The interaction id (a UUID) inside a completion id `chatcmpl-<its hex>`."""
+    return str(UUID(hex=completion_id.removeprefix("chatcmpl-")))
 
 
 def wait_until(predicate: Callable[[], bool], timeout_s: float = 30.0, what: str = "") -> None:

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
+from uuid import UUID
 
 import httpx
 import typer
@@ -235,7 +236,8 @@ class Demo:
             return
         ref = Reference(question.id, question.answer, question.document, question.passage)
         with self.tally.lock:
-            self.tally.references[done.id] = ref
+            # The completion id is chatcmpl-<hex of the interaction id> that reviews carry.
+            self.tally.references[str(UUID(hex=done.id.removeprefix("chatcmpl-")))] = ref
             self.tally.asked += 1
 
     def review_loop(self, on_review: Callable[[], None]) -> None:

@@ -30,7 +30,7 @@ from raftloop_gateway.chat import ChatService
 from raftloop_gateway.domain import Backend, GatewayError, Retriever
 from raftloop_gateway.hotswap import Canary, ServingState
 from raftloop_gateway.limits_http import BodyLimit
-from raftloop_gateway.routes import build_router
+from raftloop_gateway.routes import RequestIdMiddleware, build_router
 from raftloop_gateway.settings import GatewaySettings
 from raftloop_gateway.spool import Spool
 
@@ -170,6 +170,7 @@ def create_app(
     install_error_handlers(app)
     _install_domain_errors(app)
     app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)
+    app.add_middleware(RequestIdMiddleware)  # outermost: errors carry the id too
     metrics = CollectorRegistry()
     _capture_metrics(metrics, capture)
     _engine_metrics(metrics, backend)

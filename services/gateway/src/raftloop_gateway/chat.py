@@ -195,7 +195,12 @@ class ChatService:
         self.sink = sink
         self.retriever = retriever
         self.limiter = RateLimiter()
-        self.admission = Admission(settings.max_concurrency, settings.max_queue)
+        self.admission = Admission(
+            settings.max_concurrency,
+            settings.max_queue,
+            weights={"chat": settings.chat_weight, "internal": settings.internal_weight},
+            queues={"chat": settings.max_queue, "internal": settings.internal_max_queue},
+        )
 
     def max_tokens(self, body: ChatRequest) -> int:
         """The completion bound, checked against the configured limit."""

@@ -26,7 +26,11 @@ def _answer(gateway: Gateway, model: str = "raftloop") -> tuple[str, str, str]:
         model=model, messages=ASK, max_tokens=10, temperature=0
     )
     done = raw.parse()
-    return done.choices[0].message.content, raw.headers["x-raftloop-adapter"], done.id
+    return (
+        done.choices[0].message.content,
+        raw.headers["x-raftloop-adapter"],
+        raw.headers["x-raftloop-interaction-id"],
+    )
 
 
 async def _publish(kafka: KafkaSettings, topic: Topic, event: AdapterPromoted | AdapterRolledBack):

@@ -9,7 +9,7 @@ from uuid import UUID
 import httpx
 import openai
 import pytest
-from gateway_support import EventLog, Gateway
+from gateway_support import EventLog, Gateway, interaction_of
 
 from raftloop_core.topics import Topic
 
@@ -17,7 +17,8 @@ pytestmark = pytest.mark.integration
 USER = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Refunds?"}]
 
 
-async def _captured_once(log: EventLog, interaction_id: str) -> dict:
+async def _captured_once(log: EventLog, completion_id: str) -> dict:
+    interaction_id = interaction_of(completion_id)
     await log.wait_for(
         lambda: log.where(Topic.CHAT_COMPLETED, interaction_id=interaction_id),
         what=f"chat.completed for {interaction_id}",
@@ -37,8 +38,7 @@ async def test_sync_completion_is_answered_and_captured_once(
         model="raftloop", messages=USER, max_tokens=6, temperature=0, user="u-1", metadata=meta
     )
     done = raw.parse()
-    assert raw.headers["x-raftloop-interaction-id"] == done.id
-    assert UUID(done.id)
+    assert done.id == f"chatcmpl-{UUID(raw.headers['x-raftloop-interaction-id']).hex}"
     assert done.object == "chat.completion"
     assert done.choices[0].finish_reason in ("stop", "length")
     assert done.usage.completion_tokens <= 6
@@ -182,7 +182,8 @@ async def test_internal_callers_are_never_captured(
     )
     marker = gateway.client().chat.completions.create(model="raftloop", messages=USER, max_tokens=3)
     await _captured_once(gateway_events, marker.id)  # published after the internal one
-    assert gateway_events.where(Topic.CHAT_COMPLETED, interaction_id=done.id) == []
+    internal = interaction_of(done.id)
+    assert gateway_events.where(Topic.CHAT_COMPLETED, interaction_id=internal) == []
 
 
 async def test_feedback_lands_on_its_topic(gateway: Gateway, gateway_events: EventLog) -> None:
@@ -193,16 +194,17 @@ async def test_feedback_lands_on_its_topic(gateway: Gateway, gateway_events: Eve
         headers=gateway.auth("client"),
     )
     assert response.status_code == 202, response.text
+    interaction = interaction_of(done.id)
     await gateway_events.wait_for(
-        lambda: gateway_events.where(Topic.CHAT_FEEDBACK, interaction_id=done.id),
+        lambda: gateway_events.where(Topic.CHAT_FEEDBACK, interaction_id=interaction),
         what="feedback",
     )
-    [event] = gateway_events.where(Topic.CHAT_FEEDBACK, interaction_id=done.id)
+    [event] = gateway_events.where(Topic.CHAT_FEEDBACK, interaction_id=interaction)
     assert event.value["feedback"]["rating"] == 2
     assert event.value["feedback"]["scale"] == "stars"
     assert event.value["feedback"]["correction"] == "Five days."
     assert event.value["key_id"] == "dev-client"
-    assert event.key == done.id.encode()
+    assert event.key == interaction.encode()
 
 
 def test_errors_use_the_openai_envelope_and_status(gateway: Gateway) -> None:
@@ -214,7 +216,7 @@ def test_errors_use_the_openai_envelope_and_status(gateway: Gateway) -> None:
     with pytest.raises(openai.BadRequestError):
         client.chat.completions.create(model="raftloop", messages=[])
     with pytest.raises(openai.BadRequestError, match="n"):
-        client.chat.completions.create(model="raftloop", messages=USER, n=2)
+        client.chat.completions.create(model="raftloop", messages=USER, n=9)
     huge = [{"role": "user", "content": "x" * 300_000}]
     with pytest.raises(openai.APIStatusError) as too_big:
         client.chat.completions.create(model="raftloop", messages=huge)

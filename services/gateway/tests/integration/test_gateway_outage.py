@@ -9,7 +9,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from gateway_support import EventLog, Gateway, start_gateway, wait_until
+from gateway_support import EventLog, Gateway, interaction_of, start_gateway, wait_until
 
 from raftloop_core import testing as core_testing
 from raftloop_core.embedded import EmbeddedBroker, free_port
@@ -68,7 +68,7 @@ async def test_events_survive_a_broker_outage(
             max_tokens=2,
             metadata={"conversation_id": conversation},
         )
-        sent.append((conversation, i // CONVERSATIONS, done.id))
+        sent.append((conversation, i // CONVERSATIONS, interaction_of(done.id)))
     wait_until(
         lambda: gw.metrics()["raftloop_gateway_capture_spooled"] >= REQUESTS,
         what="the events to be spooled",

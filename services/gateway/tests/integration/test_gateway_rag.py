@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from gateway_support import EventLog, Gateway, start_gateway
+from gateway_support import EventLog, Gateway, interaction_of, start_gateway
 
 from raftloop_core.credentials import ensure_dev_credentials
 from raftloop_core.embedded import free_port
@@ -141,9 +141,9 @@ async def test_answers_cite_the_answering_document_and_the_event_records_it(
     assert "\n\nSources: [1] " in answer
     assert ANSWERING in answer.split("Sources:")[1]
     await gateway_events.wait_for(
-        lambda: gateway_events.where(Topic.CHAT_COMPLETED, interaction_id=done.id)
+        lambda: gateway_events.where(Topic.CHAT_COMPLETED, interaction_id=interaction_of(done.id))
     )
-    [event] = gateway_events.where(Topic.CHAT_COMPLETED, interaction_id=done.id)
+    [event] = gateway_events.where(Topic.CHAT_COMPLETED, interaction_id=interaction_of(done.id))
     retrieved = event.value["retrieved"]
     assert 1 <= len(retrieved) <= 2
     assert ANSWERING in {chunk["document_id"] for chunk in retrieved}

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from gateway_support import EventLog, Gateway, start_gateway, write_lora
+from gateway_support import EventLog, Gateway, interaction_of, start_gateway, write_lora
 
 from raftloop_core.registry import AdapterCard, AdapterRegistry
 from raftloop_core.settings import KafkaSettings
@@ -45,9 +45,9 @@ async def test_smollm2_answers_streamed_and_not_alike(smol: Gateway, gateway_eve
     )
     assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == answer
     await gateway_events.wait_for(
-        lambda: gateway_events.where(Topic.CHAT_COMPLETED, interaction_id=done.id)
+        lambda: gateway_events.where(Topic.CHAT_COMPLETED, interaction_id=interaction_of(done.id))
     )
-    [event] = gateway_events.where(Topic.CHAT_COMPLETED, interaction_id=done.id)
+    [event] = gateway_events.where(Topic.CHAT_COMPLETED, interaction_id=interaction_of(done.id))
     assert event.value["base_model"] == smol_name(smol)
     assert event.value["answer"] == answer
 

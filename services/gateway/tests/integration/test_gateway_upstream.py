@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from gateway_support import EventLog, Gateway, start_gateway, write_lora
+from gateway_support import EventLog, Gateway, interaction_of, start_gateway, write_lora
 
 from raftloop_core.registry import AdapterCard, AdapterRegistry
 from raftloop_core.settings import KafkaSettings
@@ -55,11 +55,12 @@ async def test_non_streamed_passthrough_is_captured_once_by_the_front(
     )
     assert via.choices[0].message.content == direct.choices[0].message.content
     assert len(via.choices[0].logprobs.content) == via.usage.completion_tokens
+    interaction = interaction_of(via.id)
     await gateway_events.wait_for(
-        lambda: gateway_events.where(Topic.CHAT_COMPLETED, interaction_id=via.id)
+        lambda: gateway_events.where(Topic.CHAT_COMPLETED, interaction_id=interaction)
     )
     await asyncio.sleep(0.5)
-    [event] = gateway_events.where(Topic.CHAT_COMPLETED, interaction_id=via.id)
+    [event] = gateway_events.where(Topic.CHAT_COMPLETED, interaction_id=interaction)
     assert event.value["base_model"] == "tiny-llama"
     assert event.value["answer"] == via.choices[0].message.content
     # The front calls the upstream with an internal key, which is never captured.
@@ -78,10 +79,11 @@ async def test_streamed_passthrough(front: Gateway, gateway_events: EventLog) ->
     chunks = [c async for c in stream]
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert chunks[-1].usage is not None
+    interaction = interaction_of(chunks[0].id)
     await gateway_events.wait_for(
-        lambda: gateway_events.where(Topic.CHAT_COMPLETED, interaction_id=chunks[0].id)
+        lambda: gateway_events.where(Topic.CHAT_COMPLETED, interaction_id=interaction)
     )
-    [event] = gateway_events.where(Topic.CHAT_COMPLETED, interaction_id=chunks[0].id)
+    [event] = gateway_events.where(Topic.CHAT_COMPLETED, interaction_id=interaction)
     assert event.value["answer"] == text
     assert event.value["usage"]["completion_tokens"] == chunks[-1].usage.completion_tokens
     await client.close()
