@@ -1,10 +1,14 @@
-"""The adapter registry: content-addressed LoRA adapters and atomic serving aliases.
+"""The adapter registry: content-addressed LoRA adapters and atomic per-tenant serving aliases.
 
 Layout under the registry root (a local folder, or the same layout on shared storage)::
 
     adapters/<sha256 of adapter_model.safetensors>/
-        adapter_model.safetensors  adapter_config.json  card.json
-    aliases/<alias>.json           {"adapter_id", "revision", "history": [...]}
+        adapter_model.safetensors  adapter_config.json  card.json   (card names its tenant)
+    aliases/<tenant>/<alias>.json  {"adapter_id", "revision", "canary_*", "history": [...]}
+    aliases/<alias>.json           before per-tenant aliases: still read as tenant "default"
+
+Each tenant has its own alias and canary, and an alias only ever points at its own tenant's
+adapters (issue #17): the weights trained on one tenant's data never answer another's users.
 
 Only safetensors from the registry root are ever loaded: ids are checked against their weights'
 hash on every `get`, and symlinks, path tricks and pickle files are refused. An alias switch is
@@ -13,6 +17,7 @@ an atomic file replace under a lock, so a reader sees the old or the new state, 
 
 from __future__ import annotations
 
+import builtins
 import fcntl
 import hashlib
 import json
@@ -34,11 +39,17 @@ CARD = "card.json"
 ALLOWED_FILES = frozenset({WEIGHTS, CONFIG, CARD, "README.md"})
 _ID = re.compile(r"^[0-9a-f]{64}$")
 _ALIAS = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+_TENANT = _ALIAS  # the same slug rule as raftloop_core.events.TENANT_PATTERN
+DEFAULT_TENANT = "default"
 MAX_HEADER_BYTES = 100 * 1024 * 1024
 
 
 class AdapterRefused(ValueError):
     """An adapter failed a safety check; the message says which and what to do."""
+
+
+class OtherTenantsAdapter(AdapterRefused):
+    """The adapter belongs to another tenant, so this tenant's alias may not point at it."""
 
 
 class AdapterCard(BaseModel):
@@ -48,6 +59,7 @@ class AdapterCard(BaseModel):
 
     adapter_id: str = ""
     base_model: str
+    tenant: str = Field(default=DEFAULT_TENANT, description="Tenant whose data trained it.")
     dataset_version: str | None = None
     run_id: str | None = None
     parent: str | None = Field(default=None, description="Adapter that was serving before.")
@@ -69,13 +81,16 @@ class AliasEntry(BaseModel):
 
 
 class AliasState(BaseModel):
-    """What an alias points at now (None = the bare base model) and its switch history."""
+    """What a tenant's alias points at now (None = the bare base model), its canary, history."""
 
     model_config = ConfigDict(frozen=True)
 
     alias: str
+    tenant: str = DEFAULT_TENANT
     adapter_id: str | None = None
     revision: int = 0
+    canary_adapter_id: str | None = None
+    canary_share: float = 0.0
     history: list[AliasEntry] = Field(default_factory=list)
 
 
@@ -162,6 +177,11 @@ class AdapterRegistry:
         adapter_id = sha256_file(folder / WEIGHTS)
         target = self.adapters / adapter_id
         if target.exists():
+            if self.card(adapter_id).tenant != card.tenant:
+                raise AdapterRefused(
+                    f"adapter {adapter_id[:12]} is already registered for another tenant; "
+                    "identical weights cannot belong to two tenants: retrain with another seed"
+                )
             return adapter_id
         staging = self.adapters / f".staging-{uuid.uuid4().hex}"
         staging.mkdir()
@@ -208,33 +228,68 @@ class AdapterRegistry:
         """The card of a registered adapter."""
         return AdapterCard.model_validate_json((self.get(adapter_id) / CARD).read_text())
 
-    def list(self) -> list[AdapterCard]:
-        """Every registered adapter's card, oldest first (tampered ones are skipped)."""
+    def list(self, tenant: str | None = None) -> list[AdapterCard]:
+        """Registered adapters' cards (only `tenant`'s when given), oldest first.
+
+        Tampered adapters are skipped.
+        """
         cards = []
         for folder in self.adapters.iterdir():
             if folder.name.startswith(".") or not _ID.match(folder.name):
                 continue
             try:
-                cards.append(self.card(folder.name))
+                card = self.card(folder.name)
             except (AdapterRefused, OSError, ValueError):
                 continue
+            if tenant is None or card.tenant == tenant:
+                cards.append(card)
         return sorted(cards, key=lambda c: c.created_at)
 
-    def _alias_path(self, alias: str) -> Path:
+    def owned(self, adapter_id: str, tenant: str) -> AdapterCard:
+        """The card of a verified adapter of `tenant`.
+
+        Raises:
+            OtherTenantsAdapter: it belongs to another tenant.
+            AdapterRefused: it is unknown or failed a check.
+        """
+        card = self.card(adapter_id)
+        if card.tenant != tenant:
+            raise OtherTenantsAdapter(
+                f"adapter {adapter_id[:12]} is not among tenant {tenant!r}'s adapters; list "
+                f"them with `raftloop adapters list --tenant {tenant}`"
+            )
+        return card
+
+    def tenants(self) -> builtins.list[str]:
+        """Tenants that have an alias file (the legacy layout counts as "default")."""
+        found = {p.name for p in self.aliases.iterdir() if p.is_dir() and _TENANT.match(p.name)}
+        if any(p.suffix == ".json" for p in self.aliases.iterdir() if p.is_file()):
+            found.add(DEFAULT_TENANT)
+        return sorted(found)
+
+    def _alias_path(self, alias: str, tenant: str) -> Path:
         if not _ALIAS.match(alias):
             raise ValueError(f"{alias!r} is not a valid alias name (lowercase letters, digits, -_)")
-        return self.aliases / f"{alias}.json"
+        if not _TENANT.match(tenant):
+            raise ValueError(f"{tenant!r} is not a valid tenant (lowercase letters, digits, -_)")
+        return self.aliases / tenant / f"{alias}.json"
 
-    def serving(self, alias: str = "serving") -> AliasState:
-        """What `alias` points at now."""
-        path = self._alias_path(alias)
+    def serving(self, alias: str = "serving", tenant: str = DEFAULT_TENANT) -> AliasState:
+        """What `tenant`'s `alias` points at now (the base model while it has never switched)."""
+        path = self._alias_path(alias, tenant)
+        if not path.exists() and tenant == DEFAULT_TENANT:
+            # Installs from before per-tenant aliases keep serving what they served.
+            path = self.aliases / f"{alias}.json"
         if not path.exists():
-            return AliasState(alias=alias)
-        return AliasState.model_validate_json(path.read_text())
+            return AliasState(alias=alias, tenant=tenant)
+        state = AliasState.model_validate_json(path.read_text())
+        return state.model_copy(update={"tenant": tenant})
 
     @contextmanager
-    def _lock(self, alias: str) -> Iterator[None]:
-        with open(self.aliases / f".{alias}.lock", "w") as fh:
+    def _lock(self, alias: str, tenant: str) -> Iterator[None]:
+        folder = self._alias_path(alias, tenant).parent
+        folder.mkdir(exist_ok=True)
+        with open(folder / f".{alias}.lock", "w") as fh:
             fcntl.flock(fh, fcntl.LOCK_EX)
             try:
                 yield
@@ -242,9 +297,13 @@ class AdapterRegistry:
                 fcntl.flock(fh, fcntl.LOCK_UN)
 
     def _switch(
-        self, alias: str, adapter_id: str | None, action: str, reason: str | None
+        self,
+        state: AliasState,
+        adapter_id: str | None,
+        action: str,
+        reason: str | None,
+        **canary: str | float | None,
     ) -> AliasState:
-        state = self.serving(alias)
         entry = AliasEntry(
             adapter_id=adapter_id,
             revision=state.revision + 1,
@@ -252,37 +311,85 @@ class AdapterRegistry:
             action=action,
             reason=reason,
         )
-        new = AliasState(
-            alias=alias,
-            adapter_id=adapter_id,
-            revision=entry.revision,
-            history=[*state.history, entry],
+        new = state.model_copy(
+            update={
+                "adapter_id": adapter_id,
+                "revision": entry.revision,
+                "history": [*state.history, entry],
+                **canary,
+            }
         )
-        _write_atomic(self._alias_path(alias), new.model_dump_json(indent=2))
+        _write_atomic(self._alias_path(state.alias, state.tenant), new.model_dump_json(indent=2))
         return new
 
     def promote(
-        self, adapter_id: str, alias: str = "serving", reason: str | None = None
+        self,
+        adapter_id: str,
+        alias: str = "serving",
+        reason: str | None = None,
+        *,
+        tenant: str = DEFAULT_TENANT,
     ) -> AliasState:
-        """Point `alias` at a verified adapter."""
-        self.get(adapter_id)
-        with self._lock(alias):
-            return self._switch(alias, adapter_id, "promoted", reason)
+        """Point `tenant`'s `alias` at a verified adapter of that tenant.
 
-    def rollback(self, alias: str = "serving", reason: str | None = None) -> AliasState:
-        """Point `alias` back at what it served before the current adapter (maybe the base).
+        Raises:
+            OtherTenantsAdapter: the adapter was trained for another tenant.
+            AdapterRefused: unknown adapter or a failed check.
+        """
+        self.owned(adapter_id, tenant)
+        with self._lock(alias, tenant):
+            return self._switch(self.serving(alias, tenant), adapter_id, "promoted", reason)
+
+    def rollback(
+        self, alias: str = "serving", reason: str | None = None, *, tenant: str = DEFAULT_TENANT
+    ) -> AliasState:
+        """Point `tenant`'s `alias` back at what it served before (maybe the base model).
 
         Raises:
             ValueError: the alias has never been switched, so there is nothing to go back to.
         """
-        with self._lock(alias):
-            state = self.serving(alias)
+        with self._lock(alias, tenant):
+            state = self.serving(alias, tenant)
             if not state.history:
-                raise ValueError(f"alias {alias!r} was never promoted; nothing to roll back")
+                raise ValueError(
+                    f"tenant {tenant!r}'s alias {alias!r} was never promoted; nothing to roll back"
+                )
             previous = _previous_target(state)
             if previous is not None:
-                self.get(previous)
-            return self._switch(alias, previous, "rolled_back", reason)
+                self.owned(previous, tenant)
+            return self._switch(state, previous, "rolled_back", reason)
+
+    def set_canary(
+        self,
+        adapter_id: str | None,
+        share: float,
+        alias: str = "serving",
+        *,
+        tenant: str = DEFAULT_TENANT,
+        reason: str | None = None,
+    ) -> AliasState:
+        """Send `share` of `tenant`'s conversations (sticky) to `adapter_id`; None or 0 = off.
+
+        Raises:
+            OtherTenantsAdapter: the adapter was trained for another tenant.
+            ValueError: the share is outside [0, 1].
+        """
+        if not 0.0 <= share <= 1.0:
+            raise ValueError(f"canary share {share} is outside [0, 1]")
+        if adapter_id is not None and share > 0:
+            self.owned(adapter_id, tenant)
+        else:
+            adapter_id, share = None, 0.0
+        with self._lock(alias, tenant):
+            state = self.serving(alias, tenant)
+            return self._switch(
+                state,
+                state.adapter_id,
+                "canary",
+                reason,
+                canary_adapter_id=adapter_id,
+                canary_share=share,
+            )
 
 
 def _previous_target(state: AliasState) -> str | None:

@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from raftloop_core.registry import AdapterCard, AdapterRefused, AdapterRegistry
+from raftloop_core.registry import (
+    AdapterCard,
+    AdapterRefused,
+    AdapterRegistry,
+    AliasState,
+    OtherTenantsAdapter,
+)
 
 
 def make_adapter(folder: Path, seed: int) -> Path:
@@ -113,3 +119,82 @@ def test_promoting_an_unknown_adapter_is_refused(registry: AdapterRegistry) -> N
     with pytest.raises(AdapterRefused, match="not in the registry"):
         registry.promote("0" * 64)
     assert registry.serving().revision == 0
+
+
+def tenant_card(tenant: str) -> AdapterCard:
+    return AdapterCard(base_model="tiny", tenant=tenant)
+
+
+def test_each_tenant_has_its_own_alias(registry: AdapterRegistry, tmp_path: Path) -> None:
+    acme = registry.add(make_adapter(tmp_path / "a", seed=1), tenant_card("acme"))
+    globex = registry.add(make_adapter(tmp_path / "g", seed=2), tenant_card("globex"))
+    assert registry.card(acme).tenant == "acme"
+    registry.promote(acme, tenant="acme")
+    assert registry.serving(tenant="acme").adapter_id == acme
+    assert registry.serving(tenant="globex").adapter_id is None
+    assert registry.serving().adapter_id is None  # the default tenant is untouched
+    registry.promote(globex, tenant="globex")
+    registry.rollback(tenant="acme")
+    assert registry.serving(tenant="acme").adapter_id is None
+    assert registry.serving(tenant="globex").adapter_id == globex
+    assert registry.serving(tenant="globex").revision == 1
+    assert [c.adapter_id for c in registry.list("acme")] == [acme]
+    assert [c.adapter_id for c in registry.list("globex")] == [globex]
+    assert set(registry.tenants()) == {"acme", "globex"}
+
+
+def test_promoting_another_tenants_adapter_is_refused(
+    registry: AdapterRegistry, tmp_path: Path
+) -> None:
+    acme = registry.add(make_adapter(tmp_path / "a", seed=1), tenant_card("acme"))
+    with pytest.raises(OtherTenantsAdapter, match="not among tenant 'globex'"):
+        registry.promote(acme, tenant="globex")
+    with pytest.raises(OtherTenantsAdapter):
+        registry.promote(acme)  # the default tenant is a tenant like any other
+    with pytest.raises(OtherTenantsAdapter):
+        registry.set_canary(acme, 0.5, tenant="globex")
+    assert registry.serving(tenant="globex").revision == 0
+
+
+def test_rollback_of_a_tenant_without_history_names_the_tenant(registry: AdapterRegistry) -> None:
+    with pytest.raises(ValueError, match="tenant 'globex'"):
+        registry.rollback(tenant="globex")
+
+
+def test_canary_is_per_tenant_and_bumps_the_revision(
+    registry: AdapterRegistry, tmp_path: Path
+) -> None:
+    a1 = registry.add(make_adapter(tmp_path / "a1", seed=1), tenant_card("acme"))
+    a2 = registry.add(make_adapter(tmp_path / "a2", seed=2), tenant_card("acme"))
+    registry.promote(a1, tenant="acme")
+    state = registry.set_canary(a2, 0.25, tenant="acme")
+    assert (state.adapter_id, state.canary_adapter_id, state.canary_share) == (a1, a2, 0.25)
+    assert state.revision == 2
+    assert registry.serving(tenant="globex").canary_adapter_id is None
+    # A canary entry is not a promotion: rollback still goes back to the base model.
+    assert registry.rollback(tenant="acme").adapter_id is None
+    off = registry.set_canary(None, 0.9, tenant="acme")
+    assert (off.canary_adapter_id, off.canary_share) == (None, 0.0)
+
+
+def test_a_legacy_alias_file_is_the_default_tenants(
+    registry: AdapterRegistry, tmp_path: Path
+) -> None:
+    a = registry.add(make_adapter(tmp_path / "a", seed=1), card())
+    b = registry.add(make_adapter(tmp_path / "b", seed=2), card())
+    legacy = AliasState(alias="serving", adapter_id=a, revision=3)
+    (registry.aliases / "serving.json").write_text(legacy.model_dump_json())
+    assert registry.serving().adapter_id == a
+    assert registry.serving(tenant="acme").adapter_id is None
+    assert registry.promote(b).revision == 4  # continues the legacy history
+    assert (registry.aliases / "default" / "serving.json").exists()
+    assert registry.serving().adapter_id == b
+
+
+def test_the_same_weights_cannot_belong_to_two_tenants(
+    registry: AdapterRegistry, tmp_path: Path
+) -> None:
+    src = make_adapter(tmp_path / "a", seed=1)
+    registry.add(src, tenant_card("acme"))
+    with pytest.raises(AdapterRefused, match="another tenant"):
+        registry.add(src, tenant_card("globex"))
