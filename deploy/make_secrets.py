@@ -4,8 +4,10 @@
     python deploy/make_secrets.py --out /secure   # somewhere else
 
 Every empty secret in .env.example gets a random URL-safe value; one API key per role (client,
-internal, admin) is generated, its sha256 goes to api-keys.json and the plaintext keys are
-printed once (and the internal one is put into .env, since services send it to each other).
+internal, admin, metrics) is generated, its sha256 goes to api-keys.json and the plaintext keys
+are printed once. The internal one is put into .env, since services send it to each other, and
+it is the platform's key: it may act for every tenant (`"tenants": ["*"]`). The metrics one is
+written to `metrics-key` for Prometheus, which sends it to every service's `/metrics`.
 Refuses to overwrite existing files. Standard library only.
 """
 
@@ -21,13 +23,13 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-ROLES = ("client", "internal", "admin")
+ROLES = ("client", "internal", "admin", "metrics")
 
 
-def api_keys(tenant: str) -> tuple[dict[str, str], list[dict[str, str]]]:
+def api_keys(tenant: str) -> tuple[dict[str, str], list[dict[str, object]]]:
     """One random key per role, and the stored form (sha256 only) for the keys file."""
     plain = {role: "rl-" + secrets.token_urlsafe(32) for role in ROLES}
-    stored = [
+    stored: list[dict[str, object]] = [
         {
             "key_id": f"{role}-1",
             "key_sha256": hashlib.sha256(key.encode()).hexdigest(),
@@ -36,13 +38,17 @@ def api_keys(tenant: str) -> tuple[dict[str, str], list[dict[str, str]]]:
         }
         for role, key in plain.items()
     ]
+    for row in stored:
+        if row["role"] == "internal":  # gateway and trainer call rag with each tenant's work
+            row["tenants"] = ["*"]
     return plain, stored
 
 
-def env_text(example: str, keys_file: Path, internal_key: str) -> str:
+def env_text(example: str, keys_file: Path, internal_key: str, metrics_file: Path) -> str:
     """.env.example with every empty secret filled in."""
     fixed = {
         "RAFTLOOP_API_KEYS_HOST_FILE": str(keys_file),
+        "RAFTLOOP_METRICS_KEY_HOST_FILE": str(metrics_file),
         "RAFTLOOP_INTERNAL_API_KEY": internal_key,
         "JUDGE_ENDPOINT_API_KEY": internal_key,
         "HITL_ADMIN_USERNAME": "admin",
@@ -71,7 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tenant", default="default", help="Tenant of the generated keys.")
     args = parser.parse_args(argv)
     env_path, keys_path = args.out / ".env", args.out / "api-keys.json"
-    for path in (env_path, keys_path):
+    metrics_path = args.out / "metrics-key"
+    for path in (env_path, keys_path, metrics_path):
         if path.exists():
             print(f"error: {path} exists; move it away to generate new secrets", file=sys.stderr)
             return 1
@@ -79,9 +86,12 @@ def main(argv: list[str] | None = None) -> int:
     plain, stored = api_keys(args.tenant)
     # The keys file is mounted into containers running as uid 10001, so it must be readable.
     keys_path.write_text(json.dumps(stored, indent=2) + "\n")
+    # Prometheus runs as `nobody` and reads it through a bind mount; it opens /metrics only.
+    metrics_path.write_text(plain["metrics"])
     example = (HERE / ".env.example").read_text()
-    _write_private(env_path, env_text(example, keys_path.resolve(), plain["internal"]))
-    print(f"wrote {env_path} (owner-only) and {keys_path} (hashes only)")
+    env = env_text(example, keys_path.resolve(), plain["internal"], metrics_path.resolve())
+    _write_private(env_path, env)
+    print(f"wrote {env_path} (owner-only), {keys_path} (hashes only) and {metrics_path}")
     print("API keys (shown once; store them in your secret manager):")
     for role, key in plain.items():
         print(f"  {role}: {key}")

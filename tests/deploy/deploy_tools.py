@@ -85,12 +85,16 @@ def required_variables() -> set[str]:
 
 
 def write_test_env(folder: Path) -> Path:
-    """An env file with a fresh random value for every required secret, and an empty keys file."""
+    """An env file with a fresh random value for every required secret, an empty keys file and
+    a metrics key file."""
     keys = folder / "api-keys.json"
     keys.write_text("[]")
+    metrics_key = folder / "metrics-key"
+    metrics_key.write_text(secrets.token_urlsafe(24))
+    files = {"RAFTLOOP_API_KEYS_HOST_FILE": keys, "RAFTLOOP_METRICS_KEY_HOST_FILE": metrics_key}
     lines = []
     for name in sorted(required_variables()):
-        value = str(keys) if name == "RAFTLOOP_API_KEYS_HOST_FILE" else secrets.token_urlsafe(24)
+        value = str(files[name]) if name in files else secrets.token_urlsafe(24)
         lines.append(f"{name}={value}")
     env = folder / "test.env"
     env.write_text("\n".join(lines) + "\n")

@@ -33,7 +33,9 @@ SECRETS = {
     "HITL_ADMIN_PASSWORD",
     "GRAFANA_ADMIN_PASSWORD",
     "RAFTLOOP_API_KEYS_HOST_FILE",
+    "RAFTLOOP_METRICS_KEY_HOST_FILE",
 }
+FILES = {"RAFTLOOP_API_KEYS_HOST_FILE", "RAFTLOOP_METRICS_KEY_HOST_FILE"}
 
 
 @pytest.fixture(scope="module")
@@ -197,9 +199,13 @@ def test_make_secrets_fills_an_env_that_compose_and_the_services_accept(tmp_path
     caller = store.lookup(env["RAFTLOOP_INTERNAL_API_KEY"])
     assert caller is not None
     assert caller.role == "internal"
+    assert caller.all_tenants  # the platform's key: gateway and trainer call rag for each tenant
+    scraper = store.lookup(Path(env["RAFTLOOP_METRICS_KEY_HOST_FILE"]).read_text())
+    assert scraper is not None
+    assert (scraper.role, scraper.all_tenants) == ("metrics", False)
     assert "rl-" not in (tmp_path / "api-keys.json").read_text()
     production = RuntimeSettings(mode=Mode.PRODUCTION)
-    for name in SECRETS - {"RAFTLOOP_API_KEYS_HOST_FILE", "HITL_ADMIN_USERNAME"}:
+    for name in SECRETS - FILES - {"HITL_ADMIN_USERNAME"}:
         require_secret(SecretStr(env[name]), name=name, env=name, runtime=production)
     render_compose(tmp_path / ".env")
     again = run(sys.executable, str(DEPLOY / "make_secrets.py"), "--out", str(tmp_path))

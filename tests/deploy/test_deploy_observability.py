@@ -22,6 +22,7 @@ def test_promtool_checks_the_prometheus_config(tmp_path: Path) -> None:
     promtool = tool("promtool")
     for name in ("prometheus.yml", "alerts.yml"):
         shutil.copy(PROM / name, tmp_path / name)
+    (tmp_path / "metrics_key").write_text("rl-test")  # compose mounts the real one here
     done = run(promtool, "check", "config", str(tmp_path / "prometheus.yml"))
     assert done.returncode == 0, done.stdout + done.stderr
     assert "SUCCESS" in done.stdout + done.stderr

@@ -59,10 +59,15 @@ def test_service_starts_ready_in_production_with_the_compose_environment(
     svc: str, tmp_path: Path, kafka_settings: KafkaSettings, database: str
 ) -> None:
     spec = render_compose(write_test_env(tmp_path))["services"][svc]
-    internal = "rl-" + uuid.uuid4().hex * 2
+    internal, scraper = ("rl-" + uuid.uuid4().hex * 2 for _ in range(2))
     keys = tmp_path / "api-keys.json"
     keys.write_text(
-        json.dumps([{"key_id": "i", "key_sha256": hash_key(internal), "role": "internal"}])
+        json.dumps(
+            [
+                {"key_id": "i", "key_sha256": hash_key(internal), "role": "internal"},
+                {"key_id": "m", "key_sha256": hash_key(scraper), "role": "metrics"},
+            ]
+        )
     )
     env = dict(spec["environment"]) | {
         "KAFKA_BOOTSTRAP_SERVERS": kafka_settings.bootstrap_servers,
@@ -83,7 +88,10 @@ def test_service_starts_ready_in_production_with_the_compose_environment(
     try:
         ready = _wait_ready(f"http://127.0.0.1:{port}", proc, timeout_s=90)
         assert ready, (tmp_path / "service.log").read_text()[-3000:]
-        metrics = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+        url = f"http://127.0.0.1:{port}/metrics"
+        assert httpx.get(url, timeout=5).status_code == 401  # production protects /metrics
+        auth = {"Authorization": f"Bearer {scraper}"}  # what Prometheus sends
+        metrics = httpx.get(url, headers=auth, timeout=5).text
         names = {family.name for family in text_string_to_metric_families(metrics)}
         assert "raftloop_http_request_seconds" in names
         assert not (tmp_path / "data" / "credentials.json").exists()

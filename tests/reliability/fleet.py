@@ -174,6 +174,8 @@ class Fleet:
                         "key_sha256": hash_key(keys[caller]),
                         "tenant": tenant,
                         "role": role,
+                        # The platform's own key, as deploy/make_secrets.py writes it.
+                        **({"tenants": ["*"]} if caller == "internal" else {}),
                     }
                     for caller, (tenant, role) in KEYS.items()
                 ]
