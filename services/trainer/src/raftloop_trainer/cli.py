@@ -13,7 +13,7 @@ from typing import Annotated, Any
 import httpx
 import typer
 
-from raftloop_core.registry import AdapterRefused, AdapterRegistry
+from raftloop_core.registry import DEFAULT_TENANT, AdapterRefused, AdapterRegistry
 from raftloop_trainer.settings import TrainerSettings
 
 adapters_app = typer.Typer(help="List, promote and roll back LoRA adapters.", no_args_is_help=True)
@@ -86,14 +86,24 @@ def _switch(action: Callable[[AdapterRegistry, Any, TrainerSettings], Any]) -> A
         _fail(str(exc))
 
 
+TenantOption = Annotated[
+    str,
+    typer.Option(help="Tenant whose alias and adapters this acts on (each has its own)."),
+]
+
+
 @adapters_app.command("list")
-def list_adapters() -> None:
-    """Registered adapters, newest last; `*` marks the serving one."""
+def list_adapters(tenant: TenantOption = DEFAULT_TENANT) -> None:
+    """A tenant's registered adapters, newest last; `*` marks the serving one."""
     settings = TrainerSettings()
     registry = AdapterRegistry(settings.registry_root)
-    serving = registry.serving(settings.alias)
-    typer.echo(f"{settings.alias}: {serving.adapter_id or 'base model'} (rev {serving.revision})")
-    for card in registry.list():
+    serving = registry.serving(settings.alias, tenant)
+    typer.echo(
+        f"{tenant}/{settings.alias}: {serving.adapter_id or 'base model'} (rev {serving.revision})"
+    )
+    if serving.canary_adapter_id:
+        typer.echo(f"canary: {serving.canary_adapter_id} share {serving.canary_share:g}")
+    for card in registry.list(tenant):
         mark = "*" if card.adapter_id == serving.adapter_id else " "
         gain = card.metrics.get("holdout.token_f1.diff")
         extra = f" token_f1 {gain:+.3f}" if gain is not None else ""
@@ -104,8 +114,12 @@ def list_adapters() -> None:
 
 
 @adapters_app.command("promote")
-def promote_adapter(adapter_id: str, reason: Annotated[str | None, typer.Option()] = None) -> None:
-    """Point the serving alias at an adapter and tell the gateway."""
+def promote_adapter(
+    adapter_id: str,
+    reason: Annotated[str | None, typer.Option()] = None,
+    tenant: TenantOption = DEFAULT_TENANT,
+) -> None:
+    """Point a tenant's serving alias at one of its adapters and tell the gateway."""
     from raftloop_trainer import promotion
     from raftloop_trainer.main import base_model
 
@@ -113,27 +127,59 @@ def promote_adapter(adapter_id: str, reason: Annotated[str | None, typer.Option(
         card = registry.card(adapter_id)
         name = card.base_model or base_model(s)[1]
         return await promotion.promote(
-            registry, sink, adapter_id, alias=s.alias, base_model=name, reason=reason
+            registry,
+            sink,
+            adapter_id,
+            alias=s.alias,
+            base_model=name,
+            tenant=tenant,
+            run_id=card.run_id,
+            dataset_version=card.dataset_version,
+            reason=reason,
         )
 
     state = _switch(action)
-    typer.echo(f"{state.alias} -> {state.adapter_id} (rev {state.revision})")
+    typer.echo(f"{tenant}/{state.alias} -> {state.adapter_id} (rev {state.revision})")
 
 
 @adapters_app.command("rollback")
-def rollback_adapter(reason: Annotated[str | None, typer.Option()] = None) -> None:
-    """Switch the serving alias back to the previous adapter (or the base model)."""
+def rollback_adapter(
+    reason: Annotated[str | None, typer.Option()] = None,
+    tenant: TenantOption = DEFAULT_TENANT,
+) -> None:
+    """Switch a tenant's serving alias back to its previous adapter (or the base model)."""
     from raftloop_trainer import promotion
 
     async def action(registry: AdapterRegistry, sink: Any, s: TrainerSettings) -> Any:
-        current = registry.serving(s.alias).adapter_id
+        current = registry.serving(s.alias, tenant).adapter_id
         name = registry.card(current).base_model if current else "base"
         return await promotion.rollback(
-            registry, sink, alias=s.alias, base_model=name, reason=reason
+            registry, sink, alias=s.alias, base_model=name, tenant=tenant, reason=reason
         )
 
     state = _switch(action)
-    typer.echo(f"{state.alias} -> {state.adapter_id or 'base model'} (rev {state.revision})")
+    target = state.adapter_id or "base model"
+    typer.echo(f"{tenant}/{state.alias} -> {target} (rev {state.revision})")
+
+
+@adapters_app.command("canary")
+def canary_adapter(
+    adapter_id: Annotated[str, typer.Argument(help="The tenant's candidate; 'off' turns it off.")],
+    share: Annotated[float, typer.Option(min=0.0, max=1.0)] = 0.1,
+    tenant: TenantOption = DEFAULT_TENANT,
+) -> None:
+    """Send a share of a tenant's conversations (sticky) to a candidate adapter."""
+    from raftloop_trainer import promotion
+
+    async def action(registry: AdapterRegistry, sink: Any, s: TrainerSettings) -> Any:
+        candidate = None if adapter_id == "off" else adapter_id
+        return await promotion.set_canary(registry, candidate, share, alias=s.alias, tenant=tenant)
+
+    state = _switch(action)
+    typer.echo(
+        f"{tenant}/{state.alias} canary: {state.canary_adapter_id or 'off'} "
+        f"share {state.canary_share:g} (rev {state.revision})"
+    )
 
 
 def train_command(

@@ -1,4 +1,9 @@
-"""Alias switches in the registry, each recorded as an event that drives the gateway."""
+"""Alias switches in the registry, each recorded as an event that drives the gateway.
+
+The one owner of alias switching (issue #17): the trainer's gate, its admin routes and the
+operator's `raftloop adapters` commands all switch through here, each only the tenant's own
+alias; the gateway only follows the registry and these events.
+"""
 
 from __future__ import annotations
 
@@ -25,8 +30,8 @@ async def promote(
     reason: str | None = None,
 ) -> AliasState:
     """Point `alias` at `adapter_id` (atomically) and publish AdapterPromoted."""
-    before = await asyncio.to_thread(registry.serving, alias)
-    state = await asyncio.to_thread(registry.promote, adapter_id, alias, reason)
+    before = await asyncio.to_thread(registry.serving, alias, tenant)
+    state = await asyncio.to_thread(registry.promote, adapter_id, alias, reason, tenant=tenant)
     await sink.publish(
         Topic.ADAPTER_PROMOTED,
         AdapterPromoted(
@@ -58,8 +63,8 @@ async def rollback(
     Raises:
         ValueError: the alias was never promoted.
     """
-    before = await asyncio.to_thread(registry.serving, alias)
-    state = await asyncio.to_thread(registry.rollback, alias, reason)
+    before = await asyncio.to_thread(registry.serving, alias, tenant)
+    state = await asyncio.to_thread(registry.rollback, alias, reason, tenant=tenant)
     await sink.publish(
         Topic.ADAPTER_ROLLED_BACK,
         AdapterRolledBack(
@@ -73,6 +78,26 @@ async def rollback(
         ),
     )
     return state
+
+
+async def set_canary(
+    registry: AdapterRegistry,
+    adapter_id: str | None,
+    share: float,
+    *,
+    alias: str,
+    tenant: str = "default",
+    reason: str | None = None,
+) -> AliasState:
+    """Set the tenant's canary; gateways pick it up when they next poll the alias.
+
+    Raises:
+        OtherTenantsAdapter: the adapter belongs to another tenant.
+        AdapterRefused: unknown adapter or a failed check.
+    """
+    return await asyncio.to_thread(
+        registry.set_canary, adapter_id, share, alias, tenant=tenant, reason=reason
+    )
 
 
 async def reject(

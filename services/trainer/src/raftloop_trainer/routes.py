@@ -1,11 +1,9 @@
 """Admin HTTP routes: start a run, see its progress, list, promote and roll back adapters.
 
-Every route is scoped to the caller's tenant (issue #11): an admin key starts runs only for its
-own tenant, sees only its tenant's runs and pending examples, and lists and promotes only the
-adapters trained by its tenant's runs (an adapter's card names its run; the run names its
-tenant). Adapters without a run (added by hand) are left to the operator's `raftloop adapters`
-commands. The serving alias is shared by every tenant of one deployment: any admin sees what it
-serves, and may roll it back only while it serves an adapter of the admin's own tenant.
+Every route is scoped to the caller's tenant (issues #11, #17): an admin key starts runs only
+for its own tenant, sees only its tenant's runs and pending examples, and lists, promotes, rolls
+back and canaries only its own tenant's alias and the adapters trained on its tenant's data (the
+card names the tenant). These are the only HTTP routes that switch an alias; the gateway follows.
 """
 
 # No `from __future__ import annotations`: FastAPI must resolve the local `Admin` alias.
@@ -17,7 +15,7 @@ from pydantic import BaseModel, Field
 
 from raftloop_core.api import ApiError, Caller, KeyStore, require
 from raftloop_core.events import Tenant
-from raftloop_core.registry import AdapterCard, AdapterRefused
+from raftloop_core.registry import AdapterCard, AdapterRefused, OtherTenantsAdapter
 from raftloop_trainer import promotion
 from raftloop_trainer.settings import TrainerSettings
 
@@ -37,6 +35,25 @@ class SwitchRequest(BaseModel):
     reason: str | None = Field(default=None, max_length=500)
 
 
+class CanaryRequest(BaseModel):
+    """Send `share` of the tenant's conversations (sticky) to `adapter_id`; null or 0 = off."""
+
+    adapter_id: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    share: float = Field(ge=0.0, le=1.0)
+    reason: str | None = Field(default=None, max_length=500)
+
+
+def _not_found(adapter_id: str, tenant: str) -> ApiError:
+    # Another tenant's adapter answers exactly like a missing one: its existence is not the
+    # caller's to know.
+    return ApiError(
+        404,
+        f"no adapter {adapter_id[:80]!r} among tenant {tenant!r}'s adapters; "
+        "list them with GET /v1/adapters",
+        code="adapter_not_found",
+    )
+
+
 def build_router(settings: TrainerSettings, *, keys: KeyStore, scheduler: "Scheduler") -> APIRouter:
     """Routes under /v1 that need the admin role, each scoped to the caller's tenant."""
     router = APIRouter(prefix="/v1")
@@ -45,9 +62,8 @@ def build_router(settings: TrainerSettings, *, keys: KeyStore, scheduler: "Sched
     registry = runner.registry
 
     def owned(tenant: str) -> list[AdapterCard]:
-        """The registered adapters trained by the tenant's runs, oldest first."""
-        run_ids = runner.store.run_ids(tenant)
-        return [c for c in registry.list() if c.run_id is not None and c.run_id in run_ids]
+        """The registered adapters trained on the tenant's data, oldest first."""
+        return registry.list(tenant)
 
     @router.post("/admin/train", status_code=202)
     async def train(caller: Admin, body: TrainRequest | None = None) -> dict[str, Any]:
@@ -95,7 +111,7 @@ def build_router(settings: TrainerSettings, *, keys: KeyStore, scheduler: "Sched
     @router.get("/adapters")
     async def adapters(caller: Admin) -> dict[str, Any]:
         cards = await asyncio.to_thread(owned, caller.tenant)
-        serving = await asyncio.to_thread(registry.serving, settings.alias)
+        serving = await asyncio.to_thread(registry.serving, settings.alias, caller.tenant)
         return {
             "serving": serving.model_dump(mode="json"),
             "adapters": [c.model_dump(mode="json") for c in cards],
@@ -103,16 +119,9 @@ def build_router(settings: TrainerSettings, *, keys: KeyStore, scheduler: "Sched
 
     @router.post("/adapters/{adapter_id}/promote")
     async def promote(adapter_id: str, caller: Admin, body: SwitchRequest | None = None) -> Any:
-        # Another tenant's adapter answers exactly like a missing one: its existence is not
-        # the caller's to know.
         cards = await asyncio.to_thread(owned, caller.tenant)
         if adapter_id not in {c.adapter_id for c in cards}:
-            raise ApiError(
-                404,
-                f"no adapter {adapter_id[:80]!r} among tenant {caller.tenant!r}'s adapters; "
-                "list them with GET /v1/adapters",
-                code="adapter_not_found",
-            )
+            raise _not_found(adapter_id, caller.tenant)
         try:
             state = await promotion.promote(
                 registry,
@@ -123,27 +132,21 @@ def build_router(settings: TrainerSettings, *, keys: KeyStore, scheduler: "Sched
                 tenant=caller.tenant,
                 reason=(body or SwitchRequest()).reason,
             )
+        except OtherTenantsAdapter as exc:
+            raise _not_found(adapter_id, caller.tenant) from exc
         except AdapterRefused as exc:
             raise ApiError(404, str(exc), code="adapter_not_found") from exc
         return state.model_dump(mode="json")
 
     @router.post("/adapters/rollback")
     async def rollback(caller: Admin, body: SwitchRequest | None = None) -> Any:
-        current = (await asyncio.to_thread(registry.serving, settings.alias)).adapter_id
-        if current is None:
+        serving = await asyncio.to_thread(registry.serving, settings.alias, caller.tenant)
+        if serving.adapter_id is None:
             raise ApiError(
                 409,
-                f"alias {settings.alias!r} serves the base model; nothing to roll back",
+                f"tenant {caller.tenant!r}'s alias {settings.alias!r} serves the base model; "
+                "nothing to roll back",
                 code="nothing_to_roll_back",
-            )
-        if current not in {c.adapter_id for c in await asyncio.to_thread(owned, caller.tenant)}:
-            raise ApiError(
-                403,
-                f"alias {settings.alias!r} serves adapter {current[:12]}, which was not trained "
-                f"on tenant {caller.tenant!r}'s data, so this key cannot roll it back; the alias "
-                "is shared by every tenant of this deployment: ask its operator "
-                "(`raftloop adapters rollback` on the trainer's host)",
-                code="forbidden",
             )
         try:
             state = await promotion.rollback(
@@ -154,8 +157,28 @@ def build_router(settings: TrainerSettings, *, keys: KeyStore, scheduler: "Sched
                 tenant=caller.tenant,
                 reason=(body or SwitchRequest()).reason,
             )
+        except AdapterRefused as exc:
+            raise ApiError(409, str(exc), code="adapter_refused") from exc
         except ValueError as exc:
             raise ApiError(409, str(exc), code="nothing_to_roll_back") from exc
+        return state.model_dump(mode="json")
+
+    @router.put("/adapters/canary")
+    async def canary(body: CanaryRequest, caller: Admin) -> Any:
+        """Set the caller's tenant's canary adapter and its share of conversations."""
+        try:
+            state = await promotion.set_canary(
+                registry,
+                body.adapter_id,
+                body.share,
+                alias=settings.alias,
+                tenant=caller.tenant,
+                reason=body.reason,
+            )
+        except OtherTenantsAdapter as exc:
+            raise _not_found(body.adapter_id or "", caller.tenant) from exc
+        except AdapterRefused as exc:
+            raise ApiError(404, str(exc), code="adapter_not_found") from exc
         return state.model_dump(mode="json")
 
     return router

@@ -180,7 +180,8 @@ class Runner:
             base_model=self.base_model,
             dataset_version=version,
             run_id=run_id,
-            parent=self.registry.serving(self.settings.alias).adapter_id,
+            tenant=tenant,
+            parent=self.registry.serving(self.settings.alias, tenant).adapter_id,
             hyperparameters=_flat_params(self.settings),
         )
         adapter_id = await asyncio.to_thread(self.registry.add, adapter_dir, card)
@@ -190,7 +191,7 @@ class Runner:
         self, run_id: str, tenant: str, version: str, snap: Any, job_dir: Path, adapter_id: str
     ) -> dict[str, Any]:
         run_dir = self.settings.state_dir / "runs" / run_id
-        serving = self.registry.serving(self.settings.alias).adapter_id
+        serving = self.registry.serving(self.settings.alias, tenant).adapter_id
         baseline = Variant(
             name=f"adapter:{serving[:12]}" if serving else "base",
             adapter_dir=self.registry.get(serving) if serving else None,

@@ -1,4 +1,4 @@
-"""The trainer's admin routes keep every admin inside its own tenant (issue #11).
+"""The trainer's admin routes keep every admin inside its own tenant (issues #11, #17).
 
 The service runs as in test_service.py (real broker, store, registry and lifespan); runs and
 adapters are written straight into the store and the registry, so no model trains here.
@@ -68,13 +68,15 @@ class Trainer:
         weights = {"lora_A": rng.standard_normal((4, 8)).astype(np.float32)}
         save_file(weights, str(folder / "adapter_model.safetensors"))
         (folder / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 4}))
-        card = AdapterCard(base_model=BASE, run_id=run_id, dataset_version=f"d-{tenant}")
+        card = AdapterCard(
+            base_model=BASE, run_id=run_id, dataset_version=f"d-{tenant}", tenant=tenant
+        )
         adapter_id = self.runner.registry.add(folder, card)
         self.runner.store.finish_run(run_id, "rejected", adapter_id=adapter_id)
         return adapter_id
 
-    def serving(self) -> str | None:
-        return self.runner.registry.serving(self.settings.alias).adapter_id
+    def serving(self, tenant: str = "default") -> str | None:
+        return self.runner.registry.serving(self.settings.alias, tenant).adapter_id
 
 
 def training_example_id() -> uuid.UUID:
@@ -182,7 +184,7 @@ async def test_training_status_shows_only_the_callers_tenant(trainer: Trainer) -
     assert own["busy"] is False  # the scheduler itself started no run
 
 
-async def test_adapters_list_only_those_of_the_callers_tenants_runs(trainer: Trainer) -> None:
+async def test_adapters_list_only_those_of_the_callers_tenant(trainer: Trainer) -> None:
     ours = trainer.add_run("default", seed=1)
     theirs = trainer.add_run("other", seed=2)
 
@@ -211,30 +213,58 @@ async def test_promoting_another_tenants_adapter_answers_as_if_it_were_absent(
     assert trainer.serving() == ours
 
 
-async def test_rolling_back_another_tenants_serving_adapter_is_forbidden(
-    trainer: Trainer,
-) -> None:
+async def test_each_tenant_switches_only_its_own_alias(trainer: Trainer) -> None:
     ours = trainer.add_run("default", seed=1)
-    trainer.add_run("other", seed=2)
+    theirs = trainer.add_run("other", seed=2)
     promoted = await trainer.http.post(f"/v1/adapters/{ours}/promote", headers=ADMIN, json={})
     assert promoted.status_code == 200, promoted.text
+    assert (promoted.json()["tenant"], promoted.json()["adapter_id"]) == ("default", ours)
 
+    # The other tenant's alias was never switched: its rollback touches nothing of ours.
     refused = await trainer.http.post("/v1/adapters/rollback", headers=OTHER, json={})
-    assert refused.status_code == 403, refused.text
-    assert refused.json()["error"]["code"] == "forbidden"
+    assert refused.status_code == 409, refused.text
     assert "'other'" in refused.json()["error"]["message"]
     assert trainer.serving() == ours
+
+    own = await trainer.http.post(f"/v1/adapters/{theirs}/promote", headers=OTHER, json={})
+    assert own.status_code == 200, own.text
+    assert trainer.serving("other") == theirs
+    assert trainer.serving() == ours
+    listed = (await trainer.http.get("/v1/adapters", headers=OTHER)).json()
+    assert listed["serving"]["adapter_id"] == theirs
 
     rolled = await trainer.http.post("/v1/adapters/rollback", headers=ADMIN, json={"reason": "x"})
     assert rolled.status_code == 200, rolled.text
     assert rolled.json()["adapter_id"] is None
-    again = await trainer.http.post("/v1/adapters/rollback", headers=OTHER, json={})
-    assert again.status_code == 409  # the base model serves: nothing to roll back, for anyone
+    assert trainer.serving("other") == theirs
+    again = await trainer.http.post("/v1/adapters/rollback", headers=ADMIN, json={})
+    assert again.status_code == 409  # the base model serves: nothing to roll back
 
     def switched(topic: Topic) -> list[dict[str, Any]]:
         alias = trainer.settings.alias
         return [e for t, e in trainer.seen if t == topic and e["alias"] == alias]
 
     await wait_for(lambda: switched(Topic.ADAPTER_PROMOTED) and switched(Topic.ADAPTER_ROLLED_BACK))
-    assert [e["tenant"] for e in switched(Topic.ADAPTER_PROMOTED)] == ["default"]
+    await wait_for(lambda: len(switched(Topic.ADAPTER_PROMOTED)) == 2)
+    assert sorted(e["tenant"] for e in switched(Topic.ADAPTER_PROMOTED)) == ["default", "other"]
     assert [e["tenant"] for e in switched(Topic.ADAPTER_ROLLED_BACK)] == ["default"]
+
+
+async def test_the_canary_is_set_per_tenant_through_the_trainer(trainer: Trainer) -> None:
+    ours = trainer.add_run("default", seed=1)
+    theirs = trainer.add_run("other", seed=2)
+    hidden = await trainer.http.put(
+        "/v1/adapters/canary", headers=OTHER, json={"adapter_id": ours, "share": 0.5}
+    )
+    assert hidden.status_code == 404, hidden.text
+    assert hidden.json()["error"]["code"] == "adapter_not_found"
+    set_ = await trainer.http.put(
+        "/v1/adapters/canary", headers=OTHER, json={"adapter_id": theirs, "share": 0.5}
+    )
+    assert set_.status_code == 200, set_.text
+    alias = trainer.settings.alias
+    other = trainer.runner.registry.serving(alias, "other")
+    assert (other.canary_adapter_id, other.canary_share) == (theirs, 0.5)
+    assert trainer.runner.registry.serving(alias).canary_adapter_id is None
+    off = await trainer.http.put("/v1/adapters/canary", headers=OTHER, json={"share": 0})
+    assert off.json()["canary_adapter_id"] is None
