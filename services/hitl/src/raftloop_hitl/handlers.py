@@ -96,6 +96,7 @@ class Handlers:
             policies.add_timeline,
             self.engine,
             event_id=str(event.event_id),
+            tenant=event.tenant,
             kind=kind,
             at=event.occurred_at.timestamp(),
             summary=summary,

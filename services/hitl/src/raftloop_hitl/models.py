@@ -172,3 +172,5 @@ class TimelineEvent(Base):
     summary: Mapped[str] = mapped_column(Text)
     adapter_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     revision: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    tenant: Mapped[str] = mapped_column(String(64), server_default="default")
+    __table_args__ = (Index("ix_timeline_tenant_at", "tenant", "at"),)

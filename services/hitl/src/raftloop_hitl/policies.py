@@ -97,13 +97,14 @@ def add_timeline(
     engine: Engine,
     *,
     event_id: str,
+    tenant: str,
     kind: str,
     at: float,
     summary: str,
     adapter_id: str | None,
     revision: int | None,
 ) -> bool:
-    """Record a training or adapter event once; False when it was already there."""
+    """Record a tenant's training or adapter event once; False when it was already there."""
     with engine.begin() as conn:
         seen = conn.execute(
             select(TimelineEvent.event_id).where(TimelineEvent.event_id == event_id)
@@ -113,6 +114,7 @@ def add_timeline(
         conn.execute(
             insert(TimelineEvent).values(
                 event_id=event_id,
+                tenant=tenant,
                 kind=kind,
                 at=at,
                 summary=summary,
@@ -123,21 +125,25 @@ def add_timeline(
     return True
 
 
-def timeline(engine: Engine, *, limit: int = 50) -> list[dict[str, Any]]:
-    """Training runs and adapter changes, newest first."""
+def timeline(engine: Engine, tenant: str | None = None, *, limit: int = 50) -> list[dict[str, Any]]:
+    """A tenant's training runs and adapter changes (every tenant's with None), newest first."""
+    query = select(TimelineEvent).order_by(TimelineEvent.at.desc()).limit(limit)
+    if tenant is not None:
+        query = query.where(TimelineEvent.tenant == tenant)
     with engine.connect() as conn:
-        rows = conn.execute(
-            select(TimelineEvent).order_by(TimelineEvent.at.desc()).limit(limit)
-        ).all()
+        rows = conn.execute(query).all()
     return [dict(r._mapping) for r in rows]
 
 
-def serving_adapter(engine: Engine) -> dict[str, Any] | None:
-    """The adapter the latest promotion or rollback (highest revision) says is serving."""
+def serving_adapter(engine: Engine, tenant: str) -> dict[str, Any] | None:
+    """The adapter the tenant's latest promotion or rollback (highest revision) says serves."""
     with engine.connect() as conn:
         row = conn.execute(
             select(TimelineEvent)
-            .where(TimelineEvent.kind.in_(("promoted", "rolled_back")))
+            .where(
+                TimelineEvent.kind.in_(("promoted", "rolled_back")),
+                TimelineEvent.tenant == tenant,
+            )
             .order_by(TimelineEvent.revision.desc(), TimelineEvent.at.desc())
             .limit(1)
         ).first()

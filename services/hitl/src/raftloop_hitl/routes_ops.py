@@ -14,7 +14,7 @@ from raftloop_hitl.web import Principal, render
 
 
 def ops_router(ctx: Ctx) -> APIRouter:
-    """The ops page and its JSON twin (admins only)."""
+    """The ops page and its JSON twin (admins only; runs and adapters of their tenant)."""
     router = APIRouter()
     Admin = Annotated[Principal, Depends(ctx.admin_dep())]
 
@@ -23,8 +23,9 @@ def ops_router(ctx: Ctx) -> APIRouter:
         data = asdict(snap)
         depth = await asyncio.to_thread(ctx.store.depth, who.tenant)
         data["queues"] = {who.tenant: depth.get(who.tenant, (0, 0.0))}
-        data["serving"] = await asyncio.to_thread(policies.serving_adapter, ctx.engine)
-        data["timeline"] = await asyncio.to_thread(policies.timeline, ctx.engine)
+        # Runs and adapters are the admin's tenant's only; topics and lag are the platform's.
+        data["serving"] = await asyncio.to_thread(policies.serving_adapter, ctx.engine, who.tenant)
+        data["timeline"] = await asyncio.to_thread(policies.timeline, ctx.engine, who.tenant)
         data["outbox_published"] = ctx.relay.published
         return data
 

@@ -108,6 +108,6 @@ async def test_consumers_queue_join_dedupe_and_park(
         assert snap.dead_letters[dead_letter(prefix + Topic.INTERACTION_JUDGED)] == 1
     from raftloop_hitl.policies import serving_adapter
 
-    serving = serving_adapter(app.state.ctx.engine)
+    serving = serving_adapter(app.state.ctx.engine, "default")
     assert serving is not None
     assert serving["adapter_id"] == samples[Topic.ADAPTER_PROMOTED].adapter_id
