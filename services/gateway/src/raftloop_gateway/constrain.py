@@ -249,10 +249,12 @@ def grammar_for(constraint: Constraint) -> str:
         schema = constraint.schema if constraint.schema is not None else {"type": "object"}
         check_schema(schema, where="response_format schema", param="response_format")
         return _json_grammar(schema)
-    return LLMatcher.grammar_from_lark(tools_lark(constraint.tools, constraint.tool_choice))
+    return LLMatcher.grammar_from_lark(
+        tools_lark(constraint.tools, constraint.tool_choice, parallel=constraint.parallel)
+    )
 
 
-def tools_lark(tools: Sequence[ToolSpec], tool_choice: str) -> str:
+def tools_lark(tools: Sequence[ToolSpec], tool_choice: str, *, parallel: bool = True) -> str:
     """A Lark grammar for Hermes tool calls, or (with "auto") free text not starting with `<`.
 
     Each function is its own alternative, `{"name": <fixed>, "arguments": <%json params>}`,
@@ -288,7 +290,7 @@ def tools_lark(tools: Sequence[ToolSpec], tool_choice: str) -> str:
     return "\n".join(
         [
             f"start: {start}",
-            'calls: call ("\\n" call)*',
+            'calls: call ("\\n" call)*' if parallel else "calls: call",
             f"call: {json.dumps(TOOL_CALL_OPEN)} ({functions}) {json.dumps(TOOL_CALL_CLOSE)}",
             *rules,
             # Free text: anything up to EOS, as long as it cannot be mistaken for a call.

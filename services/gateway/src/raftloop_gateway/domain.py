@@ -100,7 +100,7 @@ class Constraint:
     """What the decoder must keep the output to.
 
     `json`: the whole output is one JSON value matching `schema` (None: any JSON object).
-    `tools`: the output is one or more tool calls in the Hermes layout, each call's arguments
+    `tools`: the output is one or more (one unless `parallel`) tool calls in the Hermes layout, each call's arguments
     matching its function's parameters; with `tool_choice` "auto" free text (not starting with
     `<`) is allowed instead, and a function's name forces that function.
     """
@@ -109,13 +109,16 @@ class Constraint:
     schema: Mapping[str, object] | None = None
     tools: tuple[ToolSpec, ...] = ()
     tool_choice: str = "auto"
+    parallel: bool = True
+    """Several calls may follow each other (OpenAI's `parallel_tool_calls`); else exactly one."""
 
     def key(self) -> str:
         """A stable cache key for the compiled grammar."""
         import json
 
         tools = [(t.name, t.parameters) for t in self.tools]
-        return json.dumps([self.kind, self.schema, tools, self.tool_choice], sort_keys=True)
+        parts = [self.kind, self.schema, tools, self.tool_choice, self.parallel]
+        return json.dumps(parts, sort_keys=True)
 
 
 Lane = Literal["chat", "internal"]

@@ -117,7 +117,12 @@ def with_system(messages: list[ChatMessage], text: str) -> list[ChatMessage]:
 def constraint_for(body: ChatRequest) -> Constraint | None:
     """What the decoder must keep the output to, from response_format or tools and tool_choice."""
     if body.tools and body.choice != "none":
-        return Constraint(kind="tools", tools=_specs(body), tool_choice=body.choice)
+        return Constraint(
+            kind="tools",
+            tools=_specs(body),
+            tool_choice=body.choice,
+            parallel=body.parallel_tool_calls is not False,
+        )
     fmt = body.response_format
     if fmt is None or fmt.type == "text":
         return None

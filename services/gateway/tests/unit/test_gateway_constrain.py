@@ -292,6 +292,18 @@ def test_named_tool_choice_forces_that_tool(model: Model) -> None:
         assert {call["name"] for call in calls} == {"add"}
 
 
+def test_without_parallel_calls_exactly_one_call_is_made(smollm2: Model) -> None:
+    single = Constraint("tools", tools=TOOLS, tool_choice="required", parallel=False)
+    for seed in range(4):
+        assert len(parse_calls(drive(smollm2, smollm2.cache.matcher(single), seed=seed))) == 1
+    matcher = smollm2.cache.matcher(single)
+    feed(matcher, smollm2.ids('<tool_call>{"name": "now", "arguments": {}}</tool_call>'))
+    logits = torch.zeros(smollm2.cache.vocab_size)
+    matcher.mask(logits)
+    assert logits[smollm2.eos] == 0  # the call is complete: EOS is allowed
+    assert not bool(torch.isfinite(logits[smollm2.ids("\n")[0]]))  # a second call is not
+
+
 def test_auto_permits_free_text_or_calls_but_not_other_markup(smollm2: Model) -> None:
     auto = Constraint("tools", tools=TOOLS, tool_choice="auto")
     text = smollm2.cache.matcher(auto)
