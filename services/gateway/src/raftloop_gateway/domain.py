@@ -100,9 +100,9 @@ class Constraint:
     """What the decoder must keep the output to.
 
     `json`: the whole output is one JSON value matching `schema` (None: any JSON object).
-    `tools`: the output is one or more (one unless `parallel`) tool calls in the Hermes layout, each call's arguments
-    matching its function's parameters; with `tool_choice` "auto" free text (not starting with
-    `<`) is allowed instead, and a function's name forces that function.
+    `tools`: the output is one or more tool calls (one unless `parallel`) in the Hermes layout,
+    each call's arguments matching its function's parameters; with `tool_choice` "auto" free
+    text (not starting with `<`) is allowed instead, and a function's name forces that function.
     """
 
     kind: Literal["json", "tools"]
