@@ -41,8 +41,11 @@ console = Console(highlight=False)
 REVIEWER = "simulated-reviewer"
 SERVING_MODEL = "raftloop"
 ANSWER_TOKENS = 64
-AHEAD = 6
-"""Answers the simulated reviewers may have waiting before the chat clients pause."""
+AHEAD = 8
+"""Answers the simulated reviewers may have waiting before the chat clients pause.
+
+The gateway batches, so the judge's requests share decode steps with the chats: a few more in
+flight keep its batch full without asking questions the threshold no longer needs."""
 STALL_S = 180.0
 """Reviews that stop for this long no longer hold the chat clients back."""
 """Room for a RAFT answer (a quoted sentence, then `Answer:`); longer answers get corrected."""
@@ -455,7 +458,7 @@ def print_figures(run: dict[str, Any], report: dict[str, Any]) -> dict[str, Any]
 
 def demo(
     tenant: Annotated[str, typer.Option(help="Tenant the demo traffic belongs to.")] = "default",
-    concurrency: Annotated[int, typer.Option(min=1, max=16, help="Chat clients at once.")] = 2,
+    concurrency: Annotated[int, typer.Option(min=1, max=16, help="Chat clients at once.")] = 4,
     timeout_min: Annotated[
         float, typer.Option("--timeout-min", min=1, help="Give up after this many minutes.")
     ] = 60,
