@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -439,13 +440,15 @@ def test_hostile_adapter_files_are_never_loaded(fleet: Fleet, tmp_path: Path) ->
     pwned = tmp_path / "pwned-by-pickle"
     hostile = _hostile_adapters(registry, tmp_path / "outside.safetensors", pwned)
     admin = {"Authorization": f"Bearer {fleet.keys['admin']}"}
-    promote = f"{fleet.url('gateway')}/v1/admin/adapters/promote"
+    # The trainer owns promotion (issue #17); the gateway only follows the tenant's alias file.
+    promote = f"{fleet.url('trainer')}/v1/adapters/{{}}/promote"
     rows, loaded, server_errors = [], 0, 0
-    alias = registry / "aliases" / "serving.json"
+    alias = registry / "aliases" / "default" / "serving.json"
     alias.parent.mkdir(parents=True, exist_ok=True)
     try:
         for name, adapter_id in hostile.items():
-            answer = httpx.post(promote, json={"adapter_id": adapter_id}, headers=admin, timeout=60)
+            url = promote.format(quote(adapter_id, safe=""))
+            answer = httpx.post(url, json={}, headers=admin, timeout=60)
             server_errors += answer.status_code >= 500
             # A tampered alias file (what a hostile writer to shared storage could do).
             alias.write_text(
@@ -471,7 +474,9 @@ def test_hostile_adapter_files_are_never_loaded(fleet: Fleet, tmp_path: Path) ->
                 "pickle payload executed": int(pwned.exists()),
                 "5xx on promote": server_errors,
             },
-            tables=[(["adapter", "promote API", "chat after a tampered alias", "served"], rows)],
+            tables=[
+                (["adapter", "trainer promote API", "chat after a tampered alias", "served"], rows)
+            ],
             notes=[
                 "Each hostile id is promoted through the admin API and also written straight "
                 "into the serving alias file; the gateway must refuse it and keep serving what "

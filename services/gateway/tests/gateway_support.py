@@ -20,8 +20,11 @@ from faststream.kafka import KafkaMessage
 
 from raftloop_core.credentials import ensure_dev_credentials
 from raftloop_core.embedded import free_port
+from raftloop_core.events import AdapterPromoted, AdapterRolledBack, event_key
 from raftloop_core.messaging import consumer_options, make_broker
+from raftloop_core.registry import AliasState
 from raftloop_core.settings import KafkaSettings, RuntimeSettings
+from raftloop_core.topics import Topic
 
 
 @dataclass
@@ -199,3 +202,41 @@ def write_lora(model_dir: Path, target: Path, *, seed: int) -> Path:
     )
     get_peft_model(model, config).save_pretrained(target, safe_serialization=True)
     return target
+
+
+async def announce(kafka: KafkaSettings, state: AliasState, *, before: str | None) -> None:
+    """Publish the event the trainer publishes after switching `state` (a registry switch).
+
+    The gateway's tests switch through the registry and this event, as the trainer does, so
+    they need no trainer process; the trainer's own tests cover its routes.
+    """
+    event: AdapterPromoted | AdapterRolledBack
+    if state.history[-1].action == "promoted":
+        assert state.adapter_id is not None
+        topic, event = (
+            Topic.ADAPTER_PROMOTED,
+            AdapterPromoted(
+                tenant=state.tenant,
+                alias=state.alias,
+                adapter_id=state.adapter_id,
+                previous_adapter_id=before,
+                base_model="test",
+                revision=state.revision,
+            ),
+        )
+    else:
+        topic, event = (
+            Topic.ADAPTER_ROLLED_BACK,
+            AdapterRolledBack(
+                tenant=state.tenant,
+                alias=state.alias,
+                from_adapter_id=before,
+                to_adapter_id=state.adapter_id,
+                base_model="test",
+                revision=state.revision,
+            ),
+        )
+    broker = make_broker(kafka)
+    async with broker:
+        await broker.start()
+        await broker.publish(event, topic=topic, key=event_key(topic, event))

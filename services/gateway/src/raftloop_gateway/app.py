@@ -28,7 +28,7 @@ from raftloop_gateway.admin import build_admin_router
 from raftloop_gateway.capture import CapturePublisher
 from raftloop_gateway.chat import ChatService
 from raftloop_gateway.domain import Backend, GatewayError, Retriever
-from raftloop_gateway.hotswap import Canary, ServingState
+from raftloop_gateway.hotswap import ServingState
 from raftloop_gateway.limits_http import BodyLimit
 from raftloop_gateway.routes import RequestIdMiddleware, build_router
 from raftloop_gateway.settings import GatewaySettings
@@ -42,17 +42,21 @@ def _subscribe(broker: KafkaBroker, state: ServingState) -> None:
     # truth, so replaying old switches on start is harmless (older revisions are ignored).
     options: dict[str, Any] = {"auto_offset_reset": "earliest"}
 
+    async def follow(event: AdapterPromoted | AdapterRolledBack) -> None:
+        # A tenant this gateway has not served yet reads its alias on its first request.
+        seen = state.tenants.get(event.tenant)
+        if event.alias == state.alias and seen is not None and event.revision > seen.revision:
+            await state.refresh(event.tenant, min_revision=event.revision)
+
     @broker.subscriber(Topic.ADAPTER_PROMOTED, **options)  # type: ignore[untyped-decorator]
     async def on_adapter_promoted(event: AdapterPromoted) -> None:
-        """adapter.promoted -> re-read the alias and load the adapter."""
-        if event.alias == state.alias and event.revision > state.revision:
-            await state.refresh(min_revision=event.revision)
+        """adapter.promoted -> re-read that tenant's alias and load the adapter."""
+        await follow(event)
 
     @broker.subscriber(Topic.ADAPTER_ROLLED_BACK, **options)  # type: ignore[untyped-decorator]
     async def on_adapter_rolled_back(event: AdapterRolledBack) -> None:
-        """adapter.rolled_back -> re-read the alias."""
-        if event.alias == state.alias and event.revision > state.revision:
-            await state.refresh(min_revision=event.revision)
+        """adapter.rolled_back -> re-read that tenant's alias."""
+        await follow(event)
 
 
 async def _connect(broker: KafkaBroker, sender: KafkaSender, settings: GatewaySettings) -> None:
@@ -111,14 +115,7 @@ def create_app(
     retriever: Retriever | None = None,
 ) -> FastAPI:
     """The gateway's HTTP app: OpenAI routes, admin routes, ops routes, capture and hot-swap."""
-    state = ServingState(
-        registry,
-        backend,
-        alias=settings.alias,
-        canary_file=settings.state_dir / "canary.json",
-        canary=Canary(settings.canary_adapter_id, settings.canary_share),
-        poll_s=settings.alias_poll_s,
-    )
+    state = ServingState(registry, backend, alias=settings.alias, poll_s=settings.alias_poll_s)
     sender = KafkaSender(broker, timeout_s=settings.publish_timeout_ms / 1000 + 5)
     capture = CapturePublisher(
         sender,
@@ -237,7 +234,11 @@ def _capture_metrics(metrics: CollectorRegistry, capture: CapturePublisher) -> N
 
 
 class ServingAdapterInfo(Collector):
-    """`raftloop_gateway_serving_adapter_info`: 1 for the adapter served (and the canary)."""
+    """`raftloop_gateway_serving_adapter_info`: 1 per tenant for the adapter served (and canary).
+
+    The tenant label names only tenants this gateway has served (or the default one); keep
+    `/metrics` operator-only where tenant names are private (RAFTLOOP_PROTECT_OPS).
+    """
 
     def __init__(self, state: ServingState) -> None:
         self.state = state
@@ -247,20 +248,22 @@ class ServingAdapterInfo(Collector):
         return [self._family()]
 
     def collect(self) -> Iterable[Metric]:
-        """One sample per role: `serving` always (`base` = no adapter), `canary` when set."""
+        """Per tenant: `serving` always (`base` = no adapter), `canary` when set."""
         family = self._family()
-        state = self.state
-        family.add_metric([state.alias, state.serving or "base", "serving", str(state.revision)], 1)
-        if state.canary.adapter_id and state.canary.share > 0:
-            family.add_metric([state.alias, state.canary.adapter_id, "canary", ""], 1)
+        alias = self.state.alias
+        for tenant, now in list(self.state.tenants.items()):
+            serving = now.serving or "base"
+            family.add_metric([tenant, alias, serving, "serving", str(now.revision)], 1)
+            if now.canary.adapter_id and now.canary.share > 0:
+                family.add_metric([tenant, alias, now.canary.adapter_id, "canary", ""], 1)
         return [family]
 
     @staticmethod
     def _family() -> GaugeMetricFamily:
         return GaugeMetricFamily(
             "raftloop_gateway_serving_adapter_info",
-            "The adapter this gateway serves under its alias (base = the base model).",
-            labels=["alias", "adapter_id", "role", "revision"],
+            "The adapter this gateway serves under each tenant's alias (base = the base model).",
+            labels=["tenant", "alias", "adapter_id", "role", "revision"],
         )
 
 

@@ -213,26 +213,28 @@ class ChatService:
             )
         return asked or min(self.settings.default_max_tokens, self.settings.max_tokens_limit)
 
-    async def route(self, body: ChatRequest, conversation: str) -> Route:
-        """Choose the adapter and make sure it is loaded."""
+    async def route(self, body: ChatRequest, conversation: str, tenant: str) -> Route:
+        """Choose the adapter from the tenant's alias and make sure it is loaded."""
+        serving = await self.state.of(tenant)
         route = choose_route(
             body.model,
             served_model=self.settings.served_model,
             base_names=[self.backend.base_model],
-            serving=self.state.serving,
-            canary=self.state.canary.adapter_id,
-            canary_share=self.state.canary.share,
+            serving=serving.serving,
+            canary=serving.canary.adapter_id,
+            canary_share=serving.canary.share,
             conversation_id=conversation,
-            known=[body.model] if await self._is_adapter(body.model) else [],
+            known=[body.model] if await self._is_adapter(body.model, tenant) else [],
         )
         if route.adapter_id is not None:
             await self.state.verify(route.adapter_id)
         return route
 
-    async def _is_adapter(self, model: str) -> bool:
+    async def _is_adapter(self, model: str, tenant: str) -> bool:
         if model in (self.settings.served_model, "serving", self.backend.base_model):
             return False  # the common case costs no file-system call
-        return await self.state.known(model)
+        # Another tenant's adapter is unknown here, so it answers 404 like a made-up name.
+        return await self.state.known(model, tenant)
 
     async def retrieve(self, caller: Caller, body: ChatRequest) -> list[RetrievedChunk]:
         """Context from rag for the last user turn (not for internal callers such as the judge)."""
@@ -300,7 +302,7 @@ class ChatService:
         conv = conversation_id(
             explicit, tenant=caller.tenant, key_id=caller.key_id, messages=messages
         )
-        route = await self.route(body, conv)
+        route = await self.route(body, conv, caller.tenant)
         interaction_id = uuid4()
         with bind(interaction_id=interaction_id):  # rag logs its retrieval under this id
             retrieved = await self.retrieve(caller, body)

@@ -1,19 +1,30 @@
-"""Which adapter serves: the registry's alias file is the truth; events and polling refresh it.
+"""Which adapter serves each tenant: the registry's per-tenant alias files are the truth.
 
-An adapter becomes the serving one only after it passed the registry checks (safetensors,
-sha256) and the backend loaded it, so a bad promotion never takes down serving.
+Each tenant's serving adapter, revision and canary are read lazily on its first request, then
+refreshed by the trainer's adapter events (they carry the tenant) and by polling the tenants
+this gateway has seen. The trainer owns every switch (issue #17); this module only follows.
+
+An adapter becomes a tenant's serving one only after it passed the registry checks
+(safetensors, sha256, the card names that tenant) and the backend loaded it, so a bad
+promotion never takes down serving.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from raftloop_core.registry import AdapterCard, AdapterRefused, AdapterRegistry
+from raftloop_core.registry import (
+    CARD,
+    DEFAULT_TENANT,
+    AdapterCard,
+    AdapterRefused,
+    AdapterRegistry,
+    AliasState,
+)
 from raftloop_gateway.domain import AdapterUnavailable, Backend
 
 log = logging.getLogger(__name__)
@@ -21,42 +32,44 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Canary:
-    """A candidate adapter that serves a fixed share of conversations."""
+    """A candidate adapter that serves a fixed share of a tenant's conversations."""
 
     adapter_id: str | None = None
     share: float = 0.0
 
 
+@dataclass
+class TenantServing:
+    """What serves one tenant now."""
+
+    serving: str | None = None
+    revision: int = 0
+    canary: Canary = field(default_factory=Canary)
+    last_error: str | None = None
+
+
 class ServingState:
-    """The serving adapter, the canary and the registered adapters, kept current."""
+    """Each seen tenant's serving adapter and canary, kept current."""
 
     def __init__(
-        self,
-        registry: AdapterRegistry,
-        backend: Backend,
-        *,
-        alias: str,
-        canary_file: Path,
-        canary: Canary,
-        poll_s: float,
+        self, registry: AdapterRegistry, backend: Backend, *, alias: str, poll_s: float
     ) -> None:
         self.registry = registry
         self.backend = backend
         self.alias = alias
-        self.serving: str | None = None
-        self.revision = 0
-        self.last_error: str | None = None
-        self.canary_file = canary_file
-        self.canary = self._load_canary(canary)
         self.poll_s = poll_s
-        self._lock = asyncio.Lock()
+        # The default tenant is always watched, so single-tenant installs load at start.
+        self.tenants: dict[str, TenantServing] = {DEFAULT_TENANT: TenantServing()}
+        self._loaded: set[str] = set()
+        self._owners: dict[str, str] = {}  # adapter id -> tenant (cards never change)
+        self._locks: dict[str, asyncio.Lock] = {}
         self._task: asyncio.Task[None] | None = None
 
-    def _load_canary(self, default: Canary) -> Canary:
-        if self.canary_file.exists():
-            raw = json.loads(self.canary_file.read_text())
-            return Canary(raw.get("adapter_id"), float(raw.get("share", 0.0)))
-        return default
+    async def of(self, tenant: str) -> TenantServing:
+        """The tenant's serving state, read from the registry on its first request."""
+        if tenant not in self._loaded:
+            await self.refresh(tenant)
+        return self.tenants[tenant]
 
     async def verify(self, adapter_id: str) -> Path:
         """The verified folder of an adapter, loaded into the backend.
@@ -71,46 +84,75 @@ class ServingState:
         await self.backend.prepare(adapter_id)
         return folder
 
-    async def refresh(self, min_revision: int = 0) -> None:
-        """Re-read the alias; switch when its revision is newer and the adapter checks out."""
-        async with self._lock:
-            state = await asyncio.to_thread(self.registry.serving, self.alias)
-            if state.revision <= self.revision or state.revision < min_revision:
+    async def refresh(self, tenant: str = DEFAULT_TENANT, min_revision: int = 0) -> None:
+        """Re-read the tenant's alias; switch when its revision is newer and it checks out."""
+        lock = self._locks.setdefault(tenant, asyncio.Lock())
+        async with lock:
+            current = self.tenants.setdefault(tenant, TenantServing())
+            self._loaded.add(tenant)
+            state = await asyncio.to_thread(self.registry.serving, self.alias, tenant)
+            if state.revision <= current.revision or state.revision < min_revision:
                 return
             try:
-                if state.adapter_id is not None:
-                    await self.verify(state.adapter_id)
+                await self._check(tenant, state)
             except (AdapterUnavailable, OSError, ValueError) as exc:
-                self.last_error = f"revision {state.revision} refused: {exc}"
-                log.error("adapter switch refused", extra={"error": self.last_error})
-                self.revision = state.revision  # do not retry a refused revision forever
+                current.last_error = f"revision {state.revision} refused: {exc}"
+                log.error(
+                    "adapter switch refused", extra={"tenant": tenant, "error": current.last_error}
+                )
+                current.revision = state.revision  # do not retry a refused revision forever
                 return
-            previous, self.serving, self.revision = self.serving, state.adapter_id, state.revision
-            self.last_error = None
+            previous = current.serving
+            self.tenants[tenant] = TenantServing(
+                serving=state.adapter_id,
+                revision=state.revision,
+                canary=Canary(state.canary_adapter_id, state.canary_share),
+            )
             log.info(
                 "serving adapter switched",
-                extra={"from": previous, "to": self.serving, "revision": self.revision},
+                extra={
+                    "tenant": tenant,
+                    "from": previous,
+                    "to": state.adapter_id,
+                    "revision": state.revision,
+                },
             )
 
-    def set_canary(self, canary: Canary) -> None:
-        """Persist a new canary setting."""
-        self.canary_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.canary_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"adapter_id": canary.adapter_id, "share": canary.share}))
-        tmp.replace(self.canary_file)
-        self.canary = canary
+    async def _check(self, tenant: str, state: AliasState) -> None:
+        for adapter_id in (state.adapter_id, state.canary_adapter_id):
+            if adapter_id is None:
+                continue
+            if await self.owner(adapter_id) != tenant:
+                raise AdapterUnavailable(f"adapter {adapter_id[:12]} is not tenant {tenant!r}'s")
+            await self.verify(adapter_id)
 
-    async def cards(self) -> list[AdapterCard]:
-        """Every registered adapter."""
-        return await asyncio.to_thread(self.registry.list)
+    async def owner(self, adapter_id: str) -> str | None:
+        """The tenant named by a registered adapter's card (None: no such adapter).
 
-    async def known(self, model: str) -> bool:
-        """Whether `model` is a registered adapter id (verified on use, not here)."""
-        folder = self.registry.adapters / model
-        return len(model) == 64 and await asyncio.to_thread(folder.is_dir)
+        The card is read without the hash check; `verify` checks the weights before use.
+        """
+        if adapter_id in self._owners:
+            return self._owners[adapter_id]
+        path = self.registry.adapters / adapter_id / CARD
+        if len(adapter_id) != 64 or not await asyncio.to_thread(path.is_file):
+            return None
+        try:
+            card = AdapterCard.model_validate_json(await asyncio.to_thread(path.read_text))
+        except (OSError, ValueError):
+            return None
+        self._owners[adapter_id] = card.tenant
+        return card.tenant
+
+    async def cards(self, tenant: str) -> list[AdapterCard]:
+        """The tenant's registered adapters."""
+        return await asyncio.to_thread(self.registry.list, tenant)
+
+    async def known(self, model: str, tenant: str) -> bool:
+        """Whether `model` is one of the tenant's adapters (another tenant's is unknown)."""
+        return await self.owner(model) == tenant
 
     def start(self) -> None:
-        """Poll the alias file, so a missed event still switches within `poll_s`."""
+        """Poll the seen tenants' aliases, so a missed event still switches within `poll_s`."""
         self._task = asyncio.create_task(self._poll(), name="alias-poll")
 
     async def stop(self) -> None:
@@ -122,9 +164,10 @@ class ServingState:
 
     async def _poll(self) -> None:
         while True:
-            try:
-                if self.backend.ready:
-                    await self.refresh()
-            except Exception:
-                log.exception("alias refresh failed")
+            for tenant in list(self.tenants):
+                try:
+                    if self.backend.ready:
+                        await self.refresh(tenant)
+                except Exception:
+                    log.exception("alias refresh failed", extra={"tenant": tenant})
             await asyncio.sleep(self.poll_s)

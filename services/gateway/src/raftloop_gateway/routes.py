@@ -77,15 +77,15 @@ def build_router(service: ChatService, *, any_key: Any, chat_key: Any) -> APIRou
 
     @router.get("/models", response_model=ModelList)
     async def list_models(caller: Caller = any_key) -> ModelList:
-        """The served alias, the base model and every registered adapter."""
+        """The served alias, the base model and the caller's tenant's adapters."""
         now = int(time.time())
         base = service.backend.base_model
-        serving = service.state.serving
+        serving = (await service.state.of(caller.tenant)).serving
         data = [
             ModelCard(id=service.settings.served_model, created=now, kind="alias", base_model=base),
             ModelCard(id=base, created=now, kind="base", serving=serving is None),
         ]
-        for card in await service.state.cards():
+        for card in await service.state.cards(caller.tenant):
             data.append(
                 ModelCard(
                     id=card.adapter_id,

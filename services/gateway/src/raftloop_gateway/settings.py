@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Literal
 
 from pydantic import AliasChoices, Field, SecretStr
@@ -46,6 +46,13 @@ class GatewaySettings(BaseSettings):
     upstream_model: str | None = Field(default=None, description="Model name of the bare base.")
     upstream_timeout_s: float = Field(default=60.0, gt=0)
     upstream_max_retries: int = Field(default=2, ge=0)
+    upstream_registry_dir: PurePosixPath | None = Field(
+        default=None,
+        description=(
+            "The adapter registry's path as the vLLM server sees it; set, the gateway loads "
+            "each tenant's adapters into vLLM by name at run time (its runtime LoRA API)."
+        ),
+    )
 
     rag_url: str | None = None
     rag_api_key: SecretStr | None = Field(default=None, description="An internal-role key.")
@@ -95,8 +102,6 @@ class GatewaySettings(BaseSettings):
         validation_alias=AliasChoices("GATEWAY_KEYS_FILE", "RAFTLOOP_API_KEYS_FILE", "keys_file"),
         description="Hashed API keys (JSON list); required in production.",
     )
-    canary_adapter_id: str | None = None
-    canary_share: float = Field(default=0.0, ge=0.0, le=1.0)
 
     @property
     def state_dir(self) -> Path:

@@ -19,16 +19,15 @@ ROUTES = {
     "admin_rollback": ("POST", "/v1/admin/adapters/rollback", {}),
     "admin_canary": ("PUT", "/v1/admin/canary", {"share": 0}),
 }
-# What an authorised caller gets: promote names an unregistered adapter (409); rollback may find
-# nothing to roll back (409) or succeed (200) depending on what ran before.
+# What an authorised caller gets: the gateway's switch routes moved to the trainer (410).
 OK = {
     "chat": {200},
     "models": {200},
     "feedback": {202},
     "admin_adapters": {200},
-    "admin_promote": {409},
-    "admin_rollback": {200, 409},
-    "admin_canary": {200},
+    "admin_promote": {410},
+    "admin_rollback": {410},
+    "admin_canary": {410},
 }
 CALLERS = ["none", "bad", "client", "internal", "admin"]
 

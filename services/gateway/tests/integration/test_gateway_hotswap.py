@@ -1,19 +1,22 @@
-"""Hot-swap: adapters from the registry switch without a restart; bad adapters are refused."""
+"""Hot-swap: registry switches serve without a restart; bad adapters are refused.
+
+The trainer owns switching (issue #17): these tests switch through the registry and publish
+the trainer's event; the gateway's own admin routes switch nothing.
+"""
 
 from __future__ import annotations
 
 import shutil
-from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 import openai
 import pytest
-from gateway_support import EventLog, Gateway, wait_until, write_lora
+from gateway_support import EventLog, Gateway, announce, wait_until, write_lora
 
 from raftloop_core.events import AdapterPromoted, AdapterRolledBack, event_key
 from raftloop_core.messaging import make_broker
-from raftloop_core.registry import AdapterCard, AdapterRegistry
+from raftloop_core.registry import AdapterCard, AdapterRefused, AdapterRegistry
 from raftloop_core.settings import KafkaSettings
 from raftloop_core.topics import Topic
 
@@ -95,63 +98,45 @@ async def test_promotion_event_switches_the_serving_adapter_and_rollback_restore
     assert _answer(gateway)[0] == before
 
 
-def test_admin_promote_and_rollback_publish_events(
-    gateway: Gateway, registry: AdapterRegistry, adapter_dirs: list[Path]
-) -> None:
-    adapter_id = registry.add(adapter_dirs[1], AdapterCard(base_model="tiny-llama"))
-    admin = gateway.auth("admin")
-    response = httpx.post(
-        f"{gateway.url}/v1/admin/adapters/promote", json={"adapter_id": adapter_id}, headers=admin
-    )
-    assert response.status_code == 200, response.text
-    assert response.json()["serving"] == adapter_id
-    assert _answer(gateway)[1] == adapter_id  # switched at once, no restart
-    # A pinned request names the adapter directly; the base model stays reachable by name.
-    assert _answer(gateway, model=adapter_id)[1] == adapter_id
-    assert _answer(gateway, model="tiny-llama")[1] == "base"
-    response = httpx.post(f"{gateway.url}/v1/admin/adapters/rollback", json={}, headers=admin)
-    assert response.status_code == 200, response.text
-    assert _answer(gateway)[1] == (response.json()["serving"] or "base")
-
-
-async def test_promotions_reach_the_broker(gateway: Gateway, gateway_events: EventLog) -> None:
-    await gateway_events.wait_for(
-        lambda: any(r.value.get("run_id") is None for r in gateway_events.where(
-            Topic.ADAPTER_PROMOTED, base_model="tiny-llama"
-        )),
-        what="the admin promotion event",
-    )  # fmt: skip
-
-
-def test_canary_share_routes_conversations_stickily(
+async def test_a_registry_switch_serves_at_once_and_pinning_stays_possible(
     gateway: Gateway,
     registry: AdapterRegistry,
     adapter_dirs: list[Path],
-    new_conversation: Callable[[], dict],
+    kafka_settings: KafkaSettings,
 ) -> None:
-    candidate = registry.add(adapter_dirs[2], AdapterCard(base_model="tiny-llama"))
-    admin = gateway.auth("admin")
-    set_share = httpx.put(
-        f"{gateway.url}/v1/admin/canary",
-        json={"adapter_id": candidate, "share": 0.5},
-        headers=admin,
-    )
-    assert set_share.status_code == 200, set_share.text
-    client = gateway.client()
-    routed: dict[str, set[str]] = {}
-    for _ in range(12):
-        meta = new_conversation()
-        for _turn in range(2):
-            raw = client.chat.completions.with_raw_response.create(
-                model="raftloop", messages=ASK, max_tokens=1, metadata=meta
-            )
-            routed.setdefault(meta["conversation_id"], set()).add(raw.headers["x-raftloop-adapter"])
-    assert all(len(adapters) == 1 for adapters in routed.values())  # sticky
-    used = {next(iter(a)) for a in routed.values()}
-    assert candidate in used
-    assert len(used) == 2  # both the serving adapter and the canary got conversations
-    off = httpx.put(f"{gateway.url}/v1/admin/canary", json={"share": 0}, headers=admin)
-    assert off.status_code == 200
+    adapter_id = registry.add(adapter_dirs[1], AdapterCard(base_model="tiny-llama"))
+    before = registry.serving().adapter_id
+    await announce(kafka_settings, registry.promote(adapter_id), before=before)
+    wait_until(lambda: _answer(gateway)[1] == adapter_id, what="the promoted adapter to serve")
+    # A pinned request names the adapter directly; the base model stays reachable by name.
+    assert _answer(gateway, model=adapter_id)[1] == adapter_id
+    assert _answer(gateway, model="tiny-llama")[1] == "base"
+    view = httpx.get(f"{gateway.url}/v1/admin/adapters", headers=gateway.auth("admin")).json()
+    assert (view["tenant"], view["serving"]) == ("default", adapter_id)
+    back = registry.rollback()
+    await announce(kafka_settings, back, before=adapter_id)
+    wait_until(lambda: _answer(gateway)[1] == (back.adapter_id or "base"), what="the rollback")
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "owner"),
+    [
+        ("POST", "/v1/admin/adapters/promote", {"adapter_id": "c" * 64}, "/promote"),
+        ("POST", "/v1/admin/adapters/rollback", {}, "/v1/adapters/rollback"),
+        ("PUT", "/v1/admin/canary", {"share": 0.5}, "/v1/adapters/canary"),
+    ],
+)
+def test_the_gateway_switches_nothing_and_points_at_the_trainer(
+    gateway: Gateway, registry: AdapterRegistry, method: str, path: str, body: dict, owner: str
+) -> None:
+    before = registry.serving()
+    response = httpx.request(method, gateway.url + path, json=body, headers=gateway.auth("admin"))
+    assert response.status_code == 410, response.text
+    error = response.json()["error"]
+    assert error["code"] == "moved_to_trainer"
+    assert owner in error["message"]
+    assert "trainer" in error["message"]
+    assert registry.serving() == before
 
 
 def test_tampered_and_pickle_adapters_are_refused(
@@ -163,29 +148,24 @@ def test_tampered_and_pickle_adapters_are_refused(
     original = weights.read_bytes()
     weights.write_bytes(original + b" ")
     try:
-        admin = gateway.auth("admin")
-        response = httpx.post(
-            f"{gateway.url}/v1/admin/adapters/promote", json={"adapter_id": tampered}, headers=admin
-        )
-        assert response.status_code == 409
-        assert "hash check" in response.json()["error"]["message"]
+        with pytest.raises(AdapterRefused, match="hash check"):
+            registry.promote(tampered)
         with pytest.raises(openai.APIStatusError, match="hash check") as pinned:
             _answer(gateway, model=tampered)
         assert pinned.value.status_code == 409
     finally:
         weights.write_bytes(original)
 
-    # Pickle weights next to a config: never loaded.
+    # Pickle weights next to a config: never loaded, and not even a model to name.
     fake = "b" * 64
     folder = registry.adapters / fake
     folder.mkdir()
     shutil.copy(adapter_dirs[0] / "adapter_config.json", folder)
     (folder / "adapter_model.bin").write_bytes(b"\x80\x04pickle")
-    response = httpx.post(
-        f"{gateway.url}/v1/admin/adapters/promote",
-        json={"adapter_id": fake},
-        headers=gateway.auth("admin"),
-    )
-    assert response.status_code == 409
-    assert "adapter_model.bin is not allowed" in response.json()["error"]["message"]
-    shutil.rmtree(folder)
+    try:
+        with pytest.raises(AdapterRefused, match=r"adapter_model\.bin is not allowed"):
+            registry.promote(fake)
+        with pytest.raises(openai.NotFoundError):
+            _answer(gateway, model=fake)
+    finally:
+        shutil.rmtree(folder)

@@ -5,9 +5,16 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
-from gateway_support import EventLog, Gateway, interaction_of, start_gateway, write_lora
+from gateway_support import (
+    EventLog,
+    Gateway,
+    announce,
+    interaction_of,
+    start_gateway,
+    wait_until,
+    write_lora,
+)
 
 from raftloop_core.registry import AdapterCard, AdapterRegistry
 from raftloop_core.settings import KafkaSettings
@@ -56,8 +63,8 @@ def smol_name(gw: Gateway) -> str:
     return next(m.id for m in gw.client().models.list().data if m.kind == "base")
 
 
-def test_a_lora_on_smollm2_hot_swaps_and_rolls_back(
-    smol: Gateway, smollm2_dir: Path, tmp_path: Path
+async def test_a_lora_on_smollm2_hot_swaps_and_rolls_back(
+    smol: Gateway, smollm2_dir: Path, tmp_path: Path, kafka_settings: KafkaSettings
 ) -> None:
     folder = write_lora(smollm2_dir, tmp_path / "lora", seed=3)
     registry = AdapterRegistry(smol.data_dir / "registry")
@@ -71,17 +78,11 @@ def test_a_lora_on_smollm2_hot_swaps_and_rolls_back(
         return raw.parse().choices[0].message.content, raw.headers["x-raftloop-adapter"]
 
     before = ask()
-    admin = smol.auth("admin")
-    promoted = httpx.post(
-        f"{smol.url}/v1/admin/adapters/promote",
-        json={"adapter_id": adapter_id},
-        headers=admin,
-        timeout=120,
-    )
-    assert promoted.status_code == 200, promoted.text
+    # Switched as the trainer switches: the registry, then the event the gateway follows.
+    await announce(kafka_settings, registry.promote(adapter_id), before=None)
+    wait_until(lambda: ask()[1] == adapter_id, timeout_s=120, what="the adapter to serve")
     after = ask()
-    assert after[1] == adapter_id
     assert after[0] != before[0]
-    rolled = httpx.post(f"{smol.url}/v1/admin/adapters/rollback", json={}, headers=admin)
-    assert rolled.status_code == 200, rolled.text
+    await announce(kafka_settings, registry.rollback(), before=adapter_id)
+    wait_until(lambda: ask()[1] == "base", timeout_s=60, what="the rollback")
     assert ask() == before
