@@ -42,7 +42,7 @@ def _backend(settings: GatewaySettings, registry: AdapterRegistry) -> Backend:
         from raftloop_gateway.upstream import UpstreamBackend
 
         name = settings.upstream_model or settings.base_model_name or "base"
-        return UpstreamBackend(client, base_model=name)
+        return UpstreamBackend(client, base_model=name, registry_dir=settings.upstream_registry_dir)
     from raftloop_gateway.local import LocalBackend
 
     path = settings.base_model_path

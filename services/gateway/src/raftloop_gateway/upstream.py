@@ -2,13 +2,20 @@
 
 The adapter id is passed as the model name (vLLM serves each LoRA under its own name); the bare
 base model goes by `upstream_model`. Timeouts and retries are the client's own.
+
+With `registry_dir` (GATEWAY_UPSTREAM_REGISTRY_DIR: the registry as the vLLM server sees it),
+`prepare` loads an adapter into vLLM at run time through its runtime LoRA API
+(`POST /v1/load_lora_adapter`, needs VLLM_ALLOW_RUNTIME_LORA_UPDATING=True on the server), so
+every tenant's alias is served by one vLLM fleet as it is by the local engine (issue #17).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import PurePosixPath
 from typing import Any
 
 import httpx2
@@ -103,9 +110,14 @@ def _tokens(logprobs: Any) -> list[TokenInfo]:
 class UpstreamBackend:
     """Forwards generation to an OpenAI-compatible endpoint."""
 
-    def __init__(self, client: AsyncOpenAI, *, base_model: str) -> None:
+    def __init__(
+        self, client: AsyncOpenAI, *, base_model: str, registry_dir: PurePosixPath | None = None
+    ) -> None:
         self.client = client
         self.base_model = base_model
+        self.registry_dir = registry_dir
+        self.loaded: set[str] = set()
+        self._loading: dict[str, asyncio.Lock] = {}
 
     @property
     def ready(self) -> bool:
@@ -117,7 +129,32 @@ class UpstreamBackend:
         return sum(len(m.content) + 4 for m in messages) // 4
 
     async def prepare(self, adapter_id: str) -> None:
-        """The upstream server loads its adapters itself."""
+        """Load the adapter into vLLM by name, once; without `registry_dir` the server does.
+
+        Raises:
+            UpstreamFailed: the server refused to load it or is unreachable.
+        """
+        if self.registry_dir is None or adapter_id in self.loaded:
+            return
+        async with self._loading.setdefault(adapter_id, asyncio.Lock()):
+            if adapter_id in self.loaded:
+                return
+            body = {
+                "lora_name": adapter_id,
+                "lora_path": str(self.registry_dir / "adapters" / adapter_id),
+            }
+            try:
+                await self.client.post("/load_lora_adapter", body=body, cast_to=httpx2.Response)
+            except openai.BadRequestError as exc:
+                # vLLM answers 400 for a name it already has (loaded before this gateway
+                # started, or by another replica): that is the state we want.
+                if "already been loaded" not in str(exc.message):
+                    raise UpstreamFailed(_load_failed(adapter_id, exc)) from exc
+            except openai.APIStatusError as exc:
+                raise UpstreamFailed(_load_failed(adapter_id, exc)) from exc
+            except openai.APIConnectionError as exc:
+                raise UpstreamFailed(f"the upstream model server is unreachable: {exc!r}") from exc
+            self.loaded.add(adapter_id)
 
     async def check_constraint(self, constraint: Constraint) -> None:
         """The upstream server enforces formats and tool schemas itself (vLLM's guided decoding)."""
@@ -180,6 +217,15 @@ class UpstreamBackend:
             raise UpstreamFailed(
                 f"the upstream model server failed or is unreachable: {exc!r}"
             ) from exc
+
+
+def _load_failed(adapter_id: str, exc: openai.APIStatusError) -> str:
+    return (
+        f"the upstream model server refused to load adapter {adapter_id[:12]} "
+        f"({exc.status_code}: {exc.message}); check that it runs with "
+        "VLLM_ALLOW_RUNTIME_LORA_UPDATING=True and --enable-lora, and that "
+        "GATEWAY_UPSTREAM_REGISTRY_DIR is the registry's path on that server"
+    )
 
 
 @dataclass
