@@ -22,6 +22,7 @@ from pydantic import AliasChoices, SecretStr
 from pydantic_settings import BaseSettings
 
 from raftloop_core.settings import MIN_SECRET_CHARS
+from raftloop_gateway.settings import GatewaySettings
 from raftloop_hitl.settings import HitlSettings
 from raftloop_ingest.settings import IngestSettings
 from raftloop_judge.settings import JudgeSettings
@@ -32,6 +33,14 @@ SHORT = "k" * (MIN_SECRET_CHARS - 1)
 
 # What makes each service use its secrets in production, with good values.
 SERVICES: dict[str, tuple[type[BaseSettings], dict[str, str]]] = {
+    "gateway": (
+        GatewaySettings,
+        {
+            "GATEWAY_BACKEND": "upstream",
+            "GATEWAY_UPSTREAM_URL": "http://127.0.0.1:9/v1",
+            "GATEWAY_RAG_URL": "http://127.0.0.1:9",
+        },
+    ),
     "hitl": (HitlSettings, {"HITL_ADMIN_USERNAME": "root"}),
     "ingest": (IngestSettings, {}),
     "judge": (JudgeSettings, {}),

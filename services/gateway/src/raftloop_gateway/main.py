@@ -17,7 +17,12 @@ from raftloop_core.credentials import ensure_dev_credentials
 from raftloop_core.logs import configure_logging
 from raftloop_core.messaging import make_broker
 from raftloop_core.registry import AdapterRegistry
-from raftloop_core.settings import SettingsError, require_secret
+from raftloop_core.settings import (
+    SettingsError,
+    check_kafka_secrets,
+    check_secret,
+    require_secret,
+)
 from raftloop_gateway.adapters import RagRetriever
 from raftloop_gateway.app import create_app
 from raftloop_gateway.domain import Backend, Retriever
@@ -85,6 +90,13 @@ def build() -> FastAPI:
     runtime = settings.runtime
     configure_logging("gateway", level=runtime.log_level, fmt=runtime.log_format)
     try:
+        check_kafka_secrets(settings.kafka, runtime)
+        check_secret(
+            settings.upstream_api_key,
+            name="the upstream API key",
+            env="GATEWAY_UPSTREAM_API_KEY",
+            runtime=runtime,
+        )
         keys = KeyStore.for_runtime(runtime, settings.keys_file)
         registry = AdapterRegistry(settings.registry_root)
         kafka = settings.kafka.model_copy(
