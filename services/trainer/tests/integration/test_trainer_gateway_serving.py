@@ -151,7 +151,9 @@ async def test_trainer_promotion_is_served_by_a_running_gateway(
     tmp_path: Path, tiny_model_dir: Path, kafka_settings: KafkaSettings
 ) -> None:
     ensure_topics(kafka_settings)
-    tenant = f"t_{uuid.uuid4().hex[:8]}"
+    # The dev client key's tenant: each tenant is served its own alias (issue #17), so the
+    # adapter trained on this tenant's data is the one this key's chats get.
+    tenant = "default"
     # A base model name of its own: the session's other trainer tests publish curated examples
     # for "tiny-llama" on the same topic, and must not trigger runs here.
     name = f"tiny-{uuid.uuid4().hex[:6]}"
@@ -202,7 +204,8 @@ async def test_trainer_promotion_is_served_by_a_running_gateway(
         assert run["status"] == "promoted", run
         assert run["trigger"].startswith("trigger:"), run
         adapter_id = run["adapter_id"]
-        assert AdapterRegistry(gw.registry).serving("serving").adapter_id == adapter_id
+        assert AdapterRegistry(gw.registry).serving("serving", tenant).adapter_id == adapter_id
+        assert AdapterRegistry(gw.registry).card(adapter_id).tenant == tenant
 
         deadline = time.monotonic() + 60
         while (served := answer(gw))[1] != adapter_id:
