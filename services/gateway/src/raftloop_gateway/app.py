@@ -185,6 +185,8 @@ def create_app(
             ReadinessCheck("capture", _async_value(lambda: capture.accepting)),
             ReadinessCheck("broker", broker_check(broker).check, required=False),
         ],
+        keys=keys,
+        protect=settings.runtime.ops_protected,
     )
     any_key = Depends(require(keys, "client", "internal"))
     app.include_router(build_router(service, any_key=any_key, chat_key=any_key))
