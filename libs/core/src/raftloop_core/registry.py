@@ -382,6 +382,8 @@ class AdapterRegistry:
             adapter_id, share = None, 0.0
         with self._lock(alias, tenant):
             state = self.serving(alias, tenant)
+            if (state.canary_adapter_id, state.canary_share) == (adapter_id, share):
+                return state  # idempotent: the same setting again switches nothing
             return self._switch(
                 state,
                 state.adapter_id,

@@ -175,6 +175,9 @@ def test_canary_is_per_tenant_and_bumps_the_revision(
     assert registry.rollback(tenant="acme").adapter_id is None
     off = registry.set_canary(None, 0.9, tenant="acme")
     assert (off.canary_adapter_id, off.canary_share) == (None, 0.0)
+    # Setting what is already set switches nothing (a PUT repeated, or a fuzzer's null body).
+    assert registry.set_canary(None, 0.0, tenant="acme") == off
+    assert registry.set_canary(None, 0.0, tenant="globex").revision == 0
 
 
 def test_a_legacy_alias_file_is_the_default_tenants(
