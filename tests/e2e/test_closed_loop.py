@@ -22,7 +22,7 @@ from raftloop_cli.testing import Platform
 pytestmark = [
     pytest.mark.e2e,
     pytest.mark.slow,
-    # About half an hour of SmolLM2 on two idle cores (a chat and a judge generation per
+    # About 12 minutes of SmolLM2 on two idle cores (a chat and a judge generation per
     # interaction, about 60 interactions, then training and the gate). `make test` runs it;
     # `make e2e` runs it alone; `-m "not e2e"` leaves it out of a quick local run.
     pytest.mark.timeout(5400),
