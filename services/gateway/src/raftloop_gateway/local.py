@@ -51,6 +51,7 @@ class LocalBackend:
         self._engine: Engine | None = None
         self._tokenizer: Any = None
         self._grammars: Any = None
+        self._grammars_lock = threading.Lock()
         self.load_error: str | None = None
 
     @property
@@ -137,12 +138,14 @@ class LocalBackend:
         await asyncio.wrap_future(engine.call(load))
 
     def _grammar_cache(self) -> Any:
-        if self._grammars is None:
-            from raftloop_gateway.constrain import GrammarCache
+        """The grammar cache, built once (0.3-0.7 s: worker threads only, never the loop)."""
+        with self._grammars_lock:
+            if self._grammars is None:
+                from raftloop_gateway.constrain import GrammarCache
 
-            vocab = int(self._engine.model.config.vocab_size) if self._engine else 0
-            self._grammars = GrammarCache(self._tokenizer, vocab)
-        return self._grammars
+                vocab = int(self._engine.model.config.vocab_size) if self._engine else 0
+                self._grammars = GrammarCache(self._tokenizer, vocab)
+            return self._grammars
 
     async def check_constraint(self, constraint: Constraint) -> None:
         """Compile the constraint's grammar (cached) off the event loop.
@@ -174,11 +177,10 @@ class LocalBackend:
         prompt = await loop.run_in_executor(self._executor, self._encode, request.messages)
         matchers: list[Any] = [None] * request.n
         if request.constraint is not None:
-            grammars = self._grammar_cache()
             constraint = request.constraint
             matchers = await loop.run_in_executor(
                 self._executor,
-                lambda: [grammars.matcher(constraint) for _ in range(request.n)],
+                lambda: [self._grammar_cache().matcher(constraint) for _ in range(request.n)],
             )
         rows = [
             Row(
