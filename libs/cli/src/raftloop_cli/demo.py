@@ -324,6 +324,10 @@ class Demo:
             pool.shutdown(wait=True, cancel_futures=True)
             reviewer.join(timeout=60)
         self._show(progress, tasks)
+        # Once the run has started, the trainer counts new examples from its snapshot again:
+        # the bar shows the threshold that was reached, not the next run's count.
+        reached = next(t for t in progress.tasks if t.id == tasks["threshold"])
+        progress.update(tasks["threshold"], completed=reached.total)
         return run_id
 
     def ahead(self) -> bool:
