@@ -63,11 +63,22 @@ def test_gate_rejects_when_the_lower_bound_is_not_above_the_margin() -> None:
 
 
 def test_gate_rejects_a_regression_drop_and_a_tiny_holdout() -> None:
-    decision = decide([diff("token_f1", 0.3, 0.2)], [diff("rouge_l", -0.1, -0.2)], GatePolicy())
+    dropped = PairedDiff("rouge_l", 0.3, 0.2, -0.1, -0.2, -0.02, 20)
+    decision = decide([diff("token_f1", 0.3, 0.2)], [dropped], GatePolicy())
     assert not decision.promote
     assert "regression rouge_l dropped" in decision.reasons[0]
     decision = decide([diff("token_f1", 0.3, 0.2, n=3)], [], GatePolicy(min_holdout_items=5))
     assert not decision.promote
+
+
+def test_a_regression_drop_within_its_noise_does_not_reject() -> None:
+    # -0.06 on a few general questions, with an interval that reaches above zero: not evidence.
+    noisy = PairedDiff("token_f1", 0.18, 0.12, -0.06, -0.14, 0.03, 16)
+    assert decide([diff("token_f1", 0.3, 0.2)], [noisy], GatePolicy()).promote
+    clear = PairedDiff("token_f1", 0.18, 0.08, -0.10, -0.16, -0.04, 16)
+    decision = decide([diff("token_f1", 0.3, 0.2)], [clear], GatePolicy())
+    assert not decision.promote
+    assert "95% CI of the change -0.1600 .. -0.0400" in decision.reasons[0]
 
 
 def test_gate_checks_the_judge_win_rate_when_configured() -> None:
