@@ -211,6 +211,40 @@ NAME_GENERATORS: dict[str, Callable[[random.Random], str]] = {
     "ADDRESS": address,
 }
 """Drawn after the others, so that adding them left the earlier samples as they were."""
+
+RESERVED_DOMAINS = ["shop.example", "mail.example", "qa.test", "mail.invalid", "example.com"]
+RESERVED_DOMAINS += ["support.example.com", "example.org", "staging.acme.test"]
+
+
+def reserved_email(rng: random.Random) -> str:
+    """An address at a domain reserved by RFC 2606: staging systems and test accounts."""
+    local = f"{rng.choice(FIRST)}.{rng.choice(LAST)}"
+    return f"{local}@{rng.choice(RESERVED_DOMAINS)}"
+
+
+def labelled_ssn(rng: random.Random) -> str:
+    """An SSN as people write it after its label: often without separators."""
+    area = rng.choice([rng.randint(1, 665), rng.randint(667, 899)])
+    digits = f"{area:03d}{rng.randint(1, 99):02d}{rng.randint(1, 9999):04d}"
+    sep = rng.choice(["", "", " ", "-"])
+    return f"{digits[:3]}{sep}{digits[3:5]}{sep}{digits[5:]}"
+
+
+def lower_iban(rng: random.Random) -> str:
+    return iban(rng).lower()
+
+
+LATER_TEMPLATES: dict[str, list[str]] = {
+    "EMAIL": ["write to {v} for the test account", "login {v} cannot sign in"],
+    "NATIONAL_ID": ["SSN: {v}", "my social security number is {v}", "ssn {v} on file"],
+    "IBAN": ["iban {v} please", "refund to {v} thanks"],
+}
+LATER_GENERATORS: list[tuple[str, Callable[[random.Random], str]]] = [
+    ("EMAIL", reserved_email),
+    ("NATIONAL_ID", labelled_ssn),
+    ("IBAN", lower_iban),
+]
+"""Added for issue #18 (defaults that missed these), drawn last for the same reason."""
 DECOYS = [
     "Order #{d8} was shipped on 2024-05-17.",
     "I'm on version 3.12.1 of the app.",
@@ -269,4 +303,11 @@ def corpus(seed: int = 7, per_type: int = 50) -> list[Sample]:
         samples.append(
             Sample(text, [(sw, sw + len(who), "PERSON"), (sa, sa + len(where), "ADDRESS")])
         )
+    for label, gen in LATER_GENERATORS:
+        for i in range(per_type):
+            value = gen(rng)
+            template = LATER_TEMPLATES[label][i % len(LATER_TEMPLATES[label])]
+            before = template.split("{v}")[0]
+            text = template.replace("{v}", value)
+            samples.append(Sample(text, [(len(before), len(before) + len(value), label)]))
     return samples

@@ -2,7 +2,9 @@
 
 Two NLP engines. Patterns only (the default without a model): a blank spaCy tokenizer with
 Presidio's pattern recognizers, which validate checksums where the type has one (Luhn for
-cards, mod-97 for IBAN), our own recognizers for credentials and a street-address pattern.
+cards, mod-97 for IBAN), our own recognizers for credentials and a street-address pattern,
+and our additions where Presidio's defaults miss (#18): SSNs after their label without
+separators, IBANs in lower case, and e-mail addresses at reserved domains (`.test`).
 With a spaCy NER model (`raftloop-ingest[ner]`, `INGEST_NER_MODEL`), Presidio's spaCy
 recognizer adds person names; the model is a PyPI re-upload of spaCy's `en_core_web_sm`,
 loaded from the installed package, never downloaded. The replacement itself is a plain
@@ -32,6 +34,7 @@ from presidio_analyzer import (
 )
 from presidio_analyzer.nlp_engine import (
     NerModelConfiguration,
+    NlpArtifacts,
     NlpEngine,
     SlimSpacyNlpEngine,
     SpacyNlpEngine,
@@ -111,6 +114,11 @@ MAY_HOLD_PII = re.compile(
 )
 
 
+RESERVED_TLDS = frozenset({"example", "test", "invalid"})
+"""Top-level domains reserved by RFC 2606 (as are example.com, .net and .org, which the public
+suffix list knows already)."""
+
+
 class OfflineEmailRecognizer(EmailRecognizer):
     """Presidio's e-mail recognizer, validating domains against tldextract's bundled list.
 
@@ -121,7 +129,81 @@ class OfflineEmailRecognizer(EmailRecognizer):
 
     @override
     def validate_result(self, pattern_text: str) -> bool:
-        return self._extract(pattern_text).fqdn != ""
+        if self._extract(pattern_text).fqdn != "":
+            return True
+        # Presidio's check (a known public suffix) dropped reserved domains on purpose, as
+        # addresses that cannot be real. They are what staging systems, test accounts and
+        # demo tenants use, and the local part still names a person (jane.doe@acme.test), so
+        # they are redacted like any other address (issue #18).
+        domain = pattern_text.rpartition("@")[2].rstrip(".").lower()
+        return domain.rpartition(".")[2] in RESERVED_TLDS
+
+
+SSN_LABELLED = (
+    # an SSN right after its label, with or without separators ("SSN: 536904399").
+    r"(?<=\b(?:ssns?|ss\#|social\s+security(?:\s+(?:number|no\.?|\#))?)\s{0,3}"
+    r"(?:is\s{1,3}|[:\#=]\s{0,3})?)\d{3}([- .]?)\d{2}\1\d{4}\b"
+)
+
+
+class LabelledSsnRecognizer(UsSsnRecognizer):
+    """US social security numbers that follow their label, separators or not.
+
+    Presidio scores an undelimited nine-digit number 0.05 and raises it only with context
+    words read from lemmas, which the blank tokenizer (patterns only) does not produce; so a
+    number after "SSN" stayed in the text. Presidio's checks of the number still apply.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(
+            patterns=[Pattern("ssn_labelled", SSN_LABELLED, 0.85)], name="LabelledSsnRecognizer"
+        )
+
+
+_LOWER_IBAN = re.compile(r"(?<![A-Za-z0-9])[a-z]{2}[0-9]{2}(?:[ -]?[a-z0-9]){10,32}")
+
+
+class LowerCaseIbanRecognizer(IbanRecognizer):
+    """IBANs typed in lower case ("iban de89 3704 0044 ..."), checked as Presidio checks them.
+
+    Presidio's pattern is upper case only, and made case-insensitive it swallows the next word
+    into the last group (then the checksum fails and a valid IBAN is missed). Here a lower-case
+    candidate is cut back from its end until the upper-cased value passes the country format
+    and mod-97 check.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(name=type(self).__name__)
+
+    @override
+    def analyze(
+        self,
+        text: str,
+        entities: list[str],
+        nlp_artifacts: NlpArtifacts | None = None,
+        regex_flags: int | None = None,
+    ) -> list[RecognizerResult]:
+        found = []
+        for match in _LOWER_IBAN.finditer(text):
+            for end in range(match.end(), match.start() + 14, -1):
+                if text[end - 1] in " -" or not self.validate_result(
+                    text[match.start() : end].upper()
+                ):
+                    continue
+                found.append(
+                    RecognizerResult(
+                        "IBAN_CODE",
+                        match.start(),
+                        end,
+                        1.0,
+                        recognition_metadata={
+                            RecognizerResult.RECOGNIZER_NAME_KEY: type(self).__name__,
+                            RecognizerResult.RECOGNIZER_IDENTIFIER_KEY: self.id,
+                        },
+                    )
+                )
+                break
+        return found
 
 
 class BlankSpacyNlpEngine(SlimSpacyNlpEngine):
@@ -217,8 +299,10 @@ def build_analyzer(ner_model: str | None = None) -> AnalyzerEngine:
             PhoneRecognizer(),
             CreditCardRecognizer(),
             IbanRecognizer(),
+            LowerCaseIbanRecognizer(),
             IpRecognizer(),
             UsSsnRecognizer(),
+            LabelledSsnRecognizer(),
             UkNinoRecognizer(),
             *secret_recognizers(),
         ],

@@ -76,7 +76,7 @@ def test_recall_and_precision_per_type(
     for label in PATTERN_TYPES:
         assert report[label]["recall"] >= 0.95, (label, report[label])
         assert report[label]["precision"] >= 0.9, (label, report[label])
-    assert report["NATIONAL_ID"]["recall"] >= 0.8
+    assert report["NATIONAL_ID"]["recall"] >= 0.95
     assert report["ADDRESS"]["recall"] >= 0.9
     assert report["ADDRESS"]["precision"] >= 0.9
     assert report["PERSON"]["recall"] == 0.0  # names need the NER model
@@ -105,6 +105,23 @@ def test_street_addresses_are_redacted_without_ner(redactor: Redactor) -> None:
     s = redactor.session("a1")
     out = s.redact("Ship it to 221B Baker Street, London NW1 6XE or 42 Elm Road.")
     assert out == "Ship it to <ADDRESS_1> or <ADDRESS_2>."
+
+
+def test_reserved_domain_emails_labelled_ssns_and_lower_case_ibans_are_redacted(
+    redactor: Redactor,
+) -> None:
+    # Each of these stayed in the text before issue #18 (see ingest_pii_corpus.LATER_*).
+    s = redactor.session("r1")
+    text = (
+        "mail jane.doe@acme.test, j@x.example, k@y.invalid or ops@example.com; SSN: 536904399; "
+        "iban de89 3704 0044 0532 0130 00 thanks"
+    )
+    assert s.redact(text) == (
+        "mail <EMAIL_1>, <EMAIL_2>, <EMAIL_3> or <EMAIL_4>; SSN: <NATIONAL_ID_1>; "
+        "iban <IBAN_1> thanks"
+    )
+    # Presidio's own checks still apply: a never-issued area number is not an SSN.
+    assert s.redact("SSN: 666123456") == "SSN: 666123456"
 
 
 def test_placeholders_are_typed_numbered_and_consistent(redactor: Redactor) -> None:
