@@ -6,9 +6,12 @@ unless `RAFTLOOP_TEST_KAFKA` names an external cluster.
 
 from __future__ import annotations
 
+import functools
+import json
 import os
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 from uuid import uuid4
@@ -206,3 +209,90 @@ async def ops_statuses(http: httpx.AsyncClient, keys: dict[str, str]) -> dict[st
         path: {who: (await http.get(path, headers=h)).status_code for who, h in callers.items()}
         for path in OPS_PATHS
     }
+
+
+@dataclass(frozen=True)
+class DoorAnswers:
+    """What a service answered to each request that breaks one of its door limits."""
+
+    declared: httpx.Response
+    """A JSON body just over the limit, with its Content-Length."""
+    chunked: httpx.Response
+    """A body over the limit sent chunked, without a Content-Length."""
+    headers: httpx.Response
+    """Headers over the header limit."""
+    surrogate: httpx.Response
+    """The route's valid body with a lone surrogate (`\\ud800`) in one text field."""
+    healthz: int
+    readyz: int
+    """Probe statuses after all of the above."""
+
+
+async def knock_on_doors(
+    http: httpx.AsyncClient,
+    path: str,
+    *,
+    body: Mapping[str, object],
+    text_field: str,
+    max_body_bytes: int,
+    max_header_bytes: int,
+    headers: dict[str, str] | None = None,
+    method: str = "POST",
+) -> DoorAnswers:
+    """Send a running service's route each request that breaks a door limit (issue #18).
+
+    `body` is a body the route accepts; `text_field` (dotted for nesting) is the string field
+    that gets a lone surrogate.
+    """
+    auth = headers or {}
+    json_type = {"content-type": "application/json"}
+    over = json.dumps({"pad": "a" * max_body_bytes}).encode()
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for start in range(0, len(over), 64 * 1024):
+            yield over[start : start + 64 * 1024]
+
+    send = functools.partial(http.request, method, path)
+    return DoorAnswers(
+        declared=await send(content=over, headers=auth | json_type),
+        chunked=await send(content=chunks(), headers=auth | json_type),
+        headers=await send(json=body, headers=auth | {"x-padding": "h" * max_header_bytes}),
+        surrogate=await send(
+            content=_with_lone_surrogate(body, text_field), headers=auth | json_type
+        ),
+        healthz=(await http.get("/healthz")).status_code,
+        readyz=(await http.get("/readyz")).status_code,
+    )
+
+
+def _with_lone_surrogate(body: Mapping[str, object], text_field: str) -> bytes:
+    copy = json.loads(json.dumps(body))
+    *parents, last = text_field.split(".")
+    holder = copy
+    for part in parents:
+        holder = holder[int(part)] if isinstance(holder, list) else holder[part]
+    holder[last] = "before \ud800 after"
+    # json.dumps escapes the surrogate as `\ud800`, as a client's JSON encoder would.
+    return json.dumps(copy).encode()
+
+
+def assert_doors_held(answers: DoorAnswers, *, prefix: str, param: str) -> None:
+    """Each door answered with its 4xx in the OpenAI envelope, and the service stayed up.
+
+    `prefix` is the service's settings prefix (`RAG_`); `param` is where the surrogate was.
+    """
+    for response, status, code, setting in [
+        (answers.declared, 413, "request_too_large", f"{prefix}MAX_REQUEST_BYTES"),
+        (answers.chunked, 413, "request_too_large", f"{prefix}MAX_REQUEST_BYTES"),
+        (answers.headers, 431, "headers_too_large", f"{prefix}MAX_HEADER_BYTES"),
+        (answers.surrogate, 400, "invalid_text", "UTF-8"),
+    ]:
+        assert response.status_code == status, (code, response.status_code, response.text[:300])
+        error = response.json()["error"]
+        assert set(error) == {"message", "type", "param", "code"}, error
+        assert error["type"] == "invalid_request_error", error
+        assert error["code"] == code, error
+        assert setting in error["message"], error
+    assert "content-length" not in answers.chunked.request.headers
+    assert answers.surrogate.json()["error"]["param"] == param
+    assert (answers.healthz, answers.readyz) == (200, 200)

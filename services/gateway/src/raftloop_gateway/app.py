@@ -18,6 +18,7 @@ from prometheus_client.registry import Collector
 
 from raftloop_core.api import ApiError, KeyStore, error_response, install_error_handlers, require
 from raftloop_core.events import AdapterPromoted, AdapterRolledBack
+from raftloop_core.limits import install_request_guards
 from raftloop_core.messaging import ensure_topics
 from raftloop_core.registry import AdapterRefused, AdapterRegistry
 from raftloop_core.service import ReadinessCheck, add_ops_routes, broker_check
@@ -29,7 +30,6 @@ from raftloop_gateway.capture import CapturePublisher
 from raftloop_gateway.chat import ChatService
 from raftloop_gateway.domain import Backend, GatewayError, Retriever
 from raftloop_gateway.hotswap import ServingState
-from raftloop_gateway.limits_http import BodyLimit
 from raftloop_gateway.routes import RequestIdMiddleware, build_router
 from raftloop_gateway.settings import GatewaySettings
 from raftloop_gateway.spool import Spool
@@ -165,8 +165,8 @@ def create_app(
     app.state.service = service
     app.state.capture = capture
     install_error_handlers(app)
+    install_request_guards(app, settings.request_limits())
     _install_domain_errors(app)
-    app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)
     app.add_middleware(RequestIdMiddleware)  # outermost: errors carry the id too
     metrics = CollectorRegistry()
     _capture_metrics(metrics, capture)

