@@ -144,7 +144,16 @@ class Accounts:
         active: bool | None = None,
         password: str | None = None,
     ) -> bool:
-        """Change a user's role, active flag or password; False when not in this tenant."""
+        """Change a user's role, active flag or password; False when not in this tenant.
+
+        Raises:
+            AccountError: nothing to change, an unknown role or a weak password.
+        """
+        if role is None and active is None and not password:
+            raise AccountError(
+                f"nothing to change: send at least one of role ({' or '.join(ROLES)}), active "
+                "(on to enable the account, off to disable it) or password"
+            )
         values: dict[str, object] = {}
         if role is not None:
             if role not in ROLES:

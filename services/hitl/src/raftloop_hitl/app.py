@@ -19,6 +19,7 @@ from starlette.middleware.sessions import SessionMiddleware
 
 from raftloop_core.api import KeyStore, install_error_handlers
 from raftloop_core.credentials import ensure_dev_credentials
+from raftloop_core.limits import install_request_guards
 from raftloop_core.messaging import consumer_options
 from raftloop_core.service import ReadinessCheck, add_ops_routes, broker_check
 from raftloop_core.telemetry import instrument_broker
@@ -99,6 +100,7 @@ def create_app(
 
     app = FastAPI(title="raftloop hitl", lifespan=lifespan, docs_url=None, redoc_url=None)
     install_error_handlers(app)
+    install_request_guards(app, settings.request_limits())
     app.add_exception_handler(PageError, page_error_handler(ctx.templates))
     secure = (
         settings.runtime.production if settings.cookie_secure is None else settings.cookie_secure

@@ -85,6 +85,18 @@ class Ctx:
 
         return dep
 
+    def api_admin_dep(self) -> Callable[[Request], Principal]:
+        """Dependency: an admin's API key or session (403 for reviewers), before the body."""
+        caller = self.api_dep()
+
+        def dep(request: Request) -> Principal:
+            who = caller(request)
+            if not who.admin:
+                raise ApiError(403, "this route needs the admin role", code="forbidden")
+            return who
+
+        return dep
+
 
 def as_dep(fn: Callable[[Request], Principal]) -> type[Principal]:
     """An Annotated dependency alias for a principal function."""

@@ -6,7 +6,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends
 from fastapi.responses import Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from raftloop_core.api import ApiError
 from raftloop_hitl import domain, policies
@@ -31,6 +31,35 @@ class LeaseIn(BaseModel):
     lease_token: str = Field(min_length=1, max_length=64)
 
 
+class RoutingPolicyIn(domain.RoutingPolicy):
+    """A whole routing policy, as `PUT /api/v1/routing` takes it: every field, no other."""
+
+    model_config = ConfigDict(
+        frozen=True,
+        extra="forbid",
+        json_schema_extra={"required": list(domain.RoutingPolicy.model_fields)},
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _every_field_and_no_other(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data  # pydantic's own error: the body must be an object
+        fields = list(domain.RoutingPolicy.model_fields)
+        unknown = [repr(str(k)[:40]) for k in data if k not in fields]
+        missing = [f for f in fields if f not in data]
+        if unknown or missing:
+            problems = ([f"unknown {', '.join(unknown)}"] if unknown else []) + (
+                [f"missing {', '.join(missing)}"] if missing else []
+            )
+            raise ValueError(
+                f"PUT replaces the whole routing policy ({'; '.join(problems)}); send every "
+                f"one of {', '.join(fields)} and no other field (GET /api/v1/routing gives "
+                "the current values to change)"
+            )
+        return data
+
+
 def item_json(item: ItemView, who: Principal) -> dict[str, Any]:
     """An item as the API returns it (the lease token only to its holder)."""
     held = item.lease_owner == who.name
@@ -51,6 +80,7 @@ def api_router(ctx: Ctx) -> APIRouter:
     """Routes of the review API under /api/v1."""
     router = APIRouter(prefix="/api/v1")
     Caller = Annotated[Principal, Depends(ctx.api_dep())]
+    Admin = Annotated[Principal, Depends(ctx.api_admin_dep())]
 
     @router.post("/claims", response_model=None)
     def claim(who: Caller) -> dict[str, Any] | Response:
@@ -112,11 +142,14 @@ def api_router(ctx: Ctx) -> APIRouter:
             return policies.load_policy(conn, who.tenant).model_dump()
 
     @router.put("/routing")
-    def put_routing(body: domain.RoutingPolicy, who: Caller) -> dict[str, Any]:
-        if not who.admin:
-            raise ApiError(
-                403, "changing routing thresholds needs the admin role", code="forbidden"
-            )
+    def put_routing(body: RoutingPolicyIn, who: Admin) -> dict[str, Any]:
+        """Replace the tenant's routing policy (admin role).
+
+        PUT replaces the whole policy: the body names every field of `GET /api/v1/routing`
+        and no other (400 otherwise, naming what is missing or unknown), so a partial or
+        mistyped body never resets the thresholds it left out to their defaults. To change
+        one threshold, GET the policy, change it and PUT it back.
+        """
         with ctx.engine.begin() as conn:
             policies.save_policy(conn, who.tenant, body, who.name, time.time())
         return body.model_dump()

@@ -5,12 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from pydantic import AliasChoices, Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
+from raftloop_core.limits import HttpLimits
 from raftloop_core.settings import DatabaseSettings, KafkaSettings, RuntimeSettings
 
 
-class HitlSettings(BaseSettings):
+class HitlSettings(HttpLimits):
     """Everything the review service can be told."""
 
     model_config = SettingsConfigDict(env_prefix="HITL_", extra="ignore")
