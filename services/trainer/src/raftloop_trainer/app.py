@@ -22,12 +22,13 @@ from raftloop_core.events import (
     TrainingRunFinished,
 )
 from raftloop_core.faults import crash_point
+from raftloop_core.limits import install_request_guards
 from raftloop_core.messaging import consumer_options
 from raftloop_core.service import ReadinessCheck, add_ops_routes, blocking_check, broker_check
 from raftloop_core.telemetry import instrument_broker
 from raftloop_core.topics import Topic
 from raftloop_trainer.adapters import EventSink, RunInProgress
-from raftloop_trainer.domain import due_reason
+from raftloop_trainer.domain import BUSY, NotStarted, Started, due_reason
 from raftloop_trainer.routes import build_router
 from raftloop_trainer.runner import NothingToTrain, Runner
 from raftloop_trainer.settings import TrainerSettings
@@ -56,13 +57,43 @@ class Scheduler:
         self.task = asyncio.create_task(self._run(tenant, trigger), name="training-run")
         return True
 
-    async def _run(self, tenant: str, trigger: str) -> None:
+    async def run_now(self, tenant: str, trigger: str) -> Started | NotStarted:
+        """Launch a run on demand and wait until it has begun, or say why it did not.
+
+        The runner refuses within moments (the run lock, then the dataset snapshot), so the
+        caller learns the outcome instead of a launch that may have done nothing.
+        """
+        if not self.start_run(tenant, trigger):
+            return NotStarted("run_in_progress", BUSY)
+        task = self.task
+        assert task is not None
+        # The runner has no start signal to await: `current` is set once its lock and snapshot
+        # are taken (milliseconds), and a refusal ends the task before that.
+        while not task.done() and self.runner.current is None:  # noqa: ASYNC110
+            await asyncio.sleep(0.02)
+        current = self.runner.current
+        if current is not None:
+            return Started(str(current["run_id"]))
+        ended = task.result()
+        if isinstance(ended, NothingToTrain):
+            return NotStarted("nothing_to_train", str(ended))
+        if isinstance(ended, RunInProgress):
+            return NotStarted("run_in_progress", str(ended))
+        if ended is not None:
+            raise RuntimeError("the training run failed as it began") from ended
+        return Started(None)  # it began and already ended: the runs list has it
+
+    async def _run(self, tenant: str, trigger: str) -> Exception | None:
+        """Run; return why it did not start or failed (both are logged), None when it ran."""
         try:
             await self.runner.run(tenant, trigger)
         except (RunInProgress, NothingToTrain) as exc:
             log.info("training run not started", extra={"reason": str(exc)})
-        except Exception:
+            return exc
+        except Exception as exc:
             log.exception("training run failed", extra={"tenant": tenant})
+            return exc
+        return None
 
     async def watch(self) -> None:
         """Check the triggers when examples arrive and every `trigger_poll_s`."""
@@ -181,6 +212,7 @@ def create_app(
     app = FastAPI(title="raftloop trainer", version="0.1.0", lifespan=lifespan)
     app.state.scheduler = scheduler
     install_error_handlers(app)
+    install_request_guards(app, settings.request_limits())
     add_ops_routes(
         app,
         service="trainer",

@@ -194,8 +194,10 @@ def train_command(
         typer.echo(json.dumps(_call("GET", "/v1/admin/training"), indent=2, default=str))
         return
     started = _call("POST", "/v1/admin/train", {"tenant": tenant} if tenant else {})
+    run = f" {started['run_id']}" if started.get("run_id") else ""
     typer.echo(
-        f"training run started for {started['tenant']}; follow it with `raftloop train --status`"
+        f"training run{run} started for {started['tenant']}; follow it with "
+        "`raftloop train --status`"
     )
 
 

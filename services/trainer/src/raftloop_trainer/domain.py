@@ -7,6 +7,7 @@ import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Literal
 
 from raftloop_trainer.metrics import PairedDiff, normalize_answer
 
@@ -55,6 +56,27 @@ class PendingData:
     base_model: str
     new_examples: int
     oldest_new_at: datetime | None
+
+
+BUSY = (
+    "a training run is already in progress (one at a time per trainer); try again when `busy` "
+    "in GET /v1/admin/training is false"
+)
+
+
+@dataclass(frozen=True)
+class Started:
+    """A run asked for began (its id; None when it ended before it was seen)."""
+
+    run_id: str | None
+
+
+@dataclass(frozen=True)
+class NotStarted:
+    """Why a run asked for did not start; `code` is what the API answers with its 409."""
+
+    code: Literal["run_in_progress", "nothing_to_train"]
+    reason: str
 
 
 def due_reason(pending: PendingData, policy: TriggerPolicy, now: datetime) -> str | None:

@@ -17,6 +17,7 @@ from raftloop_core.api import ApiError, Caller, KeyStore, require
 from raftloop_core.events import Tenant
 from raftloop_core.registry import AdapterCard, AdapterRefused, OtherTenantsAdapter
 from raftloop_trainer import promotion
+from raftloop_trainer.domain import NotStarted
 from raftloop_trainer.settings import TrainerSettings
 
 if TYPE_CHECKING:
@@ -67,6 +68,18 @@ def build_router(settings: TrainerSettings, *, keys: KeyStore, scheduler: "Sched
 
     @router.post("/admin/train", status_code=202)
     async def train(caller: Admin, body: TrainRequest | None = None) -> dict[str, Any]:
+        """Start a training run on the tenant's examples, and say whether it started.
+
+        202 `{"started": true, "tenant", "run_id"}`: the run began; follow it with
+        `GET /v1/admin/training`. No run started: 409 in the error envelope, its `code` saying
+        why, for a client to act on:
+
+        - `run_in_progress`: a run (of any tenant: one at a time per trainer) holds the
+          trainer; retry when it ends (`busy` in `GET /v1/admin/training`).
+        - `nothing_to_train`: the tenant has no training examples for the base model yet;
+          curate some in the review UI first. A run on demand needs no minimum of new examples
+          (`TRAINER_MIN_NEW_EXAMPLES` is for the automatic triggers): it trains on all of them.
+        """
         tenant = body.tenant if body and body.tenant else caller.tenant
         if tenant != caller.tenant:
             raise ApiError(
@@ -76,14 +89,10 @@ def build_router(settings: TrainerSettings, *, keys: KeyStore, scheduler: "Sched
                 code="forbidden",
                 param="tenant",
             )
-        if not scheduler.start_run(tenant, f"on demand by {caller.key_id}"):
-            raise ApiError(
-                409,
-                "a training run is already in progress (one at a time per trainer); try again "
-                "when `busy` in GET /v1/admin/training is false",
-                code="run_in_progress",
-            )
-        return {"started": True, "tenant": tenant}
+        outcome = await scheduler.run_now(tenant, f"on demand by {caller.key_id}")
+        if isinstance(outcome, NotStarted):
+            raise ApiError(409, outcome.reason, code=outcome.code)
+        return {"started": True, "tenant": tenant, "run_id": outcome.run_id}
 
     @router.get("/admin/training")
     async def training(caller: Admin) -> dict[str, Any]:

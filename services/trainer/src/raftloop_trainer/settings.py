@@ -6,8 +6,9 @@ from datetime import timedelta
 from pathlib import Path
 
 from pydantic import AliasChoices, Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
+from raftloop_core.limits import HttpLimits
 from raftloop_core.settings import DatabaseSettings, KafkaSettings, RuntimeSettings
 from raftloop_trainer.domain import GatePolicy, TriggerPolicy
 from raftloop_trainer.judging import JudgeConfig
@@ -35,7 +36,7 @@ question and the target, so the oracle is never cut out of the prompt.
 """
 
 
-class TrainerSettings(BaseSettings):
+class TrainerSettings(HttpLimits):
     """Everything the trainer can be told; every field has a working development default."""
 
     model_config = SettingsConfigDict(env_prefix="TRAINER_", extra="ignore")

@@ -154,11 +154,12 @@ async def test_an_admin_starts_runs_only_for_its_own_tenant(trainer: Trainer) ->
     assert "omit `tenant`" in error["message"]
 
     scheduler = trainer.app.state.scheduler
-    # Neither tenant has examples, so each run started here stops at once (NothingToTrain).
+    # Neither tenant has examples: each own-tenant request is admitted, and no run starts.
     for headers, body, tenant in [(OTHER, None, "other"), (ADMIN, {"tenant": "default"}, None)]:
-        started = await trainer.http.post("/v1/admin/train", json=body, headers=headers)
-        assert started.status_code == 202, started.text
-        assert started.json()["tenant"] == (tenant or "default")
+        refused = await trainer.http.post("/v1/admin/train", json=body, headers=headers)
+        assert refused.status_code == 409, refused.text
+        assert refused.json()["error"]["code"] == "nothing_to_train"
+        assert f"tenant {tenant or 'default'!r}" in refused.json()["error"]["message"]
         await wait_for(lambda: not scheduler.busy)
     assert trainer.runner.store.runs() == []
 
