@@ -38,7 +38,16 @@ def build_set(
     seed: int,
     tenant: str = "default",
 ) -> list[RaftExample]:
-    """RAFT examples for every source: `k` distractors each, the oracle kept with `p_oracle`."""
+    """RAFT examples for every source: `k` distractors each, about `p_oracle` with the oracle.
+
+    Examples whose reviewer found no oracle among the retrieved chunks already teach answering
+    without one; they count toward the `1 - p_oracle` share, and only the rest of that share is
+    dropped from examples that have an oracle. Dropping `1 - p_oracle` of those on top taught
+    the adapter to open most answers with "No document states this directly" although the
+    passage was shown.
+    """
+    sources = list(sources)
+    keep = oracle_keep_probability(sum(1 for s in sources if s.oracle), len(sources), p_oracle)
     built = []
     for source in sources:
         exclude = [c.chunk_id for c in source.oracle]
@@ -48,8 +57,15 @@ def build_set(
         )
         distractors = clean_distractors(source.oracle, candidates, k)
         rng = example_rng(seed, source.example_id)
-        built.append(build_example(source, distractors, rng=rng, p_oracle=p_oracle))
+        built.append(build_example(source, distractors, rng=rng, p_oracle=keep))
     return built
+
+
+def oracle_keep_probability(with_oracle: int, total: int, p_oracle: float) -> float:
+    """The chance to keep an oracle so that about `p_oracle` of all examples show one."""
+    if with_oracle == 0:
+        return p_oracle
+    return min(1.0, p_oracle * total / with_oracle)
 
 
 def write_examples(path: Path, examples: Sequence[RaftExample]) -> Path:

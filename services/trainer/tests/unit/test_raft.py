@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from raftloop_trainer.builder import build_set, oracle_keep_probability
 from raftloop_trainer.encoding import IGNORE_INDEX, encode_example, render_prompt
 from raftloop_trainer.raft import (
     BEGIN_QUOTE,
@@ -133,3 +134,29 @@ def test_best_quote_never_runs_a_heading_into_the_sentence_under_it() -> None:
     )
     assert best_quote(chunk, "within 10 minutes") == "Backups resume within 10 minutes."
     assert best_quote(chunk, "update your card") == "To fix a failed payment, update your card."
+
+
+class _FixedDistractors:
+    """Hands back the same distractors for any question (the builder's pure logic only)."""
+
+    def distractors(
+        self, question: str, *, k: int, exclude_ids: list[str], tenant: str
+    ) -> list[Chunk]:
+        return [c for c in DISTRACTORS if c.chunk_id not in exclude_ids][:k]
+
+
+def test_examples_without_a_retrieved_oracle_count_toward_the_dropped_share() -> None:
+    with_oracle = [
+        RaftSource(f"ex-{i}", SOURCE.question, SOURCE.answer, (ORACLE,)) for i in range(800)
+    ]
+    without = [RaftSource(f"no-{i}", SOURCE.question, SOURCE.answer, ()) for i in range(200)]
+    built = build_set(with_oracle + without, _FixedDistractors(), k=1, p_oracle=0.8, seed=1)
+    # A fifth of the examples has no oracle already: every other one keeps it.
+    assert sum(e.oracle_kept for e in built) == 800
+    built = build_set(
+        with_oracle[:500] + without[:50], _FixedDistractors(), k=1, p_oracle=0.8, seed=1
+    )
+    shown = sum(e.oracle_kept for e in built) / 550
+    assert shown == pytest.approx(0.8, abs=0.04)
+    assert oracle_keep_probability(0, 10, 0.8) == 0.8
+    assert oracle_keep_probability(5, 10, 0.8) == 1.0
