@@ -245,16 +245,23 @@ class ExampleCurated(Event):
 
 
 class DocumentSubmitted(Event):
-    """A knowledge document's clean text, ready for indexing."""
+    """A knowledge document's clean text, ready for indexing.
+
+    A document whose text would not fit one broker message is sent as `parts` events in order
+    (same key, so one partition keeps them ordered), each with a slice of the text and the
+    whole document's `content_hash`.
+    """
 
     action: Literal["submitted"] = "submitted"
     document_id: str
-    source: str
+    source: str = Field(description="A label for people (file name), never a server path.")
     title: str
     text: str
-    content_hash: str = Field(description="sha256 of the extracted text.")
+    content_hash: str = Field(description="sha256 of the whole document's extracted text.")
     format: Literal["txt", "md", "html", "pdf"]
     metadata: dict[str, str] = Field(default_factory=dict)
+    part: int = Field(default=0, ge=0, description="Index of this part of the text, from 0.")
+    parts: int = Field(default=1, ge=1, description="How many parts the text was split into.")
 
 
 class DocumentDeleted(Event):

@@ -7,7 +7,9 @@ Indexing
     of the embedding model, with `RAG_CHUNK_OVERLAP_TOKENS` shared between neighbours),
     embedded in batches and upserted under deterministic ids (uuid5 of tenant, document id and
     chunk index). Re-submitting removes chunks the new version no longer has; re-submitting
-    identical content changes nothing; a deletion removes exactly that document's chunks.
+    identical content changes nothing; a deletion removes exactly that document's chunks. A
+    document too long for one message arrives in parts (`part` of `parts`), indexed one by
+    one; the old version's chunks go when the last part is in.
 
 Retrieval contract (port 8001, `RAG_PORT`)
     `POST /v1/retrieve` with `Authorization: Bearer <key>` (client, internal or admin role)::
@@ -23,7 +25,8 @@ Retrieval contract (port 8001, `RAG_PORT`)
     answers ``{"chunks": [RetrievedChunk, ...], "tenant": "acme"}``, best first, where each
     chunk is `raftloop_core.events.RetrievedChunk`: ``chunk_id`` ("<document_id>#<chunk_index>"),
     ``document_id``, ``text``, ``score`` (cosine similarity), ``title``, ``source``,
-    ``chunk_index``. The gateway cites ``source`` or ``title`` and records the chunks in
+    ``chunk_index``. ``source`` is a label (a file name), never a path on a server. The
+    gateway cites ``title`` and ``document_id`` and records the chunks in
     `ChatCompleted.retrieved`.
 
     Tenants: a key searches its own tenant. ``tenant`` may name another one only with a key

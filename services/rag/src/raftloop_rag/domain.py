@@ -9,6 +9,7 @@ import re
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import PurePosixPath
 from typing import Protocol
 
 import numpy as np
@@ -144,6 +145,16 @@ def point_id(tenant: str, document_id: str, chunk_index: int) -> str:
     overwrite each other's chunks.
     """
     return str(uuid.uuid5(POINT_NAMESPACE, f"{tenant}/{chunk_id(document_id, chunk_index)}"))
+
+
+def public_source(source: str | None) -> str | None:
+    """A chunk's source label as callers may see it: never a path on the ingesting server.
+
+    `raftloop kb add` used to label documents with their absolute path (issue #18), and chunks
+    indexed then keep it until their document changes: of such a path only the file name is
+    stored or shown.
+    """
+    return PurePosixPath(source).name if source and source.startswith("/") else source
 
 
 def parse_chunk_id(value: str) -> tuple[str, int]:

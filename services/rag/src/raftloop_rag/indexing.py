@@ -3,6 +3,10 @@
 Idempotent by construction: point ids are derived from (tenant, document id, chunk index), so a
 redelivered or re-submitted document overwrites its own points; a document whose stored chunks
 already carry its content hash is skipped without embedding anything.
+
+A long document arrives as several events (`part` of `parts`, in order on one partition): each
+part is chunked on its own, its chunk indexes start at `part * PART_STRIDE`, and the chunks of
+earlier versions are removed when the last part has been indexed.
 """
 
 from __future__ import annotations
@@ -13,9 +17,13 @@ from dataclasses import dataclass
 
 from raftloop_core.events import DocumentDeleted, DocumentSubmitted
 from raftloop_rag.chunking import ChunkingPolicy, chunk_text
-from raftloop_rag.domain import Embedder, Point, VectorIndex, point_id
+from raftloop_rag.domain import Embedder, Point, VectorIndex, point_id, public_source
 
 log = logging.getLogger(__name__)
+
+PART_STRIDE = 1_000_000
+"""Chunk indexes of part p start at p * PART_STRIDE: a part (one broker message) never holds
+that many chunks, and part 0's indexes are those of a document sent whole."""
 
 
 @dataclass(frozen=True)
@@ -39,13 +47,43 @@ class Indexer:
         self._lock = asyncio.Lock()
         self.signature = f"{embedder.name}/{policy.max_tokens}/{policy.overlap_tokens}"
 
+    def version(self, event: DocumentSubmitted) -> str:
+        """What every chunk of this version of the document shares: content, model, chunking."""
+        base = f"{event.content_hash}/{self.signature}"
+        return base if event.parts == 1 else f"{base}/{event.parts} parts/"
+
     def fingerprint(self, event: DocumentSubmitted, chunk_count: int) -> str:
-        """What a stored chunk was built from: content, model, chunking and chunk count."""
-        return f"{event.content_hash}/{self.signature}/{chunk_count}"
+        """What a stored chunk was built from: its version, its part and the part's chunks."""
+        if event.parts == 1:
+            return f"{self.version(event)}/{chunk_count}"
+        return f"{self.version(event)}{event.part}/{chunk_count}"
 
     def up_to_date(self, event: DocumentSubmitted, existing: dict[str, str]) -> bool:
-        """Whether the stored chunks are complete and built from this very content and setup."""
-        return set(existing.values()) == {self.fingerprint(event, len(existing))}
+        """Whether the stored chunks are complete and built from this very content and setup.
+
+        For a part: its own chunks are, and after the last part no other version's are left.
+        """
+        if event.parts == 1:
+            return set(existing.values()) == {self.fingerprint(event, len(existing))}
+        own = self.fingerprint(event, 0).rsplit("/", 1)[0] + "/"
+        mine = [fp for fp in existing.values() if fp.startswith(own)]
+        if not mine or set(mine) != {self.fingerprint(event, len(mine))}:
+            return False
+        last = event.part == event.parts - 1
+        return not last or all(fp.startswith(self.version(event)) for fp in existing.values())
+
+    def stale(
+        self, event: DocumentSubmitted, existing: dict[str, str], kept: set[str]
+    ) -> list[str]:
+        """Stored points that the new version does not have, once it is complete."""
+        if event.parts == 1:
+            return sorted(set(existing) - kept)
+        if event.part < event.parts - 1:  # earlier parts: the old version serves until the last
+            return []
+        version = self.version(event)
+        return sorted(
+            i for i, fp in existing.items() if not fp.startswith(version) and i not in kept
+        )
 
     def points(self, event: DocumentSubmitted) -> list[Point]:
         """Chunk and embed a document (CPU-bound: call it off the event loop)."""
@@ -57,18 +95,21 @@ class Indexer:
             plain_headings=event.format != "md",
         )
         vectors = self.embedder.embed([c.text for c in chunks])
+        first = event.part * PART_STRIDE
         return [
             Point(
-                id=point_id(event.tenant, event.document_id, chunk.index),
+                id=point_id(event.tenant, event.document_id, first + chunk.index),
                 vector=vector.tolist(),
                 payload={
                     "document_id": event.document_id,
                     "tenant": event.tenant,
-                    "source": event.source,
+                    "source": public_source(event.source),
                     "title": event.title,
                     "format": event.format,
-                    "chunk_index": chunk.index,
+                    "chunk_index": first + chunk.index,
                     "chunk_count": len(chunks),
+                    "part": event.part,
+                    "parts": event.parts,
                     "heading": chunk.heading,
                     "text": chunk.text,
                     "content_hash": event.content_hash,
@@ -87,7 +128,7 @@ class Indexer:
                 return IndexResult(event.document_id, skipped=True)
             points = await asyncio.to_thread(self.points, event)
             await self.index.upsert(points)
-            stale = sorted(set(existing) - {p.id for p in points})
+            stale = self.stale(event, existing, {p.id for p in points})
             await self.index.delete(stale)
         log.info(
             "indexed document",

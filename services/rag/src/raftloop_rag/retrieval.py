@@ -19,6 +19,7 @@ from raftloop_rag.domain import (
     mmr,
     parse_chunk_id,
     point_id,
+    public_source,
 )
 
 FilterValue = str | int | list[str] | list[int]
@@ -94,7 +95,7 @@ def to_chunk(hit: Hit) -> RetrievedChunk:
         text=str(payload.get("text", "")),
         score=hit.score,
         title=_optional(payload.get("title")),
-        source=_optional(payload.get("source")),
+        source=public_source(_optional(payload.get("source"))),
         chunk_index=index,
     )
 

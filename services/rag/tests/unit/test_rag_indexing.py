@@ -10,8 +10,8 @@ import numpy as np
 from raftloop_core.events import DocumentDeleted, DocumentSubmitted
 from raftloop_rag.chunking import ChunkingPolicy
 from raftloop_rag.domain import Hit, Point, Query, Vectors, point_id
-from raftloop_rag.indexing import Indexer
-from raftloop_rag.retrieval import RetrievalRequest, Retriever
+from raftloop_rag.indexing import PART_STRIDE, Indexer
+from raftloop_rag.retrieval import RetrievalRequest, Retriever, to_chunk
 
 
 class FakeEmbedder:
@@ -146,3 +146,56 @@ async def test_mmr_asks_for_more_candidates_and_returns_k() -> None:
     plain = await retriever.retrieve(RetrievalRequest(query="refunds", k=2, tenant="acme"))
     assert index.queries[-1].limit == 2
     assert plain[0].chunk_id == f"doc.md#{plain[0].chunk_index}"
+
+
+def in_parts(text: str, pieces: list[str]) -> list[DocumentSubmitted]:
+    whole = submitted(text)
+    return [
+        whole.model_copy(update={"text": piece, "part": i, "parts": len(pieces)})
+        for i, piece in enumerate(pieces)
+    ]
+
+
+async def test_a_document_in_parts_replaces_its_old_version_once_the_last_part_is_in() -> None:
+    indexer, embedder, index = make()
+    await indexer.submitted(submitted(TEXT))
+    old = set(index.points)
+    pieces = [f"## Part {i}\n\n" + f"Version two, part {i} says refunds take days. " * 12
+              for i in range(3)]  # fmt: skip
+    parts = in_parts("\n\n".join(pieces), pieces)
+
+    await indexer.submitted(parts[0])
+    await indexer.submitted(parts[1])
+    # Until the last part, the old version still answers: none of its points is deleted.
+    assert old <= set(index.points)
+    assert any(p.payload["content_hash"] == submitted(TEXT).content_hash
+               for p in index.points.values())  # fmt: skip
+    await indexer.submitted(parts[2])
+
+    stored = list(index.points.values())
+    assert {p.payload["content_hash"] for p in stored} == {parts[0].content_hash}
+    assert {p.payload["part"] for p in stored} == {0, 1, 2}
+    for p in stored:  # each part's chunk indexes start at part * PART_STRIDE
+        index_in_part = int(str(p.payload["chunk_index"])) - PART_STRIDE * int(
+            str(p.payload["part"])
+        )
+        assert 0 <= index_in_part < PART_STRIDE
+        assert p.id == point_id("acme", "doc.md", int(str(p.payload["chunk_index"])))
+    embedded = embedder.embedded
+    assert all([(await indexer.submitted(part)).skipped for part in parts])
+    assert embedder.embedded == embedded
+
+    result = await indexer.submitted(submitted("# Short\n\nNow one small event."))
+    assert result.deleted == len(stored) - result.upserted
+    assert {p.payload["parts"] for p in index.points.values()} == {1}
+
+
+async def test_a_server_path_never_becomes_a_chunks_source() -> None:
+    indexer, _, index = make()
+    event = submitted(TEXT).model_copy(update={"source": "/home/ops/kb/private/doc.md"})
+    await indexer.submitted(event)
+    assert {p.payload["source"] for p in index.points.values()} == {"doc.md"}
+    [hit] = (await index.search(Query([1.0, 0, 0, 0], 1, "acme")))[:1]
+    assert to_chunk(hit).source == "doc.md"
+    legacy = Hit(hit.id, 1.0, {**hit.payload, "source": "/srv/kb/old.md"})
+    assert to_chunk(legacy).source == "old.md"
