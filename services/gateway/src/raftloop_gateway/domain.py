@@ -338,10 +338,17 @@ def with_raft_documents(
 
 
 def sources_footer(chunks: Sequence[RetrievedChunk]) -> str:
-    """The numbered source list appended to an answer, so answers always cite their sources."""
+    """The numbered source list appended to an answer, so answers always cite their sources.
+
+    Each source is named by its document's title and id, never by `source`: that label came
+    from whoever added the document and once held its path on the ingesting server (#18).
+    """
     if not chunks:
         return ""
-    names = [f"[{i}] {c.source or c.title or c.document_id}" for i, c in enumerate(chunks, 1)]
+    names = [
+        f"[{i}] {c.title} ({c.document_id})" if c.title else f"[{i}] {c.document_id}"
+        for i, c in enumerate(chunks, 1)
+    ]
     return "\n\nSources: " + "; ".join(names)
 
 

@@ -99,8 +99,23 @@ def test_sources_are_numbered_in_the_system_prompt_and_cited() -> None:
     bare = with_sources(messages[1:], chunks)
     assert bare[0].role == "system"
     assert with_sources(messages, []) == messages
-    assert sources_footer(chunks) == "\n\nSources: [1] refund-policy.md; [2] d2"
+    assert sources_footer(chunks) == "\n\nSources: [1] Refunds (d1); [2] d2"
     assert sources_footer([]) == ""
+
+
+def test_citations_name_title_and_id_never_the_servers_path() -> None:
+    chunks = [
+        RetrievedChunk(chunk_id="d1#0", document_id="d1", text="x", score=0.9, title="Refunds",
+                       source="/home/ops/kb/private/refund-policy.md"),
+        RetrievedChunk(chunk_id="d2#0", document_id="d2", text="y", score=0.5,
+                       source="/srv/kb/untitled.txt"),
+    ]  # fmt: skip
+    footer = sources_footer(chunks)
+    assert footer == "\n\nSources: [1] Refunds (d1); [2] d2"
+    for layout in ("sources", "raft"):
+        prompt = with_sources([ChatMessage(role="user", content="?")], chunks, layout)
+        assert "/home" not in str(prompt)
+        assert "/srv" not in str(prompt)
 
 
 @pytest.mark.parametrize(
