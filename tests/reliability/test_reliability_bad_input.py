@@ -367,7 +367,8 @@ def test_malformed_documents_get_clear_answers_and_no_5xx(fleet: Fleet) -> None:
             },
             tables=[(["file", "status", "outcome"], rows)],
             notes=[
-                "`error` is ingest's per-file refusal with its reason (HTTP 200 for the batch). "
+                "An upload is all or nothing: an unreadable file is a 422 (413 when too "
+                "large) naming it and why, and nothing of that upload is published. "
                 "A traversal name is cut to its base name in the event's filename; the "
                 "`source` label keeps the client's name verbatim (`upload:../../etc/passwd.txt`) "
                 "as a label and document-id seed, never as a path that is opened.",

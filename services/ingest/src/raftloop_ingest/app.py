@@ -39,6 +39,7 @@ from raftloop_ingest.domain import IngestStore, Publish, PublishMany, Scrubbers,
 from raftloop_ingest.kb import KnowledgeBase
 from raftloop_ingest.pipeline import Pipeline
 from raftloop_ingest.routes import documents_router
+from raftloop_ingest.sandbox import SandboxedParser
 from raftloop_ingest.settings import IngestSettings
 
 log = logging.getLogger(__name__)
@@ -78,6 +79,18 @@ def batch_publisher_for(broker: KafkaBroker, settings: IngestSettings, topic: To
         await asyncio.gather(*acks)
 
     return publish_many
+
+
+def knowledge_base(
+    settings: IngestSettings, store: IngestStore, broker: KafkaBroker
+) -> KnowledgeBase:
+    """Documents parsed in child processes, published as events that fit one broker message."""
+    return KnowledgeBase(
+        store,
+        publisher_for(broker, settings, Topic.KB_DOCUMENT),
+        SandboxedParser(settings.sandbox_limits(), concurrency=settings.parse_concurrency),
+        max_event_bytes=settings.kafka.max_message_bytes,
+    )
 
 
 class IngestMetrics:
@@ -207,7 +220,7 @@ def create_app(
         reject_parked,
         max_chars=settings.max_chars,
     )
-    kb = KnowledgeBase(store, publisher_for(broker, settings, Topic.KB_DOCUMENT))
+    kb = knowledge_base(settings, store, broker)
     subscribe(broker, settings, pipeline, metrics, dead)
 
     @asynccontextmanager

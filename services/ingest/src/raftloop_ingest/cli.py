@@ -13,7 +13,8 @@ import typer
 from raftloop_core.events import DEFAULT_TENANT, TENANT_PATTERN
 from raftloop_core.messaging import BrokerUnreachable, ensure_topics, make_broker
 from raftloop_core.topics import TOPIC_SPECS, Topic, dead_letter
-from raftloop_ingest.app import publisher_for
+from raftloop_ingest.app import knowledge_base
+from raftloop_ingest.domain import document_id
 from raftloop_ingest.kb import KnowledgeBase, Outcome
 from raftloop_ingest.main import build_store
 from raftloop_ingest.settings import IngestSettings
@@ -44,11 +45,17 @@ def remove(
     tenant: TenantOpt = DEFAULT_TENANT,
 ) -> None:
     """Publish the deletion of documents, named by the path they were added from or their id."""
-    # A 32-hex-digit target is a document id; anything else is the path it was added from.
-    named = [("", t) if DOCUMENT_ID.match(t) else (str(Path(t).resolve()), None) for t in targets]
+    # A 32-hex-digit target is a document id; anything else is the path it was added from,
+    # whose resolved form the id was derived from (and which never leaves this machine).
+    ids = [
+        t if DOCUMENT_ID.match(t) else document_id(tenant, str(Path(t).resolve())) for t in targets
+    ]
 
     async def go(kb: KnowledgeBase) -> list[Outcome]:
-        return [await kb.remove(source, tenant=tenant, doc_id=doc_id) for source, doc_id in named]
+        return [
+            await kb.remove(doc_id, tenant=tenant, label=target)
+            for doc_id, target in zip(ids, targets, strict=True)
+        ]
 
     _report(_run(go, tenant))
 
@@ -70,9 +77,7 @@ def _run(action, tenant: str) -> list[Outcome]:  # type: ignore[no-untyped-def]
         )
         async with broker:
             await broker.start()
-            kb = KnowledgeBase(
-                build_store(settings), publisher_for(broker, settings, Topic.KB_DOCUMENT)
-            )
+            kb = knowledge_base(settings, build_store(settings), broker)
             result: list[Outcome] = await action(kb)
             return result
 

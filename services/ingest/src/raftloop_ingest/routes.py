@@ -9,7 +9,8 @@ from fastapi import APIRouter, Depends, File, UploadFile
 from pydantic import BaseModel
 
 from raftloop_core.api import ApiError, Caller, KeyStore, require
-from raftloop_ingest.kb import KnowledgeBase, Status, UnknownDocument
+from raftloop_ingest.kb import KnowledgeBase, Status, UnknownDocument, Upload, UploadRefused
+from raftloop_ingest.sandbox import ParseTimeout
 
 
 class DocumentResult(BaseModel):
@@ -29,6 +30,15 @@ class DocumentsResponse(BaseModel):
     documents: list[DocumentResult]
 
 
+def refusal(exc: UploadRefused) -> ApiError:
+    """413 when a file is too large, else 422 (a parse that ran out of time, or unreadable)."""
+    if exc.too_large:
+        return ApiError(413, str(exc), code="too_large", param="files")
+    timed_out = any(isinstance(e, ParseTimeout) for e in exc.errors)
+    code = "parse_timeout" if timed_out else "unreadable_document"
+    return ApiError(422, str(exc), code=code, param="files")
+
+
 def documents_router(kb: KnowledgeBase, keys: KeyStore, *, max_bytes: int) -> APIRouter:
     """`POST /v1/documents` and `DELETE /v1/documents/{document_id}` (internal or admin key).
 
@@ -41,8 +51,12 @@ def documents_router(kb: KnowledgeBase, keys: KeyStore, *, max_bytes: int) -> AP
     async def upload(
         caller: CallerDep, files: Annotated[list[UploadFile], File()]
     ) -> DocumentsResponse:
-        """Parse each file and publish it; the tenant is the key's."""
-        results = []
+        """Parse and check every file, then publish them all; the tenant is the key's.
+
+        All or nothing: a file that is too large (413) or unreadable (422) refuses the whole
+        upload, naming each such file, and nothing of it is published.
+        """
+        uploads = []
         for upload in files:
             name = upload.filename or "upload"
             data = await upload.read(max_bytes + 1)
@@ -53,15 +67,19 @@ def documents_router(kb: KnowledgeBase, keys: KeyStore, *, max_bytes: int) -> AP
                     code="too_large",
                     param="files",
                 )
-            outcome = await kb.submit(f"upload:{name}", data, tenant=caller.tenant)
-            results.append(DocumentResult(**vars(outcome)))
+            uploads.append(Upload(f"upload:{name}", data))
+        try:
+            outcomes = await kb.submit_all(uploads, tenant=caller.tenant)
+        except UploadRefused as exc:
+            raise refusal(exc) from exc
+        results = [DocumentResult(**vars(outcome)) for outcome in outcomes]
         return DocumentsResponse(tenant=caller.tenant, documents=results)
 
     @router.delete("/{document_id}", response_model=DocumentsResponse)
     async def remove(caller: CallerDep, document_id: str) -> DocumentsResponse:
         """Publish the deletion of a document of the key's tenant (404 for any other)."""
         try:
-            outcome = await kb.remove("", tenant=caller.tenant, doc_id=document_id, known_only=True)
+            outcome = await kb.remove(document_id, tenant=caller.tenant, known_only=True)
         except UnknownDocument as exc:
             raise ApiError(
                 404,

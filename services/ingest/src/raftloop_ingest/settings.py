@@ -9,6 +9,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from raftloop_core.settings import DatabaseSettings, KafkaSettings, RuntimeSettings
 from raftloop_core.topics import Topic
+from raftloop_ingest.documents import ParseLimits
+from raftloop_ingest.sandbox import SandboxLimits
 
 GROUP_ID = "ingest"
 
@@ -30,6 +32,29 @@ class IngestSettings(BaseSettings):
     batch_timeout_ms: int = Field(default=50, ge=0)
     max_chars: int = Field(default=20_000, ge=100, description="Longer interactions are flagged.")
     max_upload_bytes: int = Field(default=20_000_000, ge=1_024)
+    max_text_bytes: int = Field(
+        default=20_000_000,
+        ge=1_024,
+        description="Longest extracted text of one document (UTF-8 bytes); a longer one is "
+        "refused (413). Text over KAFKA_MAX_MESSAGE_BYTES is sent as several events.",
+    )
+    parse_timeout_s: float = Field(
+        default=60.0, gt=0, description="Wall-clock limit for parsing one document."
+    )
+    parse_max_pages: int = Field(default=2_000, ge=1, description="Most pages of one PDF.")
+    parse_max_decompressed_bytes: int = Field(
+        default=50_000_000,
+        ge=1_000_000,
+        description="Most bytes one PDF's streams may inflate to (decompression bombs).",
+    )
+    parse_max_memory_bytes: int = Field(
+        default=2_000_000_000,
+        ge=256_000_000,
+        description="Address-space limit of the child process that parses one document.",
+    )
+    parse_concurrency: int = Field(
+        default=2, ge=1, description="Documents parsed at once, each in its own process."
+    )
     pii_score_threshold: float = Field(default=0.35, ge=0, le=1)
     ner_model: str = Field(
         default="auto",
@@ -50,6 +75,18 @@ class IngestSettings(BaseSettings):
     def topic(self, topic: Topic) -> str:
         """The concrete name of `topic` for this deployment."""
         return f"{self.topic_prefix}{topic}"
+
+    def sandbox_limits(self) -> SandboxLimits:
+        """What parsing one document may cost."""
+        return SandboxLimits(
+            ParseLimits(
+                max_text_bytes=self.max_text_bytes,
+                max_pages=self.parse_max_pages,
+                max_decompressed_bytes=self.parse_max_decompressed_bytes,
+            ),
+            timeout_s=self.parse_timeout_s,
+            max_memory_bytes=self.parse_max_memory_bytes,
+        )
 
     def database_url(self) -> str:
         """Where ingest keeps its state: `DATABASE_URL`, else `<data>/ingest/ingest.sqlite3`."""

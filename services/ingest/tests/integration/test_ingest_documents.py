@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -10,6 +11,8 @@ import httpx
 import pytest
 import raftloop_demo_kb
 import typer
+from fastapi import FastAPI
+from ingest_pdf import pdf_bomb
 from ingest_support import Collector, create_topics, settings_for, wait_for
 from typer.testing import CliRunner
 
@@ -22,6 +25,7 @@ from raftloop_core.topics import Topic
 from raftloop_ingest.adapters import SqlIngestStore, make_engine
 from raftloop_ingest.app import create_app
 from raftloop_ingest.cli import register
+from raftloop_ingest.documents import parse
 from raftloop_ingest.redaction import Redactor
 
 pytestmark = pytest.mark.integration
@@ -70,7 +74,7 @@ async def test_kb_add_publishes_each_demo_document_once(
         code, out2, _ = await cli("kb", "add", str(raftloop_demo_kb.docs_dir()), "--tenant", "demo")
         assert code == 0
         first = documents(seen.on(topic), "demo")
-        target = first[0].source
+        target = str(raftloop_demo_kb.docs_dir() / first[0].source)  # the path it came from
         code, out3, _ = await cli("kb", "remove", target, "--tenant", "demo")
         assert code == 0
         await wait_for(lambda: len(seen.on(topic)) >= len(docs) + 1)
@@ -90,6 +94,12 @@ async def test_kb_add_publishes_each_demo_document_once(
         assert record.key is not None
     html = next(e for e in submitted if e.format == "html")
     assert "<" not in html.text[:200]
+    # Events name documents by their place in the folder, never by a path on this machine.
+    folder = str(raftloop_demo_kb.docs_dir())
+    assert {e.source for e in submitted} == {p.name for p in docs}
+    for record in seen.on(topic):
+        assert folder not in record.value.decode(), record.value[:300]
+    assert not any(v.startswith("/") for e in submitted for v in e.metadata.values())
 
 
 async def test_bad_files_give_one_error_line_each_and_the_rest_continue(
@@ -151,8 +161,9 @@ async def test_upload_endpoint_checks_the_key_and_uses_its_tenant(
             "/v1/documents", files=files, headers={"Authorization": "Bearer client-key"}
         )
         auth = {"Authorization": "Bearer internal-key"}
-        ok = await client.post("/v1/documents", files=files, headers=auth)
-        again = await client.post("/v1/documents", files=files, headers=auth)
+        refused = await client.post("/v1/documents", files=files, headers=auth)
+        ok = await client.post("/v1/documents", files=files[:1], headers=auth)
+        again = await client.post("/v1/documents", files=files[:1], headers=auth)
         doc_id = ok.json()["documents"][0]["document_id"]
         gone = await client.delete(f"/v1/documents/{doc_id}", headers=auth)
         await wait_for(lambda: len(seen.on(topic)) >= 2)
@@ -160,12 +171,18 @@ async def test_upload_endpoint_checks_the_key_and_uses_its_tenant(
     assert missing.status_code == 401
     assert missing.json()["error"]["code"] == "missing_api_key"
     assert client_role.status_code == 403
+    # All or nothing: the unreadable file refuses the upload, and faq.html was not published.
+    assert refused.status_code == 422, refused.text
+    error = refused.json()["error"]
+    assert error["code"] == "unreadable_document"
+    assert error["param"] == "files"
+    assert "upload:data.bin: unsupported file type '.bin'" in error["message"]
+    assert "Nothing of this upload was published" in error["message"]
     assert ok.status_code == 200
     body = ok.json()
     assert body["tenant"] == "acme"
-    assert [d["status"] for d in body["documents"]] == ["submitted", "error"]
-    assert "unsupported file type" in body["documents"][1]["error"]
-    assert [d["status"] for d in again.json()["documents"]] == ["unchanged", "error"]
+    assert [d["status"] for d in body["documents"]] == ["submitted"]
+    assert [d["status"] for d in again.json()["documents"]] == ["unchanged"]
     assert gone.json()["documents"][0]["status"] == "deleted"
     submitted, deleted = documents(seen.on(topic), "acme")
     assert isinstance(submitted, ev.DocumentSubmitted)
@@ -225,6 +242,174 @@ async def test_a_key_cannot_delete_another_tenants_document(
         ev.DocumentDeleted,
     ]
     assert store.document_hash(doc_id) is None
+
+
+async def test_kb_add_refuses_links_out_of_the_folder(
+    kafka_settings: KafkaSettings, kb_env: str, tmp_path: Path
+) -> None:
+    folder = tmp_path / "kb"
+    folder.mkdir()
+    (folder / "good.md").write_text("# Refunds\n\nRefunds take five business days.\n")
+    secret = tmp_path / "outside" / "notes.txt"
+    secret.parent.mkdir()
+    secret.write_text("root password is hunter22 for the database server")
+    (folder / "notes.txt").symlink_to(secret)
+    topic = f"{kb_env}{Topic.KB_DOCUMENT}"
+    async with Collector(kafka_settings, [topic]) as seen:
+        code, out, err = await cli("kb", "add", str(folder), "--tenant", "links")
+        await wait_for(lambda: len(seen.on(topic)) >= 1)
+        await asyncio.sleep(1)  # a published secret would be on the topic by now
+    assert code == 1
+    [line] = [line for line in err.splitlines() if line.strip()]
+    assert line.startswith(f"error: {folder / 'notes.txt'}: a symbolic link to {secret}, outside")
+    assert "1 submitted; 1 error(s)" in out
+    [event] = documents(seen.on(topic), "links")
+    assert isinstance(event, ev.DocumentSubmitted)
+    assert event.source == "good.md"
+    assert all(b"hunter22" not in r.value for r in seen.on(topic))
+
+
+def documents_app(
+    kafka_settings: KafkaSettings, unique: Callable[[str], str], tmp_path: Path, **update: object
+) -> tuple[FastAPI, str]:
+    prefix = unique("docs") + "."
+    create_topics(kafka_settings, prefix)
+    keys = KeyStore(
+        [ApiKey(key_id="i", key_sha256=hash_key("internal-key"), tenant="acme", role="internal")]
+    )
+    settings = settings_for(kafka_settings, prefix, str(tmp_path), unique("g"))
+    settings = settings.model_copy(update=update)
+    store = SqlIngestStore(make_engine(settings.database_url()))
+    app = create_app(settings, store=store, scrubbers=Redactor(hash_key=b"k"), keys=keys)
+    return app, f"{prefix}{Topic.KB_DOCUMENT}"
+
+
+AUTH = {"Authorization": "Bearer internal-key"}
+SMALL = ("small.md", b"# Shipping\n\nParcels ship within two days.")
+
+
+def chapters(size: int) -> bytes:
+    paragraph = "Refunds reach the original card within five business days of approval. " * 8
+    text, i = [], 0
+    while sum(map(len, text)) < size:
+        text.append(f"Chapter {i}\n\n{paragraph}\n\n{paragraph}")
+        i += 1
+    return "\n\n".join(text).encode()
+
+
+async def test_an_upload_with_a_file_over_the_text_limit_publishes_nothing(
+    kafka_settings: KafkaSettings, unique: Callable[[str], str], tmp_path: Path
+) -> None:
+    app, topic = documents_app(kafka_settings, unique, tmp_path, max_text_bytes=50_000)
+    files = [("files", SMALL), ("files", ("big.txt", chapters(120_000))), ("files", SMALL)]
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://ingest") as http,
+        Collector(kafka_settings, [topic]) as seen,
+    ):
+        refused = await http.post("/v1/documents", files=files, headers=AUTH)
+        health = await http.get("/healthz")
+        later = await http.post("/v1/documents", files=[("files", SMALL)], headers=AUTH)
+        await wait_for(lambda: len(seen.on(topic)) >= 1)
+        await asyncio.sleep(1)  # anything of the refused upload would be on the topic by now
+
+    assert refused.status_code == 413, refused.text
+    error = refused.json()["error"]
+    assert error["code"] == "too_large"
+    message = error["message"]
+    assert message.startswith("upload:big.txt: its extracted text is ")
+    assert "over the 50,000-byte limit (INGEST_MAX_TEXT_BYTES)" in message
+    assert "split the document into smaller files or raise INGEST_MAX_TEXT_BYTES" in message
+    assert message.endswith("Nothing of this upload was published.")
+    assert health.status_code == 200
+    assert later.status_code == 200
+    [event] = documents(seen.on(topic), "acme")  # small.md of the later upload, only
+    assert isinstance(event, ev.DocumentSubmitted)
+    assert event.source == "upload:small.md"
+
+
+async def test_a_document_over_the_message_limit_arrives_in_parts_that_fit(
+    kafka_settings: KafkaSettings, unique: Callable[[str], str], tmp_path: Path
+) -> None:
+    # Before #18 a document over ~1 MB of text was one event the broker refused: a 500.
+    app, topic = documents_app(kafka_settings, unique, tmp_path)
+    limit = kafka_settings.max_message_bytes
+    data = chapters(int(2.5 * limit))
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://ingest") as http,
+        Collector(kafka_settings, [topic]) as seen,
+    ):
+        response = await http.post(
+            "/v1/documents", files=[("files", ("handbook.txt", data))], headers=AUTH
+        )
+        await wait_for(lambda: len(seen.on(topic)) >= 3)
+
+    assert response.status_code == 200, response.text
+    [result] = response.json()["documents"]
+    assert result["status"] == "submitted"
+    records = seen.on(topic)
+    assert all(len(r.value) <= limit for r in records)
+    assert {r.key for r in records} == {result["document_id"].encode()}
+    parts = documents(records, "acme")
+    assert all(isinstance(p, ev.DocumentSubmitted) for p in parts)
+    assert [(p.part, p.parts) for p in parts] == [(i, len(parts)) for i in range(len(parts))]
+    assert len({p.content_hash for p in parts}) == 1
+    text = "\n\n".join(p.text for p in parts)  # type: ignore[union-attr]
+    assert text == parse("handbook.txt", data).text
+
+
+async def test_a_pdf_bomb_is_refused_and_healthz_stays_fast_while_one_is_parsed(
+    kafka_settings: KafkaSettings, unique: Callable[[str], str], tmp_path: Path
+) -> None:
+    app, topic = documents_app(kafka_settings, unique, tmp_path, parse_timeout_s=3.0)
+    latencies: list[float] = []
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://ingest") as http,
+        Collector(kafka_settings, [topic]) as seen,
+    ):
+        # Over the decompression budget: refused as soon as the stream is read.
+        bomb = await http.post(
+            "/v1/documents",
+            files=[("files", SMALL), ("files", ("bomb.pdf", pdf_bomb(74_000_000)))],
+            headers=AUTH,
+        )
+        # Under the budget, but text extraction would take most of a minute (it took the
+        # event loop with it before #18): stopped at the deadline while /healthz answers.
+        slow = asyncio.create_task(
+            http.post(
+                "/v1/documents", files=[("files", ("slow.pdf", pdf_bomb(30_000_000)))], headers=AUTH
+            )
+        )
+        while not slow.done():
+            started = time.monotonic()
+            health = await http.get("/healthz")
+            latencies.append(time.monotonic() - started)
+            assert health.status_code == 200
+            await asyncio.sleep(0.1)
+        stopped = await slow
+        after = await http.post("/v1/documents", files=[("files", SMALL)], headers=AUTH)
+        await wait_for(lambda: len(seen.on(topic)) >= 1)
+        await asyncio.sleep(1)
+
+    assert bomb.status_code == 413, bomb.text
+    assert bomb.json()["error"]["code"] == "too_large"
+    message = bomb.json()["error"]["message"]
+    assert message.startswith("upload:bomb.pdf: ")
+    assert "INGEST_PARSE_MAX_DECOMPRESSED_BYTES" in message
+    assert "decompression bomb" in message
+    assert stopped.status_code == 422, stopped.text
+    assert stopped.json()["error"]["code"] == "parse_timeout"
+    assert (
+        "upload:slow.pdf: parsing took longer than 3 s (INGEST_PARSE_TIMEOUT_S)"
+        in (stopped.json()["error"]["message"])
+    )
+    assert len(latencies) >= 10
+    assert max(latencies) < 1.0, latencies
+    assert after.status_code == 200
+    [event] = documents(seen.on(topic), "acme")  # small.md of the bomb's upload never went out
+    assert isinstance(event, ev.DocumentSubmitted)
 
 
 async def test_metrics_and_docs_need_an_operators_key_when_protected(
