@@ -31,6 +31,7 @@ from raftloop_core.events import (
     InteractionIngested,
     event_key,
 )
+from raftloop_core.limits import install_request_guards
 from raftloop_core.messaging import RetryPolicy, consumer_options, make_broker
 from raftloop_core.service import add_ops_routes, blocking_check, broker_check
 from raftloop_core.topics import Topic
@@ -247,6 +248,7 @@ def create_app(
     app.state.broker = broker
     app.state.pipeline = pipeline
     install_error_handlers(app)
+    install_request_guards(app, settings.request_limits(settings.upload_limits()))
     add_ops_routes(
         app,
         service="ingest",

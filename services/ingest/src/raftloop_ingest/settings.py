@@ -5,17 +5,19 @@ from __future__ import annotations
 from pathlib import Path
 
 from pydantic import Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
+from raftloop_core.limits import BodyLimit, HttpLimits
 from raftloop_core.settings import DatabaseSettings, KafkaSettings, RuntimeSettings
 from raftloop_core.topics import Topic
 from raftloop_ingest.documents import ParseLimits
 from raftloop_ingest.sandbox import SandboxLimits
 
 GROUP_ID = "ingest"
+UPLOAD_PATH = "/v1/documents"
 
 
-class IngestSettings(BaseSettings):
+class IngestSettings(HttpLimits):
     """Everything the ingest service can be told."""
 
     model_config = SettingsConfigDict(env_prefix="INGEST_", extra="ignore")
@@ -31,7 +33,12 @@ class IngestSettings(BaseSettings):
     batch_size: int = Field(default=200, ge=1, description="Chat events handled per batch.")
     batch_timeout_ms: int = Field(default=50, ge=0)
     max_chars: int = Field(default=20_000, ge=100, description="Longer interactions are flagged.")
-    max_upload_bytes: int = Field(default=20_000_000, ge=1_024)
+    max_upload_bytes: int = Field(
+        default=20_000_000,
+        ge=1_024,
+        description="Largest upload to POST /v1/documents, all its files together; beyond: 413. "
+        "Every other route takes INGEST_MAX_REQUEST_BYTES.",
+    )
     max_text_bytes: int = Field(
         default=20_000_000,
         ge=1_024,
@@ -71,6 +78,10 @@ class IngestSettings(BaseSettings):
     runtime: RuntimeSettings = Field(default_factory=RuntimeSettings)
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     database: DatabaseSettings = Field(default_factory=DatabaseSettings)
+
+    def upload_limits(self) -> dict[str, BodyLimit]:
+        """The upload route's own body limit, larger than the JSON routes' one."""
+        return {UPLOAD_PATH: BodyLimit(self.max_upload_bytes, self.env_name("max_upload_bytes"))}
 
     def topic(self, topic: Topic) -> str:
         """The concrete name of `topic` for this deployment."""
