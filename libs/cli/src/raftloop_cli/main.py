@@ -295,6 +295,7 @@ SERVICE_COMMANDS = {
     "train": "trainer",
     "eval": "trainer",
     "adapters": "trainer",
+    "hitl": "hitl",
 }
 
 
