@@ -6,16 +6,22 @@ processed goes to `<topic>.dlt` with the error and its source coordinates in hea
 partition moves on. Any other failure is treated as transient: it is re-read after an
 exponential backoff, and parked on the dead-letter topic only after `retry_max_attempts`, so a
 partition is never blocked forever and never spins.
+
+Slowness is not a failure (issue #18): a handler that works longer than `max.poll.interval.ms`
+keeps its consumer in the group (`kept_in_group`), so a busy machine never makes Kafka hand the
+work to another member, or back to this one, while it is still in progress.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import random
 import time
 from collections import OrderedDict
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -110,6 +116,7 @@ class DeadLetterPolicy:
             settings.retry_max_attempts, settings.retry_backoff_s, settings.retry_backoff_max_s
         )
         self.attempts = _AttemptLog()
+        self.keepalive_s = keepalive_interval(settings)
         self.dead_lettered = 0
         self.counter: Counter | None = None
         self.service = "raftloop"
@@ -176,7 +183,8 @@ class DeadLetterMiddleware(BaseMiddleware[Any, Any]):
                 f"message of {size} bytes exceeds the {self.policy.max_message_bytes}-byte limit "
                 "(KAFKA_MAX_MESSAGE_BYTES)"
             )
-        return await call_next(msg)
+        async with kept_in_group(getattr(msg, "consumer", None), self.policy.keepalive_s):
+            return await call_next(msg)
 
     @override
     async def after_processed(
@@ -219,6 +227,62 @@ class DeadLetterMiddleware(BaseMiddleware[Any, Any]):
         )
         await asyncio.sleep(delay)
         return False  # NACK_ON_ERROR seeks back, so the message is read again
+
+
+def keepalive_interval(settings: KafkaSettings) -> float:
+    """How often a busy handler's consumer polls: well inside `max.poll.interval.ms`."""
+    return min(30.0, settings.max_poll_interval_ms / 1000 / 4)
+
+
+@contextlib.asynccontextmanager
+async def kept_in_group(consumer: Any, interval_s: float) -> AsyncIterator[None]:
+    """Keep `consumer` in its group while the block runs, however long it takes.
+
+    aiokafka leaves the group when `getmany` is not called for `max_poll_interval_ms`
+    (aio-libs/aiokafka#848); the member's work is then handed to another member (or back to
+    this one) while it is still in progress, and its commit fails. The known remedy: pause every
+    assigned partition and keep polling; a paused partition returns no records, so the poll
+    only tells the client that this member is alive. Heartbeats go on in aiokafka's own task.
+    Partitions are resumed when the block ends. Consumers without `pause` (FastStream's
+    in-memory test broker) are left alone.
+    """
+    if not all(hasattr(consumer, name) for name in ("pause", "resume", "getmany", "assignment")):
+        yield
+        return
+    paused: set[Any] = set()
+    poller = asyncio.create_task(_poll_paused(consumer, interval_s, paused), name="keepalive")
+    try:
+        yield
+    finally:
+        poller.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await poller
+        if paused:
+            consumer.resume(*(paused & consumer.assignment()))
+
+
+async def _poll_paused(consumer: Any, interval_s: float, paused: set[Any]) -> None:
+    started = time.monotonic()
+    while True:
+        await asyncio.sleep(interval_s)
+        if not paused:
+            log.info(
+                "handler still busy; partitions paused and the consumer kept in its group",
+                extra={"busy_s": round(time.monotonic() - started, 1)},
+            )
+        fresh = consumer.assignment() - consumer.paused()
+        if fresh:
+            consumer.pause(*fresh)
+            paused |= fresh
+        try:
+            records = await consumer.getmany(timeout_ms=0)
+        except Exception as exc:  # a coordination error: aiokafka recovers on its own
+            log.warning("keepalive poll failed", extra={"error": repr(exc)})
+            continue
+        # A partition assigned between the pause and the poll: give its records back.
+        for tp, batch in records.items():
+            if batch:
+                consumer.seek(tp, batch[0].offset)
 
 
 def make_broker(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import logging
 import time
 from collections.abc import Callable
 from typing import Any
@@ -226,3 +227,37 @@ async def test_a_message_that_always_fails_is_parked_after_the_retry_budget(
     assert len(attempts) == kafka_settings.retry_max_attempts
     assert parked[0].headers[ATTEMPTS_HEADER] == str(kafka_settings.retry_max_attempts)
     assert parked[0].headers[ERROR_CLASS_HEADER] == "TimeoutError"
+
+
+async def test_a_handler_slower_than_max_poll_interval_keeps_its_consumer_in_the_group(
+    kafka_settings: KafkaSettings, unique: Callable[[str], str], caplog: pytest.LogCaptureFixture
+) -> None:
+    # Every consumer that calls a model (rag's embedder, the judge's endpoint) may take longer
+    # than max.poll.interval.ms on a busy machine (issue #18): the work is never handed away.
+    settings = kafka_settings.model_copy(update={"max_poll_interval_ms": 2_000})
+    topic = unique("slow")
+    ensure_topics(settings, {topic: 2})
+    broker = make_broker(settings)
+    seen: list[str] = []
+
+    @broker.subscriber(topic, **consumer_options(settings, group_id=unique("g")))
+    async def slow(event: ev.TrainingRunFinished) -> None:
+        seen.append(event.run_id)
+        if event.run_id.startswith("slow"):
+            await asyncio.sleep(5.0)  # 2.5 x max.poll.interval.ms
+
+    run = TypeAdapter(ev.TrainingRunFinished).validate_python(
+        sample_events()[ev.Topic.TRAINING_RUN_FINISHED].model_dump()
+    )
+    async with broker:
+        await broker.start()
+        for run_id in ("slow-1", "fast-1", "slow-2", "fast-2"):
+            await broker.publish(run.model_copy(update={"run_id": run_id}), topic=topic, key=b"k")
+        await wait_for(lambda: len(seen) >= 4, timeout_s=40)
+        # Published while a handler waits: the paused partition hands it over afterwards.
+        await broker.publish(run.model_copy(update={"run_id": "later"}), topic=topic, key=b"j")
+        await wait_for(lambda: "later" in seen, timeout_s=20)
+        await asyncio.sleep(1.0)
+
+    assert sorted(seen) == ["fast-1", "fast-2", "later", "slow-1", "slow-2"]
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
