@@ -46,7 +46,9 @@ def build_service(
     version = domain.judge_version(
         settings.version_tag, settings.model or "default", rubrics_digest(rubrics)
     )
-    limited = LimitedEndpoint(endpoint, settings.concurrency)
+    limited = LimitedEndpoint(
+        endpoint, settings.concurrency, stall_timeout_s=settings.stall_timeout_s
+    )
     options = CallOptions(
         settings.max_tokens,
         settings.top_logprobs,
@@ -103,8 +105,7 @@ def create_app(
     service, pairwise = build_service(
         settings, endpoint=endpoint, embedder=embedder, store=store, publish=publish
     )
-    deadline = settings.kafka.max_poll_interval_ms / 1000 * settings.poll_budget_fraction
-    consumer = BatchConsumer(service, dead_letter_policy(broker), deadline)
+    consumer = BatchConsumer(service, dead_letter_policy(broker))
     group = settings.consumer_group
 
     @broker.subscriber(  # type: ignore[untyped-decorator]  # faststream's is untyped

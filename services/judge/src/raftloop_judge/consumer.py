@@ -2,10 +2,13 @@
 
 A batch subscriber lets several messages be judged at once while the offset is only committed
 once every message of the batch is done, so at-least-once holds per partition. A malformed
-message is dead-lettered on its own; a transient failure backs off and the batch is re-read
-(finished items are skipped via the store), and an item is parked once its retry budget is spent.
-A batch never runs past a share of `max.poll.interval.ms`, so slow judging cannot trigger a
-rebalance.
+message is dead-lettered on its own; a failure (an error the client's retries did not fix, or an
+endpoint stalled past `JUDGE_STALL_TIMEOUT_S`) backs off and the batch is re-read (finished items
+are skipped via the store), and an item is parked once its retry budget is spent.
+
+Slowness is backpressure, not failure (issue #18): a batch takes as long as the endpoint needs.
+No deadline throws away the generations in flight, and the consumer stays in its group while it
+waits (`raftloop_core.messaging.kept_in_group`, installed for every handler by the broker).
 """
 
 from __future__ import annotations
@@ -30,10 +33,9 @@ _INGESTED = TypeAdapter(InteractionIngested)
 class BatchConsumer:
     """Turns one polled batch of records into judgements."""
 
-    def __init__(self, service: JudgeService, policy: DeadLetterPolicy, deadline_s: float) -> None:
+    def __init__(self, service: JudgeService, policy: DeadLetterPolicy) -> None:
         self.service = service
         self.policy = policy
-        self.deadline_s = deadline_s
 
     async def _decode(self, records: Sequence[Any]) -> list[tuple[Any, InteractionIngested]]:
         decoded = []
@@ -60,11 +62,7 @@ class BatchConsumer:
         items = await self._decode(records)
         if not items:
             return
-        try:
-            async with asyncio.timeout(self.deadline_s):
-                failures = await self.service.handle_many([event for _, event in items])
-        except TimeoutError:
-            failures = [TimeoutError(f"batch not judged within {self.deadline_s:.0f}s")]
+        failures = await self.service.handle_many([event for _, event in items])
         if failures:
             await self._retry_or_park(items, failures[0])
 

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import random
+import time
 from dataclasses import dataclass
 from typing import Literal
 
 import openai
 
 from raftloop_core.events import CriterionScore
+from raftloop_judge.backpressure import AdaptiveLimit, EndpointStalled
 from raftloop_judge.domain import ChatEndpoint, Completion
 from raftloop_judge.prompts import nonce_for, pairwise_messages, rubric_messages
 from raftloop_judge.rubrics import Rubric
@@ -30,11 +33,20 @@ class CallOptions:
 
 
 class LimitedEndpoint:
-    """An endpoint behind a semaphore: bounded concurrency shared by every evaluator."""
+    """The endpoint behind an adaptive limit shared by every evaluator.
 
-    def __init__(self, endpoint: ChatEndpoint, concurrency: int) -> None:
+    A slow answer is waited for; a 429 shrinks the limit and is retried after its Retry-After
+    without counting as a failure (`raftloop_judge.backpressure`). Only a request unanswered
+    within `stall_timeout_s` (the client's timeout, `JUDGE_STALL_TIMEOUT_S`), or refused with
+    429 for that long, raises `EndpointStalled`.
+    """
+
+    def __init__(
+        self, endpoint: ChatEndpoint, concurrency: int, *, stall_timeout_s: float = 600.0
+    ) -> None:
         self.endpoint = endpoint
-        self.semaphore = asyncio.Semaphore(concurrency)
+        self.limit = AdaptiveLimit(concurrency)
+        self.stall_timeout_s = stall_timeout_s
 
     async def ask(
         self, messages: list[dict[str, str]], options: CallOptions, attempt: int
@@ -43,18 +55,48 @@ class LimitedEndpoint:
 
         Raises:
             JudgeFailed: the endpoint refused this request for good (HTTP 400/413/422).
+            EndpointStalled: no answer within the stall timeout.
         """
-        async with self.semaphore:
-            try:
-                return await self.endpoint.complete(
-                    messages,
-                    max_tokens=options.max_tokens,
-                    temperature=0.0 if attempt == 0 else 0.7,
-                    top_logprobs=options.top_logprobs,
-                    seed=attempt,
+        first, busy = time.monotonic(), 0
+        while True:
+            async with self.limit.slot():
+                try:
+                    completion = await self.endpoint.complete(
+                        messages,
+                        max_tokens=options.max_tokens,
+                        temperature=0.0 if attempt == 0 else 0.7,
+                        top_logprobs=options.top_logprobs,
+                        seed=attempt,
+                    )
+                except (openai.BadRequestError, openai.UnprocessableEntityError) as exc:
+                    raise JudgeFailed(f"endpoint refused the request: {exc}") from exc
+                except openai.APITimeoutError as exc:
+                    await self.limit.overloaded()
+                    raise EndpointStalled(
+                        f"the judge endpoint gave no answer within {self.stall_timeout_s:g}s "
+                        "(JUDGE_STALL_TIMEOUT_S); the interaction will be judged again"
+                    ) from exc
+                except openai.RateLimitError as exc:
+                    wait = _retry_after(exc) or min(30.0, 2.0**busy) * random.uniform(0.5, 1.0)
+                else:
+                    await self.limit.succeeded()
+                    return completion
+            await self.limit.overloaded()
+            if time.monotonic() - first + wait > self.stall_timeout_s:
+                raise EndpointStalled(
+                    f"the judge endpoint answered 429 for {self.stall_timeout_s:g}s "
+                    "(JUDGE_STALL_TIMEOUT_S); the interaction will be judged again"
                 )
-            except (openai.BadRequestError, openai.UnprocessableEntityError) as exc:
-                raise JudgeFailed(f"endpoint refused the request: {exc}") from exc
+            await asyncio.sleep(wait)
+            busy += 1
+
+
+def _retry_after(exc: openai.RateLimitError) -> float | None:
+    value = exc.response.headers.get("retry-after")
+    try:
+        return max(0.0, float(value)) if value is not None else None
+    except ValueError:
+        return None
 
 
 class RubricJudge:

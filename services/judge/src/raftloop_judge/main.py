@@ -44,6 +44,16 @@ def endpoint_key(settings: JudgeSettings) -> str:
     return ensure_dev_credentials(settings.runtime).api_keys["internal"]
 
 
+def judge_client(settings: JudgeSettings, api_key: str) -> AsyncOpenAI:
+    """The endpoint's client: its timeout is the stall timeout, the only bound on a request."""
+    return AsyncOpenAI(
+        base_url=settings.endpoint_url,
+        api_key=api_key,
+        timeout=settings.stall_timeout_s,
+        max_retries=settings.max_retries,
+    )
+
+
 def build() -> FastAPI:
     """Build the judge from the environment."""
     settings = JudgeSettings()
@@ -51,12 +61,7 @@ def build() -> FastAPI:
     try:
         check_kafka_secrets(settings.kafka, settings.runtime)
         keys = KeyStore.for_runtime(settings.runtime, settings.api_keys_file)
-        client = AsyncOpenAI(
-            base_url=settings.endpoint_url,
-            api_key=endpoint_key(settings),
-            timeout=settings.request_timeout_s,
-            max_retries=settings.max_retries,
-        )
+        client = judge_client(settings, endpoint_key(settings))
         model_dir = (
             Path(settings.embedding_model)
             if settings.embedding_model

@@ -37,7 +37,15 @@ class JudgeSettings(HttpLimits):
     criteria: list[str] | None = Field(
         default=None, description="Only these rubric criteria (default: every rubric file)."
     )
-    request_timeout_s: float = Field(default=60.0, gt=0)
+    stall_timeout_s: float = Field(
+        default=600.0,
+        gt=0,
+        validation_alias=AliasChoices("JUDGE_STALL_TIMEOUT_S", "JUDGE_REQUEST_TIMEOUT_S"),
+        description="How long one request to the endpoint may go without an answer before it "
+        "counts as stalled (the only time bound on judging; a slow endpoint is waited for). A "
+        "stall is retried like an error; only an endpoint that keeps failing gets an item "
+        "dead-lettered. JUDGE_REQUEST_TIMEOUT_S is its old name.",
+    )
     max_retries: int = Field(default=3, ge=0, description="Client retries on 429/5xx/timeouts.")
     invalid_output_attempts: int = Field(default=3, ge=1)
     max_tokens: int = Field(default=48, ge=1)
@@ -51,9 +59,6 @@ class JudgeSettings(HttpLimits):
     )
     concurrency: int = Field(default=8, ge=1, description="Concurrent requests to the endpoint.")
     batch_size: int = Field(default=16, ge=1, description="Messages judged together per poll.")
-    poll_budget_fraction: float = Field(
-        default=0.5, gt=0, lt=1, description="Share of max_poll_interval a batch may take."
-    )
     embedding_model: str | None = Field(
         default=None, description="sentence-transformers folder; default bundled all-MiniLM-L6-v2."
     )

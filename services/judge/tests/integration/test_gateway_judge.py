@@ -38,7 +38,7 @@ def judge_via(gw: RunningGateway, tmp_path: Path, embedder: SentenceTransformerE
         criteria=["helpfulness"],
         max_tokens=16,
         top_logprobs=20,
-        request_timeout_s=300,
+        stall_timeout_s=300,
     )[0]
 
 
