@@ -37,10 +37,11 @@ LOOP_SETTINGS = {
     # judge's own tests cover those).
     "JUDGE_CRITERIA": '["correctness"]',
     "JUDGE_MAX_TOKENS": "24",
-    # The hold-out is a fifth of the examples by id hash: at the default threshold of 50 it
-    # held 8 or 9 items, and two adapters that gained +0.13 and +0.18 token F1 were rejected
-    # with bootstrap lower bounds just below zero. 60 holds about 12.
+    # The run waits for 20 held-out items (TRAINER_MIN_HOLDOUT_ITEMS): at the default fifth
+    # that is 100 reviewed examples; a quarter reaches 20 at about 60 training examples, so the
+    # loop is a few chats longer than at the default threshold of 50, not twice as long.
     "TRAINER_MIN_NEW_EXAMPLES": "60",
+    "TRAINER_HOLDOUT_FRACTION": "0.25",
 }
 
 
@@ -86,6 +87,7 @@ def test_the_loop_trains_gates_and_serves_a_better_adapter(tmp_path: Path) -> No
         assert run["trigger"].startswith("trigger:"), run["trigger"]  # the threshold, not by hand
         report = json.loads((Path(run["report_path"]).parent / "report.json").read_text())
         [f1] = [row for row in report["sets"]["holdout"] if row["metric"] == "token_f1"]
+        assert f1["n"] >= 20, f1  # the run waited for a hold-out that can judge it
         assert f1["candidate"] > f1["baseline"], f1
         assert f1["ci_low"] > 0, f1
         assert (Path(run["report_path"]).parent / "report.png").stat().st_size > 0

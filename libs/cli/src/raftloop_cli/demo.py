@@ -362,10 +362,14 @@ class Demo:
         )
         pending = [p for p in self._pending_cache() if p["tenant"] == self.tenant]
         if pending:
+            p = pending[0]
+            # The run also waits for enough held-out examples for the gate to judge it.
+            held = f"hold-out {p['holdout_examples']}/{p['min_holdout_items']}"
             progress.update(
                 tasks["threshold"],
-                completed=min(pending[0]["new_examples"], pending[0]["threshold"]),
-                total=pending[0]["threshold"],
+                completed=min(p["new_examples"], p["threshold"]),
+                total=p["threshold"],
+                description=f"curated toward the threshold ({held})",
             )
 
     def _pending_cache(self) -> list[dict[str, Any]]:

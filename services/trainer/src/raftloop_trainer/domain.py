@@ -11,13 +11,20 @@ from typing import Literal
 
 from raftloop_trainer.metrics import PairedDiff, normalize_answer
 
-HOLDOUT_MODULUS = 5
+HOLDOUT_FRACTION = 0.2
+MIN_HOLDOUT_ITEMS = 20
 PRIMARY_METRIC = "token_f1"
+_HOLDOUT_BUCKETS = 10_000
 
 
-def is_holdout(example_id: str, modulus: int = HOLDOUT_MODULUS) -> bool:
-    """Deterministic hold-out by id hash (about 1/modulus of examples); never enters training."""
-    return int(hashlib.sha256(example_id.encode()).hexdigest(), 16) % modulus == 0
+def is_holdout(example_id: str, fraction: float = HOLDOUT_FRACTION) -> bool:
+    """Deterministic hold-out by id hash (about `fraction` of examples); never enters training.
+
+    The split is stored with each example when it arrives, so changing the fraction moves only
+    examples that arrive afterwards: nothing that was held out is ever trained on later.
+    """
+    bucket = int(hashlib.sha256(example_id.encode()).hexdigest(), 16) % _HOLDOUT_BUCKETS
+    return bucket < round(fraction * _HOLDOUT_BUCKETS)
 
 
 def content_key(tenant: str, base_model: str, question: str, answer: str) -> str:
@@ -46,6 +53,9 @@ class TriggerPolicy:
     min_new_examples: int = 50
     max_age: timedelta | None = timedelta(hours=24)
     min_examples_for_age: int = 1
+    min_holdout_items: int = 0
+    """A run waits until the tenant's hold-out can give the gate enough evidence (the service
+    sets TRAINER_MIN_HOLDOUT_ITEMS, 20 by default)."""
 
 
 @dataclass(frozen=True)
@@ -56,6 +66,8 @@ class PendingData:
     base_model: str
     new_examples: int
     oldest_new_at: datetime | None
+    holdout_examples: int = 0
+    """Every held-out example the tenant has for the base model (they accumulate across runs)."""
 
 
 BUSY = (
@@ -80,17 +92,33 @@ class NotStarted:
 
 
 def due_reason(pending: PendingData, policy: TriggerPolicy, now: datetime) -> str | None:
-    """Why a run should start now, or None."""
+    """Why a run should start now, or None (not due, or waiting for hold-out examples)."""
     if pending.new_examples >= policy.min_new_examples:
-        return f"{pending.new_examples} new examples (threshold {policy.min_new_examples})"
-    if (
+        reason = f"{pending.new_examples} new examples (threshold {policy.min_new_examples})"
+    elif (
         policy.max_age is not None
         and pending.oldest_new_at is not None
         and pending.new_examples >= policy.min_examples_for_age
         and now - pending.oldest_new_at >= policy.max_age
     ):
-        return f"new examples waiting longer than {policy.max_age}"
-    return None
+        reason = f"new examples waiting longer than {policy.max_age}"
+    else:
+        return None
+    return None if holdout_shortfall(pending, policy) else reason
+
+
+def holdout_shortfall(pending: PendingData, policy: TriggerPolicy) -> str | None:
+    """Why a run waits for more held-out examples, or None when the hold-out is big enough.
+
+    A run on a small hold-out cannot tell a real gain from luck (its bootstrap interval is wide),
+    so the trigger waits for data instead of training a candidate the gate must reject.
+    """
+    if pending.holdout_examples >= policy.min_holdout_items:
+        return None
+    return (
+        f"the hold-out has {pending.holdout_examples} of the {policy.min_holdout_items} items the "
+        "gate needs (TRAINER_MIN_HOLDOUT_ITEMS); the run waits for more reviewed examples"
+    )
 
 
 # ---------------------------------------------------------------- gate
@@ -103,7 +131,7 @@ class GatePolicy:
     primary_metric: str = PRIMARY_METRIC
     margin: float = 0.0
     max_regression_drop: float = 0.05
-    min_holdout_items: int = 5
+    min_holdout_items: int = MIN_HOLDOUT_ITEMS
     min_judge_win_rate: float | None = None
     """Off by default: a tie counts half, and a small judge model mostly calls ties."""
 

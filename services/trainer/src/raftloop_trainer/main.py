@@ -88,7 +88,7 @@ def build_runner(settings: TrainerSettings, sink: EventSink) -> Runner:
     path, name = base_model(settings)
     return Runner(
         settings=settings,
-        store=DatasetStore(settings.database_url()),
+        store=DatasetStore(settings.database_url(), settings.holdout_fraction),
         registry=AdapterRegistry(settings.registry_root),
         sink=sink,
         distractors=distractors,

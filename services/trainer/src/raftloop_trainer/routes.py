@@ -17,7 +17,7 @@ from raftloop_core.api import ApiError, Caller, KeyStore, require
 from raftloop_core.events import Tenant
 from raftloop_core.registry import AdapterCard, AdapterRefused, OtherTenantsAdapter
 from raftloop_trainer import promotion
-from raftloop_trainer.domain import NotStarted
+from raftloop_trainer.domain import NotStarted, holdout_shortfall
 from raftloop_trainer.settings import TrainerSettings
 
 if TYPE_CHECKING:
@@ -100,7 +100,8 @@ def build_router(settings: TrainerSettings, *, keys: KeyStore, scheduler: "Sched
         # trainer (it runs one at a time, so a start would get 409), without saying whose.
         status = await asyncio.to_thread(runner.status, caller.tenant)
         pending = await asyncio.to_thread(runner.store.pending)
-        threshold = settings.trigger_policy().min_new_examples
+        policy = settings.trigger_policy()
+        threshold = policy.min_new_examples
         return status | {
             "busy": scheduler.busy,
             "auto_train": settings.auto_train,
@@ -111,6 +112,9 @@ def build_router(settings: TrainerSettings, *, keys: KeyStore, scheduler: "Sched
                     "base_model": p.base_model,
                     "new_examples": p.new_examples,
                     "threshold": threshold,
+                    "holdout_examples": p.holdout_examples,
+                    "min_holdout_items": policy.min_holdout_items,
+                    "waiting_for": holdout_shortfall(p, policy),
                 }
                 for p in pending
                 if p.base_model == runner.base_model and p.tenant == caller.tenant

@@ -10,7 +10,12 @@ from pydantic_settings import SettingsConfigDict
 
 from raftloop_core.limits import HttpLimits
 from raftloop_core.settings import DatabaseSettings, KafkaSettings, RuntimeSettings
-from raftloop_trainer.domain import GatePolicy, TriggerPolicy
+from raftloop_trainer.domain import (
+    HOLDOUT_FRACTION,
+    MIN_HOLDOUT_ITEMS,
+    GatePolicy,
+    TriggerPolicy,
+)
 from raftloop_trainer.judging import JudgeConfig
 from raftloop_trainer.train import LoraParams
 
@@ -78,7 +83,17 @@ class TrainerSettings(HttpLimits):
         description="Largest general-question drop allowed; a larger one rejects when its CI is "
         "below zero.",
     )
-    min_holdout_items: int = Field(default=5, ge=1)
+    min_holdout_items: int = Field(
+        default=MIN_HOLDOUT_ITEMS,
+        ge=1,
+        description="Held-out items a run waits for, and the gate needs, before any promotion.",
+    )
+    holdout_fraction: float = Field(
+        default=HOLDOUT_FRACTION,
+        gt=0.0,
+        le=0.5,
+        description="Share of arriving examples held out (by id hash) and never trained on.",
+    )
     regression_items: int = Field(default=16, ge=0, description="General questions checked.")
     eval_max_new_tokens: int = Field(default=80, ge=1, description="Room for quote + answer.")
 
@@ -117,7 +132,11 @@ class TrainerSettings(HttpLimits):
     def trigger_policy(self) -> TriggerPolicy:
         """When runs start by themselves."""
         age = timedelta(hours=self.max_age_hours) if self.max_age_hours else None
-        return TriggerPolicy(min_new_examples=self.min_new_examples, max_age=age)
+        return TriggerPolicy(
+            min_new_examples=self.min_new_examples,
+            max_age=age,
+            min_holdout_items=self.min_holdout_items,
+        )
 
     def gate_policy(self) -> GatePolicy:
         """What a candidate must show to be promoted."""

@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
 from raftloop_core.events import ExampleCurated
-from raftloop_trainer.domain import PendingData, content_key, is_holdout
+from raftloop_trainer.domain import HOLDOUT_FRACTION, PendingData, content_key, is_holdout
 
 metadata = sa.MetaData()
 
@@ -89,8 +89,9 @@ class Snapshot:
 class DatasetStore:
     """Curated examples with their lineage, and the history of training runs."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, holdout_fraction: float = HOLDOUT_FRACTION) -> None:
         self.engine = sa.create_engine(url, future=True)
+        self.holdout_fraction = holdout_fraction
         metadata.create_all(self.engine)
 
     def add(self, event: ExampleCurated) -> AddResult:
@@ -101,7 +102,9 @@ class DatasetStore:
             "content_key": key,
             "tenant": event.tenant,
             "base_model": event.base_model,
-            "split": "holdout" if is_holdout(str(event.example_id)) else "train",
+            "split": (
+                "holdout" if is_holdout(str(event.example_id), self.holdout_fraction) else "train"
+            ),
             "question": event.question,
             "answer": event.answer,
             "messages": json.dumps([m.model_dump() for m in event.messages]),
@@ -146,7 +149,10 @@ class DatasetStore:
         return int(conn.execute(query).scalar_one() or 0)
 
     def pending(self) -> list[PendingData]:
-        """New training examples since the last (not failed) run, per tenant and base model."""
+        """New training examples since the last (not failed) run, per tenant and base model.
+
+        Each entry also counts every held-out example (the hold-out accumulates across runs).
+        """
         out = []
         with self.engine.connect() as conn:
             groups = conn.execute(
@@ -162,8 +168,15 @@ class DatasetStore:
                         examples.c.seq > after,
                     )
                 ).one()
+                held = conn.execute(
+                    sa.select(sa.func.count()).where(
+                        examples.c.tenant == tenant,
+                        examples.c.base_model == base_model,
+                        examples.c.split == "holdout",
+                    )
+                ).scalar_one()
                 oldest_at = oldest.replace(tzinfo=UTC) if oldest and not oldest.tzinfo else oldest
-                out.append(PendingData(tenant, base_model, int(new), oldest_at))
+                out.append(PendingData(tenant, base_model, int(new), oldest_at, int(held)))
         return out
 
     def snapshot(self, tenant: str, base_model: str) -> Snapshot:

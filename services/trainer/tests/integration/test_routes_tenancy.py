@@ -182,6 +182,9 @@ async def test_training_status_shows_only_the_callers_tenant(trainer: Trainer) -
     assert own["running"]["run_id"] == "run-live"
     assert [r["tenant"] for r in own["runs"]] == ["default"]
     assert [(p["tenant"], p["new_examples"]) for p in own["pending"]] == [("default", 3)]
+    [waiting] = own["pending"]
+    assert (waiting["holdout_examples"], waiting["min_holdout_items"]) == (0, 20)
+    assert "0 of the 20 items" in waiting["waiting_for"]
     assert own["busy"] is False  # the scheduler itself started no run
 
 

@@ -94,6 +94,7 @@ def test_split_pending_and_run_watermark(store: DatasetStore) -> None:
     assert len(snap.train) + len(snap.holdout) == 30
     [pending] = store.pending()
     assert pending.new_examples == len(snap.train)
+    assert pending.holdout_examples == len(snap.holdout)
     assert pending.oldest_new_at is not None
 
     store.start_run("run-1", "acme", "tiny", "test", snap.max_seq)
@@ -104,6 +105,25 @@ def test_split_pending_and_run_watermark(store: DatasetStore) -> None:
     assert new in (0, 1)  # 0 when the new example hashed into the hold-out split
     assert store.run("run-1")["status"] == "rejected"  # type: ignore[index]
     assert [r["run_id"] for r in store.runs()] == ["run-1"]
+
+
+def test_the_holdout_accumulates_across_runs_at_the_configured_fraction(tmp_path: Path) -> None:
+    store = DatasetStore(f"sqlite:///{tmp_path / 'quarter.sqlite3'}", holdout_fraction=0.25)
+    first = [curated(f"First {i}?", f"One {i}.") for i in range(40)]
+    for event in first:
+        store.add(event)
+    held = sum(is_holdout(str(e.example_id), 0.25) for e in first)
+    assert store.pending()[0].holdout_examples == held
+    snap = store.snapshot("acme", "tiny")
+    store.start_run("run-q", "acme", "tiny", "test", snap.max_seq)
+    store.finish_run("run-q", "rejected", dataset_version=dataset_version(snap.train))
+    second = [curated(f"Second {i}?", f"Two {i}.") for i in range(40)]
+    for event in second:
+        store.add(event)
+    held += sum(is_holdout(str(e.example_id), 0.25) for e in second)
+    [pending] = store.pending()
+    assert pending.holdout_examples == held  # the first run's hold-out still counts
+    assert pending.new_examples == 40 - sum(is_holdout(str(e.example_id), 0.25) for e in second)
 
 
 def test_failed_runs_do_not_consume_examples(store: DatasetStore) -> None:

@@ -10,6 +10,7 @@ from raftloop_trainer.domain import (
     dataset_version,
     decide,
     due_reason,
+    holdout_shortfall,
     is_holdout,
 )
 from raftloop_trainer.metrics import PairedDiff
@@ -24,6 +25,24 @@ def test_holdout_is_a_stable_fifth_by_id_hash() -> None:
     held = [i for i in ids if is_holdout(i)]
     assert 0.17 < len(held) / len(ids) < 0.23
     assert held == [i for i in ids if is_holdout(i)]
+    quarter = {i for i in ids if is_holdout(i, 0.25)}
+    assert 0.22 < len(quarter) / len(ids) < 0.28
+    assert set(held) <= quarter  # a larger fraction only adds held-out examples
+
+
+def test_a_due_run_waits_until_the_holdout_can_judge_it() -> None:
+    now = datetime(2026, 1, 2, tzinfo=UTC)
+    policy = TriggerPolicy(min_new_examples=10, max_age=timedelta(hours=1), min_holdout_items=20)
+    small = PendingData("t", "m", 60, now, holdout_examples=12)
+    assert due_reason(small, policy, now) is None
+    waiting = holdout_shortfall(small, policy) or ""
+    assert "12 of the 20" in waiting
+    assert "TRAINER_MIN_HOLDOUT_ITEMS" in waiting
+    old = PendingData("t", "m", 3, now - timedelta(hours=2), holdout_examples=12)
+    assert due_reason(old, policy, now) is None  # the age trigger waits too
+    enough = PendingData("t", "m", 60, now, holdout_examples=20)
+    assert due_reason(enough, policy, now) == "60 new examples (threshold 10)"
+    assert holdout_shortfall(enough, policy) is None
 
 
 def test_dataset_version_is_a_content_hash_independent_of_order() -> None:
