@@ -66,7 +66,12 @@ class Handlers:
 
     async def on_feedback_received(self, event: ev.FeedbackReceived) -> None:
         """chat.feedback -> attach to the item, re-route or re-prioritise it."""
-        await asyncio.to_thread(self.store.add_feedback, event)
+        outcome = await asyncio.to_thread(self.store.add_feedback, event)
+        if outcome == "other_tenant":  # ingest dead-letters the same feedback with the reason
+            log.warning(
+                "feedback names another tenant's interaction; not joined",
+                extra={"interaction_id": str(event.interaction_id), "tenant": event.tenant},
+            )
 
     async def on_training_run_finished(self, event: ev.TrainingRunFinished) -> None:
         """Training runs for the ops timeline."""

@@ -31,6 +31,7 @@ from raftloop_hitl.transitions import (
     make_decision,
     record_review,
     record_skip,
+    same_tenant,
     view_of,
 )
 
@@ -63,16 +64,25 @@ class ReviewStore:
             return [ingest_event(conn, event, self.clock()) for event in events]
 
     def add_feedback(self, event: FeedbackReceived) -> str:
-        """Attach user feedback to its item (or keep it until the item arrives)."""
+        """Attach user feedback to its item (or keep it until the item arrives).
+
+        Only the item's own tenant's feedback joins it: feedback naming another tenant's
+        interaction is `other_tenant`, and never pushes out the feedback already waiting.
+        """
         iid = str(event.interaction_id)
         with self.engine.begin() as conn:
             now = self.clock()
             if not first_sight(conn, event, Topic.CHAT_FEEDBACK, now):
                 return "duplicate"
-            row = conn.execute(
-                select(Item).where(Item.interaction_id == iid, Item.tenant == event.tenant)
-            ).first()
+            row = conn.execute(select(Item).where(Item.interaction_id == iid)).first()
+            if row is not None and row.tenant != event.tenant:
+                return "other_tenant"  # another tenant's interaction: never joined (#17)
             if row is None:
+                waiting = conn.execute(
+                    select(PendingFeedback.payload).where(PendingFeedback.interaction_id == iid)
+                ).scalar()
+                if waiting is not None and not same_tenant(waiting, event.tenant):
+                    return "other_tenant"  # the first tenant's feedback keeps its place
                 conn.execute(delete(PendingFeedback).where(PendingFeedback.interaction_id == iid))
                 conn.execute(
                     insert(PendingFeedback).values(

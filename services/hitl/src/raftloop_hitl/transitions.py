@@ -83,7 +83,7 @@ def ingest_event(conn: Connection, event: InteractionJudged, now: float) -> str:
         select(PendingFeedback.payload).where(PendingFeedback.interaction_id == iid)
     ).scalar()
     feedback = event.interaction.feedback
-    if feedback is None and pending is not None:
+    if feedback is None and pending is not None and same_tenant(pending, event.tenant):
         feedback = FeedbackReceived.model_validate_json(pending).feedback
     policy = load_policy(conn, event.tenant)
     decision = domain.route(event, policy, feedback)
@@ -113,6 +113,15 @@ def ingest_event(conn: Connection, event: InteractionJudged, now: float) -> str:
     if decision.state == "auto_accepted":
         enqueue(conn, Topic.EXAMPLE_CURATED, domain.auto_example(event), now)
     return outcome
+
+
+def same_tenant(pending: str, tenant: str) -> bool:
+    """Whether parked feedback (a FeedbackReceived's JSON) was sent by `tenant`.
+
+    Feedback waits by interaction id alone until its item arrives; only the item's own tenant's
+    may join it (issue #17), whoever else names the id.
+    """
+    return FeedbackReceived.model_validate_json(pending).tenant == tenant
 
 
 def first_sight(conn: Connection, event: Event, topic: Topic, now: float) -> bool:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from uuid import uuid4
+from uuid import UUID, uuid4
 
 import pytest
 from sqlalchemy import Engine
@@ -43,6 +43,40 @@ def test_feedback_before_the_item_is_kept_and_joined(engine: Engine) -> None:
     assert {"negative_feedback", "user_correction"} <= set(item.reasons)
     assert item.feedback is not None
     assert item.feedback["correction"] == "5d"
+
+
+def _feedback(tenant: str, iid: UUID, text: str) -> ev.FeedbackReceived:
+    return ev.FeedbackReceived(
+        tenant=tenant,
+        interaction_id=iid,
+        feedback=ev.Feedback(feedback_id=uuid4(), rating=-1, correction=text, comment=text),
+    )
+
+
+def test_early_feedback_of_another_tenant_never_joins_the_item(engine: Engine) -> None:
+    # Issue #17, found by the two-tenant suite: feedback that reached hitl before its item was
+    # kept by interaction id alone and joined whichever tenant's item then arrived.
+    store = ReviewStore(engine, lease_s=60)
+    iid = uuid4()
+    assert store.add_feedback(_feedback("globex", iid, "globex text")) == "pending"
+    assert store.ingest_judged(judged(p=0.3, tenant="acme", interaction_id=iid)) == "open"
+    [item] = store.queue("acme")
+    assert item.feedback is None
+    # Once the item is there, another tenant's feedback neither joins it nor waits for it.
+    assert store.add_feedback(_feedback("globex", iid, "globex again")) == "other_tenant"
+    [item] = store.queue("acme")
+    assert item.feedback is None
+
+
+def test_another_tenants_early_feedback_never_pushes_out_the_owners(engine: Engine) -> None:
+    store = ReviewStore(engine, lease_s=60)
+    iid = uuid4()
+    assert store.add_feedback(_feedback("acme", iid, "acme text")) == "pending"
+    assert store.add_feedback(_feedback("globex", iid, "globex text")) == "other_tenant"
+    assert store.ingest_judged(judged(p=0.3, tenant="acme", interaction_id=iid)) == "open"
+    [item] = store.queue("acme")
+    assert item.feedback is not None
+    assert item.feedback["correction"] == "acme text"
 
 
 def test_decisions_are_validated_and_leases_enforced(engine: Engine) -> None:
