@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from qdrant_client import AsyncQdrantClient, models
+from qdrant_client.hybrid.fusion import DEFAULT_RANKING_CONSTANT_K, reciprocal_rank_fusion
 
-from raftloop_rag.domain import Hit, IndexConfigError, Point, Query, Vectors
+from raftloop_rag.domain import (
+    Hit,
+    IndexConfigError,
+    Point,
+    Query,
+    SparseEncoder,
+    SparseVector,
+    Vectors,
+)
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -19,8 +29,14 @@ log = logging.getLogger(__name__)
 SCROLL_PAGE = 1_000
 UPSERT_BATCH = 256
 LOCAL_WIDEN = 4
-"""Local mode first searches this many times k without a filter (see `_search_then_keep_tenant`)."""
+"""Local mode first searches this many times k without a filter (see `_top_of_tenant`)."""
 _INDEXED_FIELDS = ("tenant", "document_id")
+SPARSE = "bm25"
+"""The collection's named sparse vector (BM25 terms; Qdrant applies IDF). The dense vector stays
+the unnamed default, as in collections made before hybrid search."""
+MIGRATED_SUFFIX = "-hybrid"
+"""A collection made before hybrid search is copied to `<name>-hybrid`, which `<name>` then
+names as an alias."""
 
 
 class SentenceTransformerEmbedder:
@@ -76,42 +92,135 @@ class SentenceTransformerEmbedder:
         return np.asarray(vectors, dtype=np.float32)
 
 
+class CrossEncoderReranker:
+    """A sentence-transformers cross-encoder from a local folder (RAG_RERANK_MODEL).
+
+    rag ships none: no cross-encoder's weights install from a package registry here, and
+    models are never fetched from a hub at run time.
+    """
+
+    def __init__(self, path: str, *, device: str = "cpu") -> None:
+        from sentence_transformers import CrossEncoder
+
+        try:
+            self.model = CrossEncoder(path, device=device, local_files_only=True)
+        except (OSError, ValueError) as exc:
+            raise IndexConfigError(
+                f"RAG_RERANK_MODEL={path!r} is not a cross-encoder folder ({exc}); give the "
+                "folder of a sentence-transformers CrossEncoder, or use RAG_SEARCH=hybrid"
+            ) from exc
+
+    def scores(self, query: str, texts: Sequence[str]) -> list[float]:
+        """One relevance score per text; higher is better."""
+        if not texts:
+            return []
+        found = self.model.predict(
+            [(query, t) for t in texts], convert_to_numpy=True, show_progress_bar=False
+        )
+        return [float(x) for x in np.asarray(found).reshape(-1)]
+
+
 class QdrantIndex:
     """One Qdrant collection, local mode or server, cosine distance."""
 
-    def __init__(self, client: AsyncQdrantClient, collection: str, *, local: bool = False) -> None:
+    def __init__(
+        self,
+        client: AsyncQdrantClient,
+        collection: str,
+        *,
+        local: bool = False,
+        encoder: SparseEncoder | None = None,
+    ) -> None:
         self.client = client
         self.collection = collection
         # Local mode has no payload indexes (it warns about them) and checks a filter in Python,
         # point by point; a server needs the indexes and filters fast with them.
         self.local = local
+        # Builds the lexical vectors of a collection made before hybrid search (migration);
+        # without one the index is dense-only and leaves such a collection as it is.
+        self.encoder = encoder
 
     async def ensure(self, dimension: int) -> None:
         """Create the collection with `dimension`, or check that the existing one matches.
 
+        A collection made before hybrid search (no sparse vectors) is migrated: its points are
+        copied with their dense vectors and payloads to `<name>-hybrid`, which gets lexical
+        vectors built from each chunk's stored text (nothing is re-embedded); the old collection
+        is then dropped and `<name>` made an alias of the new one. The copy is counted before
+        the old one goes, and a migration cut short is finished on the next start.
+
         Raises:
             IndexConfigError: the collection exists with another vector size or layout.
         """
-        if not await self.client.collection_exists(self.collection):
-            await self.client.create_collection(
-                self.collection,
-                vectors_config=models.VectorParams(size=dimension, distance=models.Distance.COSINE),
-            )
-            for name in () if self.local else _INDEXED_FIELDS:
-                await self.client.create_payload_index(
-                    self.collection, name, models.PayloadSchemaType.KEYWORD
-                )
-            log.info("created collection", extra={"collection": self.collection, "dim": dimension})
+        name, migrated = self.collection, f"{self.collection}{MIGRATED_SUFFIX}"
+        if not await self.client.collection_exists(name):
+            if await self.client.collection_exists(migrated):  # cut short after the drop
+                await self._alias(name, migrated)
+                return
+            await self._create(name, dimension)
             return
-        info = await self.client.get_collection(self.collection)
+        info = await self.client.get_collection(name)
         vectors = info.config.params.vectors
         size = vectors.size if isinstance(vectors, models.VectorParams) else None
         if size != dimension:
             raise IndexConfigError(
-                f"collection {self.collection!r} holds vectors of size {size}, but the "
+                f"collection {name!r} holds vectors of size {size}, but the "
                 f"embedding model makes {dimension}; set RAG_COLLECTION to a new name (then "
                 "re-submit the documents) or delete the collection to re-index it"
             )
+        if SPARSE not in (info.config.params.sparse_vectors or {}) and self.encoder is not None:
+            await self._migrate(name, migrated, dimension, self.encoder)
+
+    async def _create(self, name: str, dimension: int) -> None:
+        await self.client.create_collection(
+            name,
+            vectors_config=models.VectorParams(size=dimension, distance=models.Distance.COSINE),
+            sparse_vectors_config={SPARSE: models.SparseVectorParams(modifier=models.Modifier.IDF)},
+        )
+        for field in () if self.local else _INDEXED_FIELDS:
+            await self.client.create_payload_index(name, field, models.PayloadSchemaType.KEYWORD)
+        log.info("created collection", extra={"collection": name, "dim": dimension})
+
+    async def _alias(self, alias: str, target: str) -> None:
+        create = models.CreateAlias(collection_name=target, alias_name=alias)
+        await self.client.update_collection_aliases(
+            change_aliases_operations=[models.CreateAliasOperation(create_alias=create)]
+        )
+
+    async def _migrate(
+        self, name: str, target: str, dimension: int, encoder: SparseEncoder
+    ) -> None:
+        """Copy a dense-only collection to one with lexical vectors, then alias it."""
+        if await self.client.collection_exists(target):  # a copy cut short: start it again
+            await self.client.delete_collection(target)
+        await self._create(target, dimension)
+        copied, offset = 0, None
+        while True:
+            records, offset = await self.client.scroll(
+                name, limit=SCROLL_PAGE, offset=offset, with_payload=True, with_vectors=True
+            )
+            texts = [str((r.payload or {}).get("text", "")) for r in records]
+            sparse = await asyncio.to_thread(encoder.documents, texts)
+            await self._upsert_into(
+                target,
+                [
+                    Point(str(r.id), _dense(r.vector) or [], r.payload or {}, s)
+                    for r, s in zip(records, sparse, strict=True)
+                ],
+            )
+            copied += len(records)
+            if offset is None:
+                break
+        before = (await self.client.count(name, exact=True)).count
+        after = (await self.client.count(target, exact=True)).count
+        if after != before:
+            raise IndexConfigError(
+                f"migrating {name!r} copied {after} of {before} chunks to {target!r}; "
+                f"{name!r} is kept as it was: restart rag to try again"
+            )
+        await self.client.delete_collection(name)
+        await self._alias(name, target)
+        log.info("migrated collection", extra={"collection": name, "to": target, "n": copied})
 
     async def ready(self) -> bool:
         """Whether the collection exists."""
@@ -119,12 +228,16 @@ class QdrantIndex:
 
     async def upsert(self, points: Sequence[Point]) -> None:
         """Insert or replace points, in batches."""
+        await self._upsert_into(self.collection, points)
+
+    async def _upsert_into(self, collection: str, points: Sequence[Point]) -> None:
         for start in range(0, len(points), UPSERT_BATCH):
             batch = points[start : start + UPSERT_BATCH]
             await self.client.upsert(
-                self.collection,
+                collection,
                 points=[
-                    models.PointStruct(id=p.id, vector=p.vector, payload=p.payload) for p in batch
+                    models.PointStruct(id=p.id, vector=_vectors(p), payload=p.payload)
+                    for p in batch
                 ],
                 wait=True,
             )
@@ -156,49 +269,95 @@ class QdrantIndex:
             )
 
     async def search(self, query: Query) -> list[Hit]:
-        """Nearest points within the query's tenant and filters."""
+        """Nearest points within the query's tenant and filters (fused with BM25 if hybrid)."""
         if self.local and not (
             query.match or query.exclude_point_ids or query.exclude_document_ids
         ):
-            found = await self._search_then_keep_tenant(query)
+            found = await self._local_tenant_search(query)
             if found is not None:
-                return found
-        return await self._search(query, _filter(query), query.limit)
+                return [_hit(p) for p in found]
+        flt = _filter(query)
+        if query.fusion is None or query.sparse is None:
+            return [
+                _hit(p) for p in await self._points(query, query.vector, None, flt, query.limit)
+            ]
+        candidates = max(query.fusion.candidates, query.limit)
+        prefetch = [models.Prefetch(query=query.vector, filter=flt, limit=candidates)]
+        if query.sparse.indices:  # a question of stopwords only has no lexical side
+            prefetch.append(
+                models.Prefetch(
+                    query=_sparse(query.sparse), using=SPARSE, filter=flt, limit=candidates
+                )
+            )
+        response = await self.client.query_points(
+            self.collection,
+            prefetch=prefetch,
+            query=_rrf(query.fusion.rrf_k),
+            query_filter=flt,
+            limit=query.limit,
+            with_payload=True,
+            with_vectors=query.with_vectors,
+        )
+        return [_hit(p) for p in response.points]
 
-    async def _search_then_keep_tenant(self, query: Query) -> list[Hit] | None:
+    async def _local_tenant_search(self, query: Query) -> list[models.ScoredPoint] | None:
+        """Local mode: each side searched unfiltered (vectorised), then fused by Qdrant's RRF.
+
+        Each side's tenant list is exact (see `_top_of_tenant`), so fusing them with the very
+        function local mode's query API uses gives what the filtered query would, fast.
+        """
+        if query.fusion is None or query.sparse is None:
+            return await self._top_of_tenant(query, query.vector, None, query.limit)
+        candidates = max(query.fusion.candidates, query.limit)
+        dense = await self._top_of_tenant(query, query.vector, None, candidates)
+        if dense is None:
+            return None
+        sides = [dense]
+        if query.sparse.indices:
+            lexical = await self._top_of_tenant(query, _sparse(query.sparse), SPARSE, candidates)
+            if lexical is None:
+                return None
+            sides.append(lexical)
+        return reciprocal_rank_fusion(
+            sides, limit=query.limit, ranking_constant_k=query.fusion.rrf_k
+        )
+
+    async def _top_of_tenant(
+        self, query: Query, vector: list[float] | models.SparseVector, using: str | None, k: int
+    ) -> list[models.ScoredPoint] | None:
         """Local mode: an unfiltered (vectorised) search, then keep the tenant's points.
 
         Exact, not approximate: when the global top L holds at least k of the tenant's points,
         those are the tenant's top k, since any better one of the tenant's would be in the top L
-        too; when it returned fewer than L points, it saw every point. Otherwise (None) the
-        caller runs the filtered search. Isolation does not depend on this: the tenant check
-        below is on the stored payload.
+        too; when it returned fewer than L points, it saw every point (that matched). Otherwise
+        (None) the caller runs the filtered search. Isolation does not depend on this: the
+        tenant check below is on the stored payload.
         """
-        wide = query.limit * LOCAL_WIDEN
-        hits = await self._search(query, None, wide)
-        mine = [h for h in hits if h.payload.get("tenant") == query.tenant]
-        if len(mine) >= query.limit or len(hits) < wide:
-            return mine[: query.limit]
+        wide = k * LOCAL_WIDEN
+        points = await self._points(query, vector, using, None, wide)
+        mine = [p for p in points if (p.payload or {}).get("tenant") == query.tenant]
+        if len(mine) >= k or len(points) < wide:
+            return mine[:k]
         return None
 
-    async def _search(self, query: Query, flt: models.Filter | None, limit: int) -> list[Hit]:
+    async def _points(
+        self,
+        query: Query,
+        vector: list[float] | models.SparseVector,
+        using: str | None,
+        flt: models.Filter | None,
+        limit: int,
+    ) -> list[models.ScoredPoint]:
         response = await self.client.query_points(
             self.collection,
-            query=query.vector,
+            query=vector,
+            using=using,
             query_filter=flt,
             limit=limit,
             with_payload=True,
             with_vectors=query.with_vectors,
         )
-        return [
-            Hit(
-                id=str(p.id),
-                score=float(p.score),
-                payload=p.payload or {},
-                vector=_dense(p.vector),
-            )
-            for p in response.points
-        ]
+        return response.points
 
     async def count(self, tenant: str | None = None, document_id: str | None = None) -> int:
         """Exact count of points, optionally of one tenant and/or document."""
@@ -224,7 +383,36 @@ def _match(key: str, value: object) -> models.FieldCondition:
     raise TypeError(f"cannot match {key!r} on a {type(value).__name__}")
 
 
+def _hit(point: models.ScoredPoint) -> Hit:
+    return Hit(
+        id=str(point.id),
+        score=float(point.score),
+        payload=point.payload or {},
+        vector=_dense(point.vector),
+    )
+
+
+def _sparse(vector: SparseVector) -> models.SparseVector:
+    return models.SparseVector(indices=vector.indices, values=vector.values)
+
+
+def _vectors(point: Point) -> Any:
+    """The dense vector alone, or with the lexical one (an empty text has none)."""
+    if point.sparse is None or not point.sparse.indices:
+        return point.vector
+    return {"": point.vector, SPARSE: _sparse(point.sparse)}
+
+
+def _rrf(rank_constant: int) -> models.FusionQuery | models.RrfQuery:
+    """Qdrant's RRF; its default constant as a plain `FusionQuery`, which older servers know."""
+    if rank_constant == DEFAULT_RANKING_CONSTANT_K:
+        return models.FusionQuery(fusion=models.Fusion.RRF)
+    return models.RrfQuery(rrf=models.Rrf(k=rank_constant))
+
+
 def _dense(vector: object) -> list[float] | None:
+    if isinstance(vector, dict):  # named vectors: the dense one is the unnamed default
+        vector = vector.get("")
     if isinstance(vector, list) and all(isinstance(x, float | int) for x in vector):
         return [float(x) for x in vector]
     return None

@@ -24,9 +24,11 @@ Retrieval contract (port 8001, `RAG_PORT`)
 
     answers ``{"chunks": [RetrievedChunk, ...], "tenant": "acme"}``, best first, where each
     chunk is `raftloop_core.events.RetrievedChunk`: ``chunk_id`` ("<document_id>#<chunk_index>"),
-    ``document_id``, ``text``, ``score`` (cosine similarity), ``title``, ``source``,
-    ``chunk_index``. ``source`` is a label (a file name), never a path on a server. The
-    gateway cites ``title`` and ``document_id`` and records the chunks in
+    ``document_id``, ``text``, ``score``, ``title``, ``source``,
+    ``chunk_index``. ``score`` is the cosine similarity with RAG_SEARCH=dense, the fused
+    reciprocal-rank score with hybrid and the cross-encoder's with hybrid+rerank: compare
+    scores within one answer only. ``source`` is a label (a file name), never a path on a
+    server. The gateway cites ``title`` and ``document_id`` and records the chunks in
     `ChatCompleted.retrieved`.
 
     Tenants: a key searches its own tenant. ``tenant`` may name another one only with a key
@@ -59,9 +61,17 @@ from raftloop_core.limits import install_request_guards
 from raftloop_core.messaging import consumer_options, make_broker
 from raftloop_core.service import ReadinessCheck, add_ops_routes, broker_check
 from raftloop_rag.chunking import ChunkingPolicy
-from raftloop_rag.domain import Embedder, RagError, VectorIndex
+from raftloop_rag.domain import (
+    Embedder,
+    Fusion,
+    RagError,
+    Reranker,
+    SparseEncoder,
+    VectorIndex,
+)
 from raftloop_rag.indexing import Indexer
-from raftloop_rag.retrieval import Retriever
+from raftloop_rag.lexical import Bm25sSparseEncoder
+from raftloop_rag.retrieval import Retriever, Search
 from raftloop_rag.routes import retrieval_router
 from raftloop_rag.settings import RagSettings
 from raftloop_rag.telemetry import RagMetrics
@@ -95,10 +105,39 @@ def subscribe(broker: KafkaBroker, settings: RagSettings, indexer: Indexer, m: R
         m.chunks.labels("deleted").inc(result.deleted)
 
 
+def search_for(
+    settings: RagSettings, encoder: SparseEncoder | None, reranker: Reranker | None
+) -> Search:
+    """The retriever's ranking, as RAG_SEARCH and its parameters say.
+
+    Raises:
+        RagError: the mode needs an encoder or reranker that was not given.
+    """
+    return Search(
+        mode=settings.search,
+        encoder=encoder,
+        fusion=Fusion(candidates=settings.fusion_candidates, rrf_k=settings.rrf_k),
+        reranker=reranker,
+        rerank_candidates=settings.rerank_candidates,
+    )
+
+
 def create_app(
-    settings: RagSettings, *, embedder: Embedder, index: VectorIndex, keys: KeyStore
+    settings: RagSettings,
+    *,
+    embedder: Embedder,
+    index: VectorIndex,
+    keys: KeyStore,
+    encoder: SparseEncoder | None = None,
+    reranker: Reranker | None = None,
 ) -> FastAPI:
-    """Wire the indexing consumer, the retrieval API and the ops routes."""
+    """Wire the indexing consumer, the retrieval API and the ops routes.
+
+    `encoder` builds the lexical vectors that hybrid search needs (stored whatever the mode;
+    pure, no model and no I/O, so bm25s's is the default); `reranker` is needed by
+    `hybrid+rerank` only.
+    """
+    encoder = encoder or Bm25sSparseEncoder()
     registry = CollectorRegistry()
     broker = make_broker(
         settings.kafka,
@@ -107,9 +146,13 @@ def create_app(
         service="rag",
     )
     metrics = RagMetrics.create(registry)
-    indexer = Indexer(embedder, index, chunking_policy(settings, embedder))
+    indexer = Indexer(embedder, index, chunking_policy(settings, embedder), encoder)
     retriever = Retriever(
-        embedder, index, mmr_lambda=settings.mmr_lambda, mmr_candidates=settings.mmr_candidates
+        embedder,
+        index,
+        mmr_lambda=settings.mmr_lambda,
+        mmr_candidates=settings.mmr_candidates,
+        search=search_for(settings, encoder, reranker),
     )
     subscribe(broker, settings, indexer, metrics)
     state = {"collection": False}

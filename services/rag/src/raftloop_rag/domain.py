@@ -10,7 +10,7 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
-from typing import Protocol
+from typing import Literal, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -35,16 +35,40 @@ class IndexConfigError(RagError):
     """The vector collection does not fit the embedding model."""
 
 
+SearchMode = Literal["dense", "hybrid", "hybrid+rerank"]
+"""How rag ranks chunks (`RAG_SEARCH`): dense vectors only, dense and BM25 fused by reciprocal
+rank fusion, or that fusion reranked by a cross-encoder."""
+
+
 # ---------------------------------------------------------------- ports
 
 
 @dataclass(frozen=True)
+class SparseVector:
+    """A lexical vector: term indices and their weights."""
+
+    indices: list[int]
+    values: list[float]
+
+
+@dataclass(frozen=True)
 class Point:
-    """A chunk ready to be stored: id, vector and payload."""
+    """A chunk ready to be stored: id, dense vector, payload and (hybrid) sparse vector."""
 
     id: str
     vector: list[float]
     payload: dict[str, object]
+    sparse: SparseVector | None = None
+
+
+@dataclass(frozen=True)
+class Fusion:
+    """How a hybrid search fuses its dense and lexical candidates (reciprocal rank fusion)."""
+
+    candidates: int
+    """Each side contributes its best `candidates` points (at least the query's limit)."""
+    rrf_k: int
+    """RRF's rank constant: a point at rank r (from 0) of a side adds 1 / (r + rrf_k)."""
 
 
 @dataclass(frozen=True)
@@ -68,6 +92,9 @@ class Query:
     exclude_point_ids: Sequence[str] = ()
     exclude_document_ids: Sequence[str] = ()
     with_vectors: bool = False
+    sparse: SparseVector | None = None
+    """Set (with `fusion`): a hybrid search, dense and lexical fused."""
+    fusion: Fusion | None = None
 
 
 class Embedder(Protocol):
@@ -94,11 +121,36 @@ class Embedder(Protocol):
         ...
 
 
+class SparseEncoder(Protocol):
+    """Turns texts into lexical sparse vectors (BM25's term part; the index adds IDF)."""
+
+    name: str
+
+    def documents(self, texts: Sequence[str]) -> list[SparseVector]:
+        """One vector per stored chunk."""
+        ...
+
+    def query(self, text: str) -> SparseVector:
+        """The vector of a question."""
+        ...
+
+
+class Reranker(Protocol):
+    """Orders candidate chunks by a model reading the question and each chunk together."""
+
+    def scores(self, query: str, texts: Sequence[str]) -> list[float]:
+        """One relevance score per text; higher is better."""
+        ...
+
+
 class VectorIndex(Protocol):
     """The vector collection."""
 
     async def ensure(self, dimension: int) -> None:
-        """Create the collection if missing; fail if it has another dimension."""
+        """Create the collection if missing; fail if it has another dimension.
+
+        A collection without the lexical vectors (made before hybrid search) is migrated.
+        """
         ...
 
     async def ready(self) -> bool:

@@ -17,7 +17,14 @@ from dataclasses import dataclass
 
 from raftloop_core.events import DocumentDeleted, DocumentSubmitted
 from raftloop_rag.chunking import ChunkingPolicy, chunk_text
-from raftloop_rag.domain import Embedder, Point, VectorIndex, point_id, public_source
+from raftloop_rag.domain import (
+    Embedder,
+    Point,
+    SparseEncoder,
+    VectorIndex,
+    point_id,
+    public_source,
+)
 
 log = logging.getLogger(__name__)
 
@@ -39,10 +46,18 @@ class IndexResult:
 class Indexer:
     """Applies document events to the vector index."""
 
-    def __init__(self, embedder: Embedder, index: VectorIndex, policy: ChunkingPolicy) -> None:
+    def __init__(
+        self,
+        embedder: Embedder,
+        index: VectorIndex,
+        policy: ChunkingPolicy,
+        encoder: SparseEncoder | None = None,
+    ) -> None:
         self.embedder = embedder
         self.index = index
         self.policy = policy
+        # Lexical vectors are stored whatever RAG_SEARCH is, so switching it needs no re-index.
+        self.encoder = encoder
         # One document at a time: the diff of old and new points must not interleave.
         self._lock = asyncio.Lock()
         self.signature = f"{embedder.name}/{policy.max_tokens}/{policy.overlap_tokens}"
@@ -94,7 +109,9 @@ class Indexer:
             policy=self.policy,
             plain_headings=event.format != "md",
         )
-        vectors = self.embedder.embed([c.text for c in chunks])
+        texts = [c.text for c in chunks]
+        vectors = self.embedder.embed(texts)
+        sparse = self.encoder.documents(texts) if self.encoder else [None] * len(chunks)
         first = event.part * PART_STRIDE
         return [
             Point(
@@ -116,8 +133,9 @@ class Indexer:
                     "fingerprint": self.fingerprint(event, len(chunks)),
                     "metadata": dict(event.metadata),
                 },
+                sparse=lexical,
             )
-            for chunk, vector in zip(chunks, vectors, strict=True)
+            for chunk, vector, lexical in zip(chunks, vectors, sparse, strict=True)
         ]
 
     async def submitted(self, event: DocumentSubmitted) -> IndexResult:

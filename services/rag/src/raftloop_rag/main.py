@@ -8,14 +8,20 @@ from __future__ import annotations
 import os
 
 from fastapi import FastAPI
+from pydantic import ValidationError
 from qdrant_client import AsyncQdrantClient
 
 from raftloop_core.api import KeyStore
 from raftloop_core.logs import configure_logging
 from raftloop_core.settings import SettingsError, check_kafka_secrets, check_secret
-from raftloop_rag.adapters import QdrantIndex, SentenceTransformerEmbedder
+from raftloop_rag.adapters import (
+    CrossEncoderReranker,
+    QdrantIndex,
+    SentenceTransformerEmbedder,
+)
 from raftloop_rag.app import create_app
 from raftloop_rag.domain import IndexConfigError
+from raftloop_rag.lexical import Bm25sSparseEncoder
 from raftloop_rag.settings import RagSettings
 
 
@@ -52,19 +58,36 @@ def build() -> FastAPI:
     # Before torch loads: OpenMP threads that spin while waiting collapse under shared cores.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    settings = RagSettings()
+    try:
+        settings = RagSettings()
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in exc.errors()
+        )
+        raise SystemExit(f"rag: invalid settings: {problems}") from None
     configure_logging("rag", level=settings.runtime.log_level, fmt=settings.runtime.log_format)
     try:
         check_kafka_secrets(settings.kafka, settings.runtime)
         keys = KeyStore.for_runtime(settings.runtime, settings.api_keys_file)
         model = settings.model_path()
+        reranker = (
+            CrossEncoderReranker(settings.rerank_model, device=settings.embedding_device)
+            if settings.search == "hybrid+rerank" and settings.rerank_model
+            else None
+        )
+        encoder = Bm25sSparseEncoder()
         # The Qdrant client first: a locked local folder is reported before the model loads.
         index = QdrantIndex(
-            qdrant_client(settings), settings.collection, local=not settings.qdrant_url
+            qdrant_client(settings),
+            settings.collection,
+            local=not settings.qdrant_url,
+            encoder=encoder,
         )
         embedder = SentenceTransformerEmbedder(
             model, device=settings.embedding_device, batch_size=settings.embedding_batch_size
         )
     except (SettingsError, IndexConfigError) as exc:
         raise SystemExit(f"rag: {exc}") from None
-    return create_app(settings, embedder=embedder, index=index, keys=keys)
+    return create_app(
+        settings, embedder=embedder, index=index, keys=keys, encoder=encoder, reranker=reranker
+    )

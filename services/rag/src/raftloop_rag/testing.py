@@ -28,6 +28,7 @@ from raftloop_core.topics import Topic, dead_letter
 from raftloop_rag.adapters import QdrantIndex
 from raftloop_rag.app import create_app
 from raftloop_rag.domain import Embedder
+from raftloop_rag.lexical import Bm25sSparseEncoder
 from raftloop_rag.settings import RagSettings
 
 KEYS = {
@@ -142,8 +143,10 @@ async def running_rag(
     """Start rag on real local-mode Qdrant and the session broker; stop it afterwards."""
     ensure_topics(settings.kafka, {settings.topic: 3, dead_letter(settings.topic): 1})
     location = settings.local_path()
-    index = QdrantIndex(AsyncQdrantClient(path=str(location)), settings.collection, local=True)
-    app = create_app(settings, embedder=embedder, index=index, keys=keys)
+    encoder = Bm25sSparseEncoder()
+    client = AsyncQdrantClient(path=str(location))
+    index = QdrantIndex(client, settings.collection, local=True, encoder=encoder)
+    app = create_app(settings, embedder=embedder, index=index, keys=keys, encoder=encoder)
     producer = make_broker(settings.kafka)
     async with app.router.lifespan_context(app), producer:
         await producer.start()
