@@ -6,7 +6,6 @@ import importlib
 import json
 import os
 import signal
-import subprocess
 import sys
 import threading
 from dataclasses import asdict
@@ -19,7 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from raftloop_cli.demo import demo as demo_command
-from raftloop_cli.services import SERVICES, installed_services
+from raftloop_cli.services import SERVICES, ServiceSpec, installed_services
 from raftloop_cli.supervisor import StartupError, Supervisor
 from raftloop_core.credentials import credentials_path, ensure_dev_credentials
 from raftloop_core.embedded import DEFAULT_STORAGE, EmbeddedBroker, EmbeddedBrokerError
@@ -194,32 +193,20 @@ def up(
         services = [s for s in services if s.name in wanted]
     for spec in services:
         _ = spec.port  # a bad <SVC>_PORT fails here, before anything starts
-    _prepare_models()
-    if not runtime.production:
-        ensure_dev_credentials(runtime.model_copy(update={"data_dir": data_dir}))
+    try:
+        # Nothing runs yet: Ctrl-C here simply ends the program.
+        _prepare_models()
+        if not runtime.production:
+            ensure_dev_credentials(runtime.model_copy(update={"data_dir": data_dir}))
+    except KeyboardInterrupt:
+        console.print("stopped.")
+        raise typer.Exit(0) from None
     sup = Supervisor(console, data_dir, env={"RAFTLOOP_DATA_DIR": str(data_dir)})
-    signal.signal(signal.SIGINT, sup.request_stop)
-    signal.signal(signal.SIGTERM, sup.request_stop)
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, sup.request_stop)
     code = 0
     try:
-        if os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
-            address = kafka.bootstrap_servers
-        else:
-            address = sup.start_broker(port, storage)
-        kafka = kafka.model_copy(update={"bootstrap_servers": address})
-        sup.env["KAFKA_BOOTSTRAP_SERVERS"] = address
-        ensure_topics(kafka)
-        console.print(f"[bold]broker[/] {address}")
-        for spec in services:
-            if sup._stopping.is_set():
-                break
-            sup.wait_healthy(sup.start(spec))
-            console.print(f"[bold green]{spec.name} ready[/] {spec.url}")
-        if not sup._stopping.is_set() and any(s.name == "ingest" for s in services):
-            _seed_demo_knowledge_base(runtime, sup.env)
-        if not sup._stopping.is_set():
-            _print_urls(runtime, data_dir, address, [s.name for s in services])
-            code = sup.watch()
+        code = _run(sup, runtime, kafka, services, port=port, storage=storage)
     except KNOWN_ERRORS as exc:
         console.print(f"[bold red]raftloop: error:[/] {exc}", soft_wrap=True)
         code = 2
@@ -230,7 +217,37 @@ def up(
     raise typer.Exit(code)
 
 
-def _seed_demo_knowledge_base(runtime: RuntimeSettings, env: dict[str, str]) -> None:
+def _run(
+    sup: Supervisor,
+    runtime: RuntimeSettings,
+    kafka: KafkaSettings,
+    services: list[ServiceSpec],
+    *,
+    port: int,
+    storage: str,
+) -> int:
+    """Start the broker and the services in order, then watch them; 0 after a requested stop."""
+    if os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
+        address = kafka.bootstrap_servers
+    else:
+        address = sup.start_broker(port, storage)
+    kafka = kafka.model_copy(update={"bootstrap_servers": address})
+    sup.env["KAFKA_BOOTSTRAP_SERVERS"] = address
+    ensure_topics(kafka)
+    console.print(f"[bold]broker[/] {address}")
+    for spec in services:
+        if sup.stopping or not sup.wait_healthy(sup.start(spec)):
+            return 0
+        console.print(f"[bold green]{spec.name} ready[/] {spec.url}")
+    if any(s.name == "ingest" for s in services):
+        _seed_demo_knowledge_base(sup, runtime)
+    if sup.stopping:
+        return 0
+    _print_urls(runtime, sup.data_dir, address, [s.name for s in services])
+    return sup.watch()
+
+
+def _seed_demo_knowledge_base(sup: Supervisor, runtime: RuntimeSettings) -> None:
     """Publish the demo handbook on a development platform (a no-op once it is there)."""
     if runtime.production or os.environ.get("RAFTLOOP_DEMO_KB", "true").lower() in ("0", "false"):
         return
@@ -238,13 +255,12 @@ def _seed_demo_knowledge_base(runtime: RuntimeSettings, env: dict[str, str]) -> 
         kb = importlib.import_module("raftloop_demo_kb")
     except ModuleNotFoundError:
         return
-    done = subprocess.run(
+    done = sup.run_task(
         [sys.executable, "-m", "raftloop_cli", "kb", "add", str(kb.docs_dir())],
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        check=False,
+        env={**os.environ, **sup.env},
     )
+    if done is None:
+        return  # stopped meanwhile
     lines = (done.stdout + done.stderr).strip().splitlines()
     summary = lines[-1] if lines else f"exit {done.returncode}"
     if done.returncode != 0:

@@ -6,6 +6,9 @@ import importlib.util
 import os
 from dataclasses import dataclass
 
+GRACEFUL_SHUTDOWN_S = 3
+"""Seconds uvicorn lets open requests finish after SIGTERM before it closes them."""
+
 
 @dataclass(frozen=True)
 class ServiceSpec:
@@ -58,6 +61,10 @@ class ServiceSpec:
             "--port",
             str(self.port),
             "--no-access-log",
+            # Open requests (a streaming chat) get this long after SIGTERM, so that `up`'s
+            # Ctrl-C ends within its bound (#18); clients retry elsewhere or later.
+            "--timeout-graceful-shutdown",
+            str(GRACEFUL_SHUTDOWN_S),
         ]
 
 

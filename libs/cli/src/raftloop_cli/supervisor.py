@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -19,6 +20,10 @@ from rich.console import Console
 from raftloop_cli.services import ServiceSpec, service_urls
 from raftloop_core.embedded import EmbeddedBroker, port_in_use
 
+STOP_GRACE_S = 5.0
+"""How long a service may take to exit after SIGTERM (uvicorn's own drain is shorter)."""
+BROKER_GRACE_S = 2.0
+"""How long the broker may take to exit after SIGTERM, once the services are gone."""
 COLOURS = ("cyan", "magenta", "green", "yellow", "blue", "bright_red", "bright_cyan")
 
 
@@ -50,10 +55,18 @@ class Supervisor:
     def start_broker(self, port: int, storage: str) -> str:
         """Start the embedded broker (logs under the data folder) and return its address."""
         self.broker = EmbeddedBroker(
-            port=port, storage=storage, log_path=self.data_dir / "logs" / "broker.log"
+            port=port,
+            storage=storage,
+            log_path=self.data_dir / "logs" / "broker.log",
+            own_session=True,
         )
         self.broker.start()
         return self.broker.bootstrap_servers
+
+    @property
+    def stopping(self) -> bool:
+        """Whether a stop was requested (Ctrl-C, SIGTERM, SIGHUP)."""
+        return self._stopping.is_set()
 
     def start(self, spec: ServiceSpec) -> Child:
         """Start one service as a child process."""
@@ -63,12 +76,15 @@ class Supervisor:
                 f"set {spec.port_env} to a free port"
             )
         env = {**service_urls(), **os.environ, **self.env}
+        # A session of its own: a terminal's Ctrl-C reaches `up` alone, which stops the
+        # services first and the broker last (#18); the broker dying first made ingest spin.
         proc = subprocess.Popen(
             spec.command(sys.executable),
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
+            start_new_session=True,
         )
         child = Child(spec, proc, COLOURS[len(self.children) % len(COLOURS)])
         assert proc.stdout is not None
@@ -76,6 +92,29 @@ class Supervisor:
         child.relay.start()
         self.children.append(child)
         return child
+
+    def run_task(
+        self, args: list[str], env: dict[str, str]
+    ) -> subprocess.CompletedProcess[str] | None:
+        """Run a helper command to completion; None if a stop was requested (it is then ended)."""
+        proc = subprocess.Popen(
+            args,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            start_new_session=True,
+        )
+        while True:
+            try:
+                out, err = proc.communicate(timeout=0.25)
+                return subprocess.CompletedProcess(args, proc.returncode, out, err)
+            except subprocess.TimeoutExpired:
+                if self.stopping:
+                    _stop_tree([psutil.Process(proc.pid)], grace_s=STOP_GRACE_S)
+                    proc.communicate()
+                    return None
 
     def _relay(self, child: Child, stream: IO[bytes]) -> None:
         log = open(self.data_dir / "logs" / f"{child.spec.name}.log", "ab")  # noqa: SIM115
@@ -90,11 +129,17 @@ class Supervisor:
                     soft_wrap=True,
                 )
 
-    def wait_healthy(self, child: Child) -> None:
-        """Block until the child answers /healthz, or fail with the reason."""
+    def wait_healthy(self, child: Child) -> bool:
+        """Block until the child answers /healthz (True) or a stop is requested (False).
+
+        Raises:
+            StartupError: it exited or did not become healthy in time.
+        """
         deadline = time.monotonic() + child.spec.start_timeout_s
         url = f"{child.spec.url}/healthz"
         while time.monotonic() < deadline:
+            if self.stopping:
+                return False
             if child.proc.poll() is not None:
                 raise StartupError(
                     f"{child.spec.name} exited with code {child.proc.returncode} while starting; "
@@ -102,10 +147,10 @@ class Supervisor:
                 )
             try:
                 if httpx.get(url, timeout=1.0).status_code == 200:
-                    return
+                    return True
             except httpx.HTTPError:
                 pass
-            time.sleep(0.25)
+            self._stopping.wait(0.25)
         raise StartupError(
             f"{child.spec.name} did not become healthy within {child.spec.start_timeout_s:.0f}s"
         )
@@ -130,28 +175,54 @@ class Supervisor:
         """Signal handler: ask `watch` to return."""
         self._stopping.set()
 
-    def stop_all(self, timeout_s: float = 15.0) -> None:
-        """Stop every child (and anything it started), then the broker."""
-        procs: list[psutil.Process] = []
-        for child in self.children:
-            try:
-                parent = psutil.Process(child.proc.pid)
-                procs += [*parent.children(recursive=True), parent]
-            except psutil.NoSuchProcess:
-                continue
-        for proc in procs:
-            try:
-                proc.send_signal(signal.SIGTERM)
-            except psutil.NoSuchProcess:
-                continue
-        _, alive = psutil.wait_procs(procs, timeout=timeout_s)
-        for proc in alive:
-            try:
-                proc.kill()
-            except psutil.NoSuchProcess:
-                continue
-        psutil.wait_procs(alive, timeout=5)
+    def stop_all(self, grace_s: float = STOP_GRACE_S) -> None:
+        """Stop every service (and what it started), then the broker; bounded in time.
+
+        The services go first, all at once, while the broker still runs, so their consumers
+        leave their groups and nothing retries against a dead broker. Each gets SIGTERM (its
+        own shutdown cancels work in flight, e.g. a training job, which resumes after a
+        restart) and `grace_s` to exit, then SIGKILL.
+        """
+        _stop_tree([psutil.Process(c.proc.pid) for c in self.children if _alive(c.proc)], grace_s)
         for child in self.children:
             child.proc.wait()  # reap, so no zombie is left behind
+        for child in self.children:
+            if child.relay is not None:
+                child.relay.join(timeout=1.0)  # their last lines, unless a grandchild holds on
         if self.broker:
-            self.broker.stop()
+            self.broker.stop(timeout_s=BROKER_GRACE_S)
+
+
+def _alive(proc: subprocess.Popen[bytes]) -> bool:
+    return proc.poll() is None
+
+
+def _stop_tree(parents: list[psutil.Process], grace_s: float) -> None:
+    """SIGTERM `parents`, wait up to `grace_s`, then SIGKILL them and every descendant.
+
+    Only the parents get SIGTERM: each stops its own children in order (the trainer cancels
+    its training job); what is still there after the grace, descendants included, is killed.
+    """
+    tree: dict[int, psutil.Process] = {}
+
+    def collect() -> None:
+        for parent in parents:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                for proc in [parent, *parent.children(recursive=True)]:
+                    tree.setdefault(proc.pid, proc)
+
+    collect()
+    for parent in parents:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            parent.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    pending = list(parents)
+    while pending and time.monotonic() < deadline:
+        collect()  # what they start while stopping is stopped too
+        _, pending = psutil.wait_procs(pending, timeout=0.1)
+    collect()
+    left = [proc for proc in tree.values() if proc.is_running()]
+    for proc in left:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.kill()
+    psutil.wait_procs(left, timeout=2)

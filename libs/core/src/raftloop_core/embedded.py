@@ -76,6 +76,9 @@ class EmbeddedBroker:
     storage: str = DEFAULT_STORAGE
     log_path: Path | None = None
     start_timeout_s: float = 15.0
+    own_session: bool = False
+    """Start it in a session of its own, so a terminal's Ctrl-C reaches only its owner, which
+    stops it after the clients that use it (`raftloop up` stops the services first)."""
     proc: subprocess.Popen[bytes] | None = field(default=None, init=False)
 
     @property
@@ -111,6 +114,7 @@ class EmbeddedBroker:
             stdout=out,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
+            start_new_session=self.own_session,
         )
         try:
             wait_for_port(self.host, self.port, timeout_s=self.start_timeout_s, proc=self.proc)
