@@ -7,6 +7,7 @@ child is left. Nothing here is a double: it is the same program a user runs.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -49,6 +50,27 @@ def platform_env(folder: Path, *, only: str | None = None) -> dict[str, str]:
     return env
 
 
+@dataclass(frozen=True)
+class Shutdown:
+    """How `raftloop up` stopped after Ctrl-C."""
+
+    seconds: float
+    """From the signal until `up` and every process of the platform were gone."""
+    code: int | None
+    """`up`'s exit code; None if it had not exited by the deadline."""
+    left: list[int]
+    """Pids of the platform's processes still there at the deadline (then killed)."""
+    lines: list[str]
+    """What `up` printed after the signal."""
+    exited: list[tuple[float, str]]
+    """(seconds after the signal, what) for each process as it went: `up`, `broker`, a
+    service's name, or another program's name."""
+
+    def gone_at(self, label: str) -> float:
+        """When the last process called `label` went."""
+        return max(t for t, what in self.exited if what == label)
+
+
 class PlatformFailed(AssertionError):
     """The platform did not come up, or did not stop cleanly."""
 
@@ -71,17 +93,28 @@ class Platform:
         only: str | None = None,
         env: Mapping[str, str] | None = None,
         timeout_s: float = 600,
+        wait: bool = True,
     ) -> Platform:
-        """Start `raftloop up` and wait until every service is healthy."""
+        """Start `raftloop up` and (with `wait`) wait until every service is healthy.
+
+        It runs in a session of its own, as a shell runs a command: `interrupt()` sends Ctrl-C
+        to that session's process group, as a terminal does.
+        """
         folder.mkdir(parents=True, exist_ok=True)
         settings = {**platform_env(folder, only=only), **(env or {})}
         log = folder / "up.log"
         out = open(log, "wb")  # noqa: SIM115 (closed in stop())
         inherited = {k: v for k, v in os.environ.items() if k != "KAFKA_BOOTSTRAP_SERVERS"}
         proc = subprocess.Popen(
-            [*RAFTLOOP, "up"], env={**inherited, **settings}, stdout=out, stderr=subprocess.STDOUT
+            [*RAFTLOOP, "up"],
+            env={**inherited, **settings},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         platform = cls(folder, settings, proc, log, out)
+        if not wait:
+            return platform
         try:
             platform.wait_for_line("raftloop is up", timeout_s)
         except BaseException:
@@ -136,26 +169,69 @@ class Platform:
             check=False,
         )
 
-    def stop(self, timeout_s: float = 90) -> None:
-        """Ctrl-C, as a user would; raises if it fails or leaves a process running."""
-        try:
-            descendants = psutil.Process(self.proc.pid).children(recursive=True)
-        except psutil.NoSuchProcess:
-            descendants = []
-        self.proc.send_signal(signal.SIGINT)
-        try:
-            code = self.proc.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            self.kill()
-            raise PlatformFailed(f"raftloop up did not stop in {timeout_s:.0f} s") from None
-        _gone, alive = psutil.wait_procs(descendants, timeout=10)
-        for proc in alive:
-            proc.kill()
+    def processes(self) -> list[psutil.Process]:
+        """Every process of this platform: `up` and whatever runs with its data folder.
+
+        Found by environment, not by parentage, so a child that outlived its parent (an
+        orphan) is found too.
+        """
+        mine = str(self.data_dir)
+        found = []
+        for proc in psutil.process_iter():
+            try:
+                if proc.pid == self.proc.pid or proc.environ().get("RAFTLOOP_DATA_DIR") == mine:
+                    found.append(proc)
+            except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+                continue
+        return found
+
+    def interrupt(self, timeout_s: float = 60) -> Shutdown:
+        """Ctrl-C as a terminal sends it, and measure how the platform stops."""
+        before = len(self.log.read_bytes().splitlines())
+        started = time.monotonic()
+        os.killpg(self.proc.pid, signal.SIGINT)
+        deadline = started + timeout_s
+        code: int | None = None
+        left = running = {p.pid: _label(p) for p in self.processes()}
+        exited: list[tuple[float, str]] = []
+        while time.monotonic() < deadline:
+            code = self.proc.poll()
+            now = {p.pid: _label(p) for p in self.processes()}
+            exited += [(time.monotonic() - started, running[pid]) for pid in running.keys() - now]
+            running = {**now, **{pid: label for pid, label in running.items() if pid in now}}
+            left = {pid: label for pid, label in now.items() if pid != self.proc.pid}
+            if code is not None and not left:
+                break
+            time.sleep(0.05)
+        seconds = time.monotonic() - started
+        for pid in left:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                psutil.Process(pid).kill()
+        if code is None:
+            self.proc.kill()
+        self.proc.wait()
         self._close()
-        if code != 0:
-            raise PlatformFailed(f"raftloop up exited with {code}:\n{self.output()[-4000:]}")
-        if alive:
-            raise PlatformFailed(f"left running after Ctrl-C: {[p.pid for p in alive]}")
+        printed = self.log.read_bytes().splitlines()[before:]
+        return Shutdown(
+            seconds=seconds,
+            code=code,
+            left=sorted(left),
+            exited=exited,
+            lines=[line.decode(errors="replace") for line in printed],
+        )
+
+    def stop(self, timeout_s: float = 90) -> Shutdown:
+        """Ctrl-C, as a user would; raises if it fails or leaves a process running."""
+        shutdown = self.interrupt(timeout_s)
+        if shutdown.code is None:
+            raise PlatformFailed(f"raftloop up did not stop in {timeout_s:.0f} s")
+        if shutdown.code != 0:
+            raise PlatformFailed(
+                f"raftloop up exited with {shutdown.code}:\n{self.output()[-4000:]}"
+            )
+        if shutdown.left:
+            raise PlatformFailed(f"left running after Ctrl-C: {shutdown.left}")
+        return shutdown
 
     def kill(self) -> None:
         """Kill the platform and everything it started (cleanup after a failure)."""
@@ -176,3 +252,21 @@ class Platform:
         if self._out is not None:
             self._out.close()
             self._out = None
+
+
+def _label(proc: psutil.Process) -> str:
+    """`up`, `broker`, a service's name, or the program's name."""
+    try:
+        args = proc.cmdline()
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return "?"
+    for arg in args:
+        if arg.endswith(".main:build") and arg.startswith("raftloop_"):
+            return arg.removeprefix("raftloop_").removesuffix(".main:build")
+    if args[-1:] == ["up"] and "raftloop_cli" in args:
+        return "up"
+    if args and Path(args[0]).name == "tansu":
+        return "broker"
+    if "-m" in args[:-1]:
+        return args[args.index("-m") + 1]  # a job such as raftloop_trainer.train
+    return Path(args[0]).name if args else "?"
