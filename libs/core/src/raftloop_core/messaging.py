@@ -31,6 +31,7 @@ from faststream.kafka import KafkaBroker
 from pydantic import ValidationError
 from typing_extensions import override
 
+from raftloop_core.logs import FastStreamLog
 from raftloop_core.settings import KafkaSettings
 from raftloop_core.topics import all_topics, dead_letter, is_dead_letter
 
@@ -309,6 +310,8 @@ def make_broker(
         security=_security(settings),
         # Per-message "Received"/"Processed" lines cost ~30% of throughput; keep them at DEBUG.
         log_level=logging.DEBUG,
+        # FastStream's own logger prints plain text to stdout; this one writes our JSON lines.
+        logger=FastStreamLog(),
         **kwargs,
     )
     policy = DeadLetterPolicy(broker, settings)
