@@ -13,8 +13,9 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
 import yaml
+
+from raftloop_core.testing import missing
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -47,10 +48,11 @@ USED: dict[str, str] = {}
 
 
 def tool(name: str) -> str:
-    """The path of a command-line validator, or skip the test saying how to install it."""
+    """The path of a command-line validator; without it, skip (fail in CI) saying how to get it."""
     path = shutil.which(name)
     if path is None:
-        pytest.skip(f"{name} is not installed ({INSTALL.get(name, name)}); see deploy/README.md")
+        missing(name, f"install it ({INSTALL.get(name, name)}); see deploy/README.md")
+        raise AssertionError("unreachable")
     if name not in USED:
         out = run(path, *VERSION_ARGS.get(name, ("--version",)))
         first = (out.stdout or out.stderr).strip().splitlines()

@@ -8,6 +8,7 @@ import pytest
 import yaml
 from deploy_tools import DEPLOY, SERVICES, run, tool, used
 
+from raftloop_core.testing import require_module
 from raftloop_core.topics import TOPIC_SPECS, Topic
 
 pytestmark = pytest.mark.integration
@@ -34,8 +35,8 @@ def _by_kind(docs: list[dict], *kinds: str) -> list[dict]:
 
 
 def test_manifests_pass_the_kubernetes_schema(rendered: list[dict]) -> None:
-    kv = pytest.importorskip(
-        "kubernetes_validate", reason="pip install kubernetes-validate (bundled schemas, offline)"
+    kv = require_module(
+        "kubernetes_validate", "pip install kubernetes-validate (bundled schemas, offline)"
     )
     version = kv.latest_version()
     used("kubernetes-validate", f"{kv.version.__version__}, schemas of Kubernetes {version}")
@@ -138,8 +139,8 @@ def test_base_renders_as_plain_manifests_too() -> None:
 
 def test_base_manifests_pass_the_schema_without_kustomize() -> None:
     """The same schema check on the base files as written, for machines without kubectl."""
-    kv = pytest.importorskip(
-        "kubernetes_validate", reason="pip install kubernetes-validate (bundled schemas, offline)"
+    kv = require_module(
+        "kubernetes_validate", "pip install kubernetes-validate (bundled schemas, offline)"
     )
     version = kv.latest_version()
     used("kubernetes-validate", f"{kv.version.__version__}, schemas of Kubernetes {version}")

@@ -27,6 +27,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from raftloop_core.credentials import hash_key
 from raftloop_core.settings import KafkaSettings
+from raftloop_core.testing import missing, require_module
 
 pytestmark = pytest.mark.integration
 
@@ -42,12 +43,12 @@ def _free_port() -> int:
 @pytest.fixture
 def database() -> Iterator[str]:
     """A fresh PostgreSQL database on the local server."""
-    psycopg = pytest.importorskip("psycopg")
+    psycopg = require_module("psycopg", "pip install 'psycopg[binary]'")
     name = f"deploy_{uuid.uuid4().hex[:12]}"
     try:
         admin = psycopg.connect("host=127.0.0.1 user=postgres dbname=postgres", autocommit=True)
     except psycopg.OperationalError as exc:
-        pytest.skip(f"no PostgreSQL at 127.0.0.1:5432 ({exc})")
+        missing(f"PostgreSQL at 127.0.0.1:5432 ({exc})", "start PostgreSQL 15 (trust auth)")
     with admin:
         admin.execute(f'CREATE DATABASE "{name}"')
         yield f"{PG}/{name}"
