@@ -34,6 +34,8 @@ KEYS = {
     "admin": ("default", "admin"),
     "other tenant": ("other", "client"),
     "other admin": ("other", "admin"),
+    # The two-tenant suite's tenants (issue #17), one key per role each.
+    **{f"{t} {r}": (t, r) for t in ("acme", "globex") for r in ("client", "internal", "admin")},
 }
 QUIET = {"RAFTLOOP_LOG_LEVEL": "INFO"}
 LOOP = ("ingest", "gateway", "judge", "hitl")

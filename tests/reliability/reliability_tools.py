@@ -303,6 +303,14 @@ HEADLINE = (
     ("hostile adapters loaded", "23-adapters", "loaded that should not have been"),
     ("auth matrix violations", "30-auth", "violations"),
     ("cross-tenant reads", "31-tenants", "cross-tenant reads"),
+    (
+        "two tenants: routes x callers x tenants tried",
+        "35-two-tenants",
+        "routes x callers x tenants tried",
+    ),
+    ("two tenants: cross-tenant reads", "35-two-tenants", "cross-tenant reads"),
+    ("two tenants: cross-tenant writes", "35-two-tenants", "cross-tenant writes"),
+    ("two tenants: cross-tenant serving", "35-two-tenants", "cross-tenant serving"),
     ("PII canaries leaked", "32-canaries", "leaked"),
     ("unapproved poisoned examples", "33-poisoning", "unapproved poisoned examples"),
     (

@@ -33,6 +33,7 @@ from reliability_tools import (
     unapproved_examples,
     violations,
 )
+from tenancy_matrix import operations
 
 from raftloop_core.topics import Topic
 
@@ -43,17 +44,6 @@ RAW_TOPICS = {Topic.CHAT_COMPLETED, Topic.CHAT_FEEDBACK}  # before ingest: raw t
 
 def _headers(fleet: Fleet, caller: str) -> dict[str, str]:
     return {} if caller == "no key" else {"Authorization": f"Bearer {fleet.keys[caller]}"}
-
-
-def _concrete(path: str, params: list[dict[str, object]]) -> str:
-    for param in params:
-        if param.get("in") != "path":
-            continue
-        schema = param.get("schema") or {}
-        kind = schema.get("type") if isinstance(schema, dict) else None
-        value = "1" if kind == "integer" else str(uuid.uuid4())
-        path = path.replace("{" + str(param["name"]) + "}", value)
-    return path
 
 
 # Bodies that fail validation (400) once a caller is admitted, for the routes whose `{}` would
@@ -71,20 +61,17 @@ def probe_service(fleet: Fleet, name: str) -> list[Probe]:
     assert spec.status_code == 200, f"{name}: no OpenAPI document ({spec.status_code})"
     probes = []
     with httpx.Client(base_url=base, timeout=60) as client:
-        for path, operations in sorted(spec.json()["paths"].items()):
-            for method, op in sorted(operations.items()):
-                if method not in ("get", "post", "put", "patch", "delete"):
-                    continue
-                url = _concrete(path, op.get("parameters", []))
-                body = INVALID_BODIES.get((name, method, path), {})
-                for caller in CALLERS:
-                    response = client.request(
-                        method.upper(),
-                        url,
-                        headers=_headers(fleet, caller),
-                        json=body if method in ("post", "put", "patch") else None,
-                    )
-                    probes.append(Probe(name, method.upper(), path, caller, response.status_code))
+        for op in operations(name, spec.json()):
+            url = op.placeholder_path(str(uuid.uuid4()))
+            body = INVALID_BODIES.get((name, op.method.lower(), op.path), {})
+            for caller in CALLERS:
+                response = client.request(
+                    op.method,
+                    url,
+                    headers=_headers(fleet, caller),
+                    json=body if op.method in ("POST", "PUT", "PATCH") else None,
+                )
+                probes.append(Probe(name, op.method, op.path, caller, response.status_code))
     return probes
 
 

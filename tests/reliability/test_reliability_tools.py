@@ -19,6 +19,7 @@ from reliability_tools import (
     unapproved_examples,
     violations,
 )
+from tenancy_matrix import OMIT, Alternatives, Unclassified, leaks, operations, plan
 
 
 def _records(*pairs: tuple[str, str]) -> list[Record]:
@@ -154,3 +155,103 @@ def test_only_an_approval_of_the_same_interaction_vouches_for_an_example() -> No
     ]
     found = unapproved_examples(rows, {"p1", "p2", "p3"}, {"r1": "p1"})
     assert [r["interaction_id"] for r in found] == ["p2", "p3"]
+
+
+# ---------------------------------------------------------------- two-tenant matrix rules
+
+SPEC = {
+    "paths": {
+        "/v1/items/{item_id}": {
+            "get": {"parameters": [{"name": "item_id", "in": "path", "required": True}]},
+        },
+        "/v1/widgets/{widget_id}": {
+            "delete": {"parameters": [{"name": "widget_id", "in": "path", "required": True}]},
+        },
+        "/v1/search": {
+            "post": {
+                "requestBody": {
+                    "content": {
+                        "application/json": {"schema": {"$ref": "#/components/schemas/Search"}}
+                    }
+                }
+            },
+        },
+        "/v1/train": {
+            "post": {
+                "requestBody": {
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "anyOf": [{"$ref": "#/components/schemas/Train"}, {"type": "null"}]
+                            }
+                        }
+                    }
+                }
+            },
+        },
+        "/v1/stats": {
+            "get": {"parameters": [{"name": "tenant", "in": "query", "required": False}]},
+            "head": {},
+        },
+    },
+    "components": {
+        "schemas": {
+            "Search": {
+                "properties": {"query": {}, "tenant": {}, "k": {}},
+                "required": ["query"],
+            },
+            "Train": {"properties": {"tenant": {}, "secret_sauce": {}}, "required": []},
+        }
+    },
+}
+
+
+def test_operations_come_from_the_openapi_document() -> None:
+    ops = {(o.method, o.path): o for o in operations("svc", SPEC)}
+    assert set(ops) == {
+        ("GET", "/v1/items/{item_id}"),
+        ("DELETE", "/v1/widgets/{widget_id}"),
+        ("POST", "/v1/search"),
+        ("POST", "/v1/train"),
+        ("GET", "/v1/stats"),
+    }
+    assert ops[("POST", "/v1/search")].body_fields == ("query", "tenant", "k")
+    assert ops[("POST", "/v1/search")].required_fields == ("query",)
+    assert ops[("POST", "/v1/train")].body_fields == ("tenant", "secret_sauce")
+    assert ops[("GET", "/v1/stats")].query_params == (("tenant", False),)
+
+
+def test_a_route_the_rules_cannot_aim_is_unclassified_not_skipped() -> None:
+    ops = {(o.method, o.path): o for o in operations("svc", SPEC)}
+    got = plan(ops[("DELETE", "/v1/widgets/{widget_id}")], {}, manual_forms={})
+    assert isinstance(got, Unclassified)
+    assert "widget_id" in str(got)
+    assert "classify it" in str(got)
+    missing = plan(ops[("POST", "/v1/search")], {"tenant": "acme"}, manual_forms={})
+    assert isinstance(missing, Unclassified)
+    assert "'query'" in str(missing)
+
+
+def test_the_victims_ids_and_tenant_fill_the_request() -> None:
+    ops = {(o.method, o.path): o for o in operations("svc", SPEC)}
+    values = {"item_id": 7, "tenant": Alternatives(("acme", OMIT)), "query": "refunds?"}
+    [read] = plan(ops[("GET", "/v1/items/{item_id}")], values, manual_forms={})
+    assert (read.url, read.names_object) == ("/v1/items/7", True)
+    named, omitted = plan(ops[("POST", "/v1/search")], values, manual_forms={})
+    assert named.json == {"query": "refunds?", "tenant": "acme"}
+    assert named.names_tenant
+    assert omitted.json == {"query": "refunds?"}
+    assert not omitted.names_tenant
+    by_query = plan(ops[("GET", "/v1/stats")], values, manual_forms={})
+    assert [a.params for a in by_query] == [{"tenant": "acme"}, {}]
+    # An optional field without a rule is left out, not guessed.
+    [train, _] = plan(ops[("POST", "/v1/train")], values, manual_forms={})
+    assert train.json == {"tenant": "acme"}
+
+
+def test_a_leak_is_a_secret_the_request_did_not_send() -> None:
+    secrets = {"iid-123", "acme-doc-text"}
+    echo = "no document 'iid-123' among this key's tenant's documents"
+    assert leaks(secrets, "/v1/documents/iid-123", echo) == []
+    assert leaks(secrets, "/v1/retrieve", '{"text": "acme-doc-text"}') == ["acme-doc-text"]
+    assert leaks(secrets | {""}, "/x", "anything") == []
