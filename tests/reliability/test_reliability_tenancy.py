@@ -379,8 +379,11 @@ def test_two_tenants_never_reach_each_others_objects(fleet: Fleet, tmp_path: Pat
                 "with a secret of the victim (ids, content markers) that the request did not "
                 "carry, or a 2xx on its path id. Writes: the victim's own views (items, "
                 "routing, queue, retrieval, adapters, training, models, agreement, users, "
-                "guidelines and audit pages) differ afterwards or hold the intruder's text, or "
-                "its admin can no longer sign in. Serving: `x-raftloop-adapter` of any answer "
+                "guidelines and audit pages, read after ingest, the judge and hitl caught up) "
+                "differ afterwards or hold the intruder's text, an event of the victim on "
+                "interaction.ingested, interaction.judged, review.completed or "
+                "dataset.example.curated holds it, or the victim's admin can no longer sign "
+                "in. Serving: `x-raftloop-adapter` of any answer "
                 "to the intruder is the victim's adapter, or the victim's chat is not served "
                 "by its own alias.",
                 "The status table is the globex -> acme direction (an entry per variant, e.g. "
@@ -388,6 +391,10 @@ def test_two_tenants_never_reach_each_others_objects(fleet: Fleet, tmp_path: Pat
                 '(`tenants: ["*"]` in the keys file): its requests that name the victim are '
                 "allowed reads, counted apart; that they return the victim's data shows the "
                 "oracle finds a read when there is one.",
+                "Found by this suite and fixed: feedback that reached hitl before its review "
+                "item (the interaction id sent by another tenant's key) was parked by id alone "
+                "and joined whichever tenant's item then arrived, showing its correction to "
+                "that tenant's reviewers; parked feedback now joins only its own tenant's item.",
                 *(f"Problem: {p}" for p in problems[:40]),
                 *(f"Unclassified: {u}" for u in unclassified),
             ],
