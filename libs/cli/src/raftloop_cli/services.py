@@ -49,20 +49,18 @@ class ServiceSpec:
             return False
 
     def command(self, python: str) -> list[str]:
-        """The child process command line."""
+        """The child process command line (uvicorn; a stop during start ends the start)."""
         return [
             python,
             "-m",
-            "uvicorn",
-            "--factory",
+            "raftloop_cli.serve",
             f"{self.package}.main:build",
             "--host",
             "127.0.0.1",
             "--port",
             str(self.port),
-            "--no-access-log",
             # Open requests (a streaming chat) get this long after SIGTERM, so that `up`'s
-            # Ctrl-C ends within its bound (#18); clients retry elsewhere or later.
+            # Ctrl-C ends within its bound (#18).
             "--timeout-graceful-shutdown",
             str(GRACEFUL_SHUTDOWN_S),
         ]
