@@ -11,6 +11,7 @@ from pydantic import BaseModel, Field
 
 from raftloop_core.api import ApiError, Caller, KeyStore, require
 from raftloop_core.events import Tenant
+from raftloop_judge.backpressure import EndpointStalled
 from raftloop_judge.evaluators import JudgeFailed, PairwiseJudge
 from raftloop_judge.service import JudgeService
 
@@ -57,7 +58,12 @@ def judge_router(keys: KeyStore, service: JudgeService, pairwise: PairwiseJudge)
             raise ApiError(
                 502, f"the judge model gave no usable verdict: {exc}", code="judge_failed"
             ) from exc
-        except (openai.APIConnectionError, openai.APITimeoutError, openai.APIStatusError) as exc:
+        except (
+            openai.APIConnectionError,
+            openai.APITimeoutError,
+            openai.APIStatusError,
+            EndpointStalled,
+        ) as exc:
             raise ApiError(
                 503,
                 f"the judge endpoint is unavailable ({type(exc).__name__}); "
