@@ -58,6 +58,8 @@ DRAIN = (
     ("hitl", Topic.CHAT_FEEDBACK),
     ("judge", Topic.INTERACTION_INGESTED),
     ("hitl", Topic.INTERACTION_JUDGED),
+    ("judge-calibration", Topic.REVIEW_COMPLETED),
+    ("trainer", Topic.EXAMPLE_CURATED),
 )
 # Topics whose events of the victim must never hold the intruder's text.
 EVENT_PATH = (
@@ -189,9 +191,11 @@ def drain(fleet: Fleet, texts: tuple[str, ...], feedback_sent: int) -> None:
         lambda: _on_topic(fleet, Topic.CHAT_FEEDBACK, texts, None) >= feedback_sent,
     )
     for group, topic in DRAIN:
+        # After the fault and load tests of a full run the judge may still have a backlog.
         wait_for(
             f"{group} to catch up on {topic}",
             lambda g=group, t=topic: group_lag(fleet.kafka, g, t) == 0,
+            timeout_s=240,
         )
 
 
@@ -205,6 +209,7 @@ def attack(
     planned, unclassified = plans(ops, victim, text, intruder.password)
     platform_planned, _ = plans(ops, victim, platform_text, intruder.password)
     secrets = victim.secrets()
+    drain(fleet, (), 0)  # the victim's own setup (its approval's labels, say) has settled
     with signed_in(fleet, victim.admin, victim.password) as victim_admin:
         before = view(fleet, victim, victim_admin)
         reviewer = Session.sign_in(fleet.url("hitl"), intruder.reviewer, intruder.password)
