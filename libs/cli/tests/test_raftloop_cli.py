@@ -136,4 +136,9 @@ def test_up_runs_every_installed_service_healthy_and_stops_cleanly(tmp_path: Pat
     except BaseException:
         platform.kill()
         raise
-    platform.stop()
+    shutdown = platform.stop()  # Ctrl-C: exit 0 and no process left
+    print("gone (s after Ctrl-C):", ", ".join(f"{w} {t:.1f}" for t, w in shutdown.exited))
+    assert shutdown.seconds < 10, shutdown.lines[-40:]
+    assert len(shutdown.lines) < 200, shutdown.lines[-40:]
+    for spec in specs:  # the services first, the broker last (#18)
+        assert shutdown.gone_at(spec.name) <= shutdown.gone_at("broker"), spec.name
