@@ -20,6 +20,7 @@ from raftloop_rag.domain import (
     SparseVector,
     Vectors,
 )
+from raftloop_rag.local_sparse import SparseMirror
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -139,6 +140,8 @@ class QdrantIndex:
         # Builds the lexical vectors of a collection made before hybrid search (migration);
         # without one the index is dense-only and leaves such a collection as it is.
         self.encoder = encoder
+        # Local mode's lexical side, vectorised (see local_sparse); loaded by `ensure`.
+        self._mirror: SparseMirror | None = None
 
     async def ensure(self, dimension: int) -> None:
         """Create the collection with `dimension`, or check that the existing one matches.
@@ -156,8 +159,10 @@ class QdrantIndex:
         if not await self.client.collection_exists(name):
             if await self.client.collection_exists(migrated):  # cut short after the drop
                 await self._alias(name, migrated)
-                return
-            await self._create(name, dimension)
+            else:
+                await self._create(name, dimension)
+            if self.local:
+                await self._load_mirror()
             return
         info = await self.client.get_collection(name)
         vectors = info.config.params.vectors
@@ -170,6 +175,31 @@ class QdrantIndex:
             )
         if SPARSE not in (info.config.params.sparse_vectors or {}) and self.encoder is not None:
             await self._migrate(name, migrated, dimension, self.encoder)
+        if self.local:
+            await self._load_mirror()
+
+    async def _load_mirror(self) -> None:
+        """Read every stored lexical vector into the local mirror (local mode only)."""
+        mirror, offset = SparseMirror(), None
+        while True:
+            records, offset = await self.client.scroll(
+                self.collection,
+                limit=SCROLL_PAGE,
+                offset=offset,
+                with_payload=["tenant"],
+                with_vectors=[SPARSE],
+            )
+            for r in records:
+                vector = r.vector.get(SPARSE) if isinstance(r.vector, dict) else None
+                terms = (
+                    SparseVector(list(vector.indices), list(vector.values))
+                    if isinstance(vector, models.SparseVector)
+                    else None
+                )
+                mirror.put(str(r.id), terms, str((r.payload or {}).get("tenant", "")))
+            if offset is None:
+                break
+        self._mirror = mirror
 
     async def _create(self, name: str, dimension: int) -> None:
         await self.client.create_collection(
@@ -229,6 +259,9 @@ class QdrantIndex:
     async def upsert(self, points: Sequence[Point]) -> None:
         """Insert or replace points, in batches."""
         await self._upsert_into(self.collection, points)
+        if self._mirror is not None:
+            for p in points:
+                self._mirror.put(p.id, p.sparse, str(p.payload.get("tenant", "")))
 
     async def _upsert_into(self, collection: str, points: Sequence[Point]) -> None:
         for start in range(0, len(points), UPSERT_BATCH):
@@ -267,6 +300,8 @@ class QdrantIndex:
             await self.client.delete(
                 self.collection, points_selector=models.PointIdsList(points=list(ids)), wait=True
             )
+            if self._mirror is not None:
+                self._mirror.drop(list(ids))
 
     async def search(self, query: Query) -> list[Hit]:
         """Nearest points within the query's tenant and filters (fused with BM25 if hybrid)."""
@@ -303,27 +338,61 @@ class QdrantIndex:
     async def _local_tenant_search(self, query: Query) -> list[models.ScoredPoint] | None:
         """Local mode: each side searched unfiltered (vectorised), then fused by Qdrant's RRF.
 
-        Each side's tenant list is exact (see `_top_of_tenant`), so fusing them with the very
-        function local mode's query API uses gives what the filtered query would, fast.
+        Each side's tenant list is exact (see `_top_of_tenant` and `local_sparse`), so fusing
+        them with the very function local mode's query API uses gives what the filtered query
+        would, fast. The sides carry only the tenant; payloads are read for the fused top only.
         """
         if query.fusion is None or query.sparse is None:
             return await self._top_of_tenant(query, query.vector, None, query.limit)
         candidates = max(query.fusion.candidates, query.limit)
-        dense = await self._top_of_tenant(query, query.vector, None, candidates)
+        dense = await self._top_of_tenant(query, query.vector, None, candidates, light=True)
         if dense is None:
             return None
         sides = [dense]
         if query.sparse.indices:
-            lexical = await self._top_of_tenant(query, _sparse(query.sparse), SPARSE, candidates)
+            lexical = await self._lexical_of_tenant(query, query.sparse, candidates)
             if lexical is None:
                 return None
             sides.append(lexical)
-        return reciprocal_rank_fusion(
+        fused = reciprocal_rank_fusion(
             sides, limit=query.limit, ranking_constant_k=query.fusion.rrf_k
         )
+        records = await self.client.retrieve(
+            self.collection,
+            ids=[p.id for p in fused],
+            with_payload=True,
+            with_vectors=query.with_vectors,
+        )
+        by_id = {str(r.id): r for r in records}
+        return [
+            models.ScoredPoint(
+                id=p.id,
+                version=0,
+                score=p.score,
+                payload=by_id[str(p.id)].payload,
+                vector=by_id[str(p.id)].vector,
+            )
+            for p in fused
+            if str(p.id) in by_id and (by_id[str(p.id)].payload or {}).get("tenant") == query.tenant
+        ]
+
+    async def _lexical_of_tenant(
+        self, query: Query, terms: SparseVector, k: int
+    ) -> list[models.ScoredPoint] | None:
+        """Local mode's lexical side: the mirror's exact tenant top k, else Qdrant's search."""
+        if self._mirror is None:  # `ensure` was not called: ask Qdrant, point by point
+            return await self._top_of_tenant(query, _sparse(terms), SPARSE, k, light=True)
+        found = await asyncio.to_thread(self._mirror.prepare(terms, query.tenant, k))
+        return [models.ScoredPoint(id=i, version=0, score=score) for i, score in found]
 
     async def _top_of_tenant(
-        self, query: Query, vector: list[float] | models.SparseVector, using: str | None, k: int
+        self,
+        query: Query,
+        vector: list[float] | models.SparseVector,
+        using: str | None,
+        k: int,
+        *,
+        light: bool = False,
     ) -> list[models.ScoredPoint] | None:
         """Local mode: an unfiltered (vectorised) search, then keep the tenant's points.
 
@@ -331,10 +400,10 @@ class QdrantIndex:
         those are the tenant's top k, since any better one of the tenant's would be in the top L
         too; when it returned fewer than L points, it saw every point (that matched). Otherwise
         (None) the caller runs the filtered search. Isolation does not depend on this: the
-        tenant check below is on the stored payload.
+        tenant check below is on the stored payload. `light` reads only the tenant.
         """
         wide = k * LOCAL_WIDEN
-        points = await self._points(query, vector, using, None, wide)
+        points = await self._points(query, vector, using, None, wide, light=light)
         mine = [p for p in points if (p.payload or {}).get("tenant") == query.tenant]
         if len(mine) >= k or len(points) < wide:
             return mine[:k]
@@ -347,6 +416,8 @@ class QdrantIndex:
         using: str | None,
         flt: models.Filter | None,
         limit: int,
+        *,
+        light: bool = False,
     ) -> list[models.ScoredPoint]:
         response = await self.client.query_points(
             self.collection,
@@ -354,8 +425,8 @@ class QdrantIndex:
             using=using,
             query_filter=flt,
             limit=limit,
-            with_payload=True,
-            with_vectors=query.with_vectors,
+            with_payload=["tenant"] if light else True,
+            with_vectors=False if light else query.with_vectors,
         )
         return response.points
 

@@ -59,7 +59,7 @@ class Bm25sSparseEncoder:
             return []
         vectors = []
         for terms in self._terms(texts):
-            counts = _by_index(Counter(terms))
+            counts = dict(sorted(_by_index(Counter(terms)).items()))  # Qdrant wants them sorted
             norm = K1 * (1 - B + B * len(terms) / AVERAGE_TERMS)
             vectors.append(
                 SparseVector(

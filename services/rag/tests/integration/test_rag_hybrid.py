@@ -238,3 +238,42 @@ async def test_a_migration_cut_short_is_finished_on_the_next_start() -> None:
     await index.ensure(DIM)
     assert await index.count() == 30
     await index.close()
+
+
+async def test_the_local_lexical_side_follows_upserts_and_deletes() -> None:
+    client = AsyncQdrantClient(location=":memory:")
+    fast = QdrantIndex(client, "kb", local=True)
+    filtered = QdrantIndex(client, "kb", local=False)
+    await fast.ensure(DIM)
+    rng = np.random.default_rng(9)
+
+    def points(n: int, start: int = 0) -> list[Point]:
+        return [
+            Point(
+                point_id("a", f"d{i}", 0),
+                unit(rng.standard_normal(DIM)),
+                {"tenant": "a"},
+                sparse(rng),
+            )
+            for i in range(start, start + n)
+        ]
+
+    await fast.upsert(points(120))
+    await fast.delete([point_id("a", f"d{i}", 0) for i in range(0, 120, 2)])
+    await fast.upsert(points(30, start=100))  # replaces some, adds others
+    # A point re-written without terms leaves the lexical side, as in Qdrant.
+    await fast.upsert(
+        [Point(point_id("a", "d1", 0), unit(rng.standard_normal(DIM)), {"tenant": "a"})]
+    )
+    for _ in range(20):
+        query = Query(unit(rng.standard_normal(DIM)), 10, "a", sparse=sparse(rng), fusion=FUSION)
+        assert [h.id for h in await fast.search(query)] == [
+            h.id for h in await filtered.search(query)
+        ]
+    # A second index on the same collection reads the stored vectors back at `ensure`.
+    reopened = QdrantIndex(client, "kb", local=True)
+    await reopened.ensure(DIM)
+    query = Query(unit(rng.standard_normal(DIM)), 10, "a", sparse=sparse(rng), fusion=FUSION)
+    assert [h.id for h in await reopened.search(query)] == [
+        h.id for h in await filtered.search(query)
+    ]
