@@ -89,7 +89,7 @@ class Tenant:
 
     @property
     def tag(self) -> str:
-        """The content marker: in its questions, document, feedback, guidelines, usernames."""
+        """The content marker: in its questions, document, feedback, guidelines, adapter card."""
         return f"{self.name}m{self.marker}"
 
     def secrets(self) -> set[str]:
@@ -119,7 +119,7 @@ def tenants_of(fleet: Fleet) -> dict[str, Tenant]:
 
 def add_first_admin(fleet: Fleet, tenant: Tenant) -> None:
     """`raftloop hitl add-user`: the operator's command for a new tenant's first admin."""
-    tenant.admin = f"{tenant.tag}-admin"
+    tenant.admin = f"{tenant.name}-admin-{secrets.token_hex(4)}"
     done = subprocess.run(
         [
             sys.executable,
@@ -153,7 +153,7 @@ def set_up_review(fleet: Fleet, tenant: Tenant) -> None:
     """The admin adds a reviewer and guidelines in the UI; one reviewer per item."""
     hitl = fleet.url("hitl")
     admin = Session.sign_in(hitl, tenant.admin, tenant.password)
-    tenant.reviewer = f"{tenant.tag}-reviewer"
+    tenant.reviewer = f"{tenant.name}-reviewer-{secrets.token_hex(4)}"
     form = {"username": tenant.reviewer, "password": tenant.password, "role": "reviewer"}
     added = admin.client.post("/admin/users", data=form | {"csrf_token": admin.csrf})
     assert added.status_code == 303, added.text

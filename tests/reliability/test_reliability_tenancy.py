@@ -107,6 +107,8 @@ class Direction:
     served: str = ""
     expected_serving: str = ""
     signs_in: bool = False
+    gets: int = 0  # GET routes tried as controls with the victim's own callers
+    seen_by_owner: list[str] = field(default_factory=list)  # ... that showed it its secrets
 
 
 def specs(fleet: Fleet, tenant: Tenant) -> dict[str, list[Operation]]:
@@ -199,6 +201,34 @@ def drain(fleet: Fleet, texts: tuple[str, ...], feedback_sent: int) -> None:
         )
 
 
+def controls(
+    fleet: Fleet, planned: list[tuple[Operation, list[Attempt]]], victim: Tenant, admin: Session
+) -> tuple[int, list[str]]:
+    """The same GET attempts by the victim's own callers: where does the owner see its secrets?
+
+    A route that shows the owner its ids or content is one where the oracle would see a read by
+    another tenant; the rest answer nothing secret to anyone.
+    """
+    reviewer = Session.sign_in(fleet.url("hitl"), victim.reviewer, victim.password)
+    own = [
+        *(Caller(role, victim.headers(role)) for role in ("client", "internal", "admin")),
+        Caller("reviewer session", {}, reviewer),
+        Caller("admin session", {}, admin),
+    ]
+    gets = [a for op, attempts in planned if op.method == "GET" for a in attempts]
+    # Every page names the signed-in user: only the tenant's data counts here.
+    data = victim.secrets() - {victim.admin, victim.reviewer}
+    seen = set()
+    with httpx.Client(timeout=60) as http:
+        for attempt in gets:
+            for caller in own:
+                got = send(fleet, http, caller, attempt)
+                if leaks(data, attempt.sent(), got.text):
+                    seen.add(f"{attempt.service} {attempt.method} {attempt.path}")
+    reviewer.client.close()
+    return len({(a.service, a.path) for a in gets}), sorted(seen)
+
+
 def attack(
     fleet: Fleet, ops: dict[str, list[Operation]], victim: Tenant, intruder: Tenant, n: int
 ) -> tuple[Direction, list[str]]:
@@ -250,6 +280,7 @@ def attack(
         drain(fleet, (text, platform_text), feedback_sent)
         wait_for("the intruder's upload indexed", lambda: intruder.tag in retrieve(fleet, intruder))
         after = view(fleet, victim, victim_admin)
+        found.gets, found.seen_by_owner = controls(fleet, planned, victim, victim_admin)
     found.views = len(after)
     found.changed = [k for k, v in before.items() if after.get(k) != v]
     found.differences = [f"{k}: {_difference(before[k], after.get(k, ''))}" for k in found.changed]
@@ -309,6 +340,8 @@ def _figures(directions: list[Direction], ops: dict[str, list[Operation]]) -> di
         "cross-tenant serving": sum(o.served_by_victim for o in outcomes)
         + sum(d.served != d.expected_serving for d in directions),
         "victim views compared (per direction)": directions[0].views,
+        "GET routes also read by the owner's own callers (controls)": directions[0].gets,
+        "  of them showing the owner its data (ids or content)": len(directions[0].seen_by_owner),
         "platform-key requests naming the tenant (allowed)": len(by_design),
         "  of them returning that tenant's data (the oracle sees a read)": sum(
             bool(o.leaked) for o in by_design
@@ -396,6 +429,10 @@ def test_two_tenants_never_reach_each_others_objects(fleet: Fleet, tmp_path: Pat
                 '(`tenants: ["*"]` in the keys file): its requests that name the victim are '
                 "allowed reads, counted apart; that they return the victim's data shows the "
                 "oracle finds a read when there is one.",
+                "Controls: the same GET attempts sent by the owner's own keys and sessions "
+                "show it its data (ids or content, not just its username) on "
+                + ", ".join(f"`{r}`" for r in directions[0].seen_by_owner)
+                + " (globex -> acme): there a read by the other tenant would show.",
                 "Found by this suite and fixed: feedback that reached hitl before its review "
                 "item (the interaction id sent by another tenant's key) was parked by id alone "
                 "and joined whichever tenant's item then arrived, showing its correction to "
@@ -415,3 +452,4 @@ def test_two_tenants_never_reach_each_others_objects(fleet: Fleet, tmp_path: Pat
     ]
     assert problems == [], "\n".join(problems)
     assert figures["  of them returning that tenant's data (the oracle sees a read)"] > 0
+    assert "hitl GET /api/v1/items/{item_id}" in directions[0].seen_by_owner
