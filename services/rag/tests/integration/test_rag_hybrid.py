@@ -111,7 +111,7 @@ async def test_tenants_hold_and_the_local_fast_path_is_exact_in_both_modes(
             for i, t in enumerate(tenants)
         ]
     )
-    for _ in range(25):
+    for _ in range(10):
         vector = unit(rng.standard_normal(DIM))
         terms = sparse(rng)
         for tenant in ("big", "mid", "tiny", "nobody"):
