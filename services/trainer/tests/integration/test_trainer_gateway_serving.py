@@ -1,13 +1,16 @@
-"""The trainer's adapter reaches a running gateway: curated examples published on the real broker
-trigger a run in the trainer service, whose promotion (content-addressed adapter in the shared
-registry, adapter.promoted.v1 on the broker) a real gateway process picks up without a restart.
-The gate's pairwise judge is the gateway's own OpenAI-compatible endpoint here."""
+"""The trainer's adapters reach a running gateway, each for its own tenant: curated examples of two
+tenants published on the real broker trigger a run per tenant in the trainer service, whose
+promotions (content-addressed adapters in the shared registry, adapter.promoted.v1 on the
+broker) a real gateway process picks up without a restart, and each tenant's chats are served by
+its own adapter, never the other's (issue #17). The gate's pairwise judge is the gateway's own
+OpenAI-compatible endpoint, called with the platform's key."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import os
+import secrets
 import subprocess
 import sys
 import time
@@ -22,7 +25,7 @@ import openai
 import pytest
 
 from raftloop_core.api import KeyStore
-from raftloop_core.credentials import ensure_dev_credentials
+from raftloop_core.credentials import hash_key
 from raftloop_core.embedded import free_port
 from raftloop_core.events import ChatMessage, ExampleCurated, RetrievedChunk, event_key
 from raftloop_core.messaging import ensure_topics, make_broker
@@ -39,6 +42,7 @@ from raftloop_trainer.train import LoraParams
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 
 TRAIN, HOLDOUT = 8, 3
+TENANTS = ("acme", "globex")
 ASK = [{"role": "user", "content": "What does plan 1 cost?"}]
 
 
@@ -46,12 +50,32 @@ ASK = [{"role": "user", "content": "What does plan 1 cost?"}]
 class RunningGateway:
     url: str
     keys: dict[str, str]
+    """A client key per tenant, and `platform`: the platform's own key, for any tenant."""
     registry: Path
     log: Path
     proc: subprocess.Popen[bytes]
 
-    def client(self) -> openai.OpenAI:
-        return openai.OpenAI(base_url=f"{self.url}/v1", api_key=self.keys["client"], max_retries=0)
+    def client(self, tenant: str) -> openai.OpenAI:
+        return openai.OpenAI(base_url=f"{self.url}/v1", api_key=self.keys[tenant], max_retries=0)
+
+
+def write_keys(path: Path) -> dict[str, str]:
+    """A keys file with a client key per tenant and the platform's internal key."""
+    keys = {name: f"rl-{secrets.token_urlsafe(24)}" for name in (*TENANTS, "platform")}
+    records = [
+        {"key_id": f"{t}-client", "key_sha256": hash_key(keys[t]), "tenant": t, "role": "client"}
+        for t in TENANTS
+    ]
+    records.append(
+        {
+            "key_id": "platform",
+            "key_sha256": hash_key(keys["platform"]),
+            "role": "internal",
+            "tenants": ["*"],
+        }
+    )
+    path.write_text(json.dumps(records))
+    return keys
 
 
 @contextmanager
@@ -61,11 +85,13 @@ def running_gateway(
     """`uvicorn --factory raftloop_gateway.main:build` on the tiny model, polling the alias only
     every 10 minutes: a switch within the test comes from the promotion event."""
     data_dir = folder / "var"
-    keys = ensure_dev_credentials(RuntimeSettings(data_dir=data_dir)).api_keys
+    data_dir.mkdir(parents=True, exist_ok=True)
+    keys = write_keys(folder / "keys.json")
     port = free_port()
     log = folder / "gateway.log"
     env = os.environ | {
         "RAFTLOOP_DATA_DIR": str(data_dir),
+        "RAFTLOOP_API_KEYS_FILE": str(folder / "keys.json"),
         "RAFTLOOP_LOG_FORMAT": "text",
         "HF_HUB_OFFLINE": "1",
         "TOKENIZERS_PARALLELISM": "false",
@@ -112,7 +138,9 @@ def curated(tenant: str, base_model: str) -> list[ExampleCurated]:
         split = held if is_holdout(str(example_id)) else train
         if len(split) >= (HOLDOUT if split is held else TRAIN):
             continue
-        answer = f"Plan {i} costs {i + 3} dollars."  # distinct: the store drops duplicates
+        # Distinct (the store drops duplicates), and different per tenant: two adapters.
+        price = i + 3 if tenant == TENANTS[0] else 100 * (i + 7)
+        answer = f"Plan {i} costs {price} dollars."
         split.append(
             ExampleCurated(
                 tenant=tenant,
@@ -137,8 +165,8 @@ def curated(tenant: str, base_model: str) -> list[ExampleCurated]:
     return held + train
 
 
-def answer(gateway: RunningGateway) -> tuple[str, str | None]:
-    done = gateway.client().chat.completions.create(
+def answer(gateway: RunningGateway, tenant: str) -> tuple[str, str | None]:
+    done = gateway.client(tenant).chat.completions.create(
         model="raftloop",
         messages=ASK,
         max_tokens=10,
@@ -147,20 +175,17 @@ def answer(gateway: RunningGateway) -> tuple[str, str | None]:
     return done.choices[0].message.content or "", done.system_fingerprint
 
 
-async def test_trainer_promotion_is_served_by_a_running_gateway(
+async def test_each_tenants_promotion_is_served_to_its_own_chats(
     tmp_path: Path, tiny_model_dir: Path, kafka_settings: KafkaSettings
 ) -> None:
     ensure_topics(kafka_settings)
-    # The dev client key's tenant: each tenant is served its own alias (issue #17), so the
-    # adapter trained on this tenant's data is the one this key's chats get.
-    tenant = "default"
     # A base model name of its own: the session's other trainer tests publish curated examples
     # for "tiny-llama" on the same topic, and must not trigger runs here.
     name = f"tiny-{uuid.uuid4().hex[:6]}"
     with running_gateway(
         tmp_path / "gw", tiny_model_dir, kafka_settings.bootstrap_servers, name
     ) as gw:
-        base_answer, fingerprint = answer(gw)
+        base_answer, fingerprint = answer(gw, TENANTS[0])
         assert fingerprint == "base"
         settings = TrainerSettings(
             runtime=RuntimeSettings(data_dir=tmp_path / "trainer"),
@@ -183,38 +208,51 @@ async def test_trainer_promotion_is_served_by_a_running_gateway(
             max_regression_drop=1.0,
             min_holdout_items=1,
             judge_url=f"{gw.url}/v1",
-            judge_api_key=gw.keys["internal"],
+            judge_api_key=gw.keys["platform"],
         )
         broker = make_broker(settings.kafka, client_id="trainer-serving-test")
         runner = build_runner(settings, KafkaEventSink(broker))
         app = create_app(settings, keys=KeyStore([]), runner=runner, broker=broker)
         async with app.router.lifespan_context(app):
-            for event in curated(tenant, name):
-                await broker.publish(
-                    event, topic=Topic.EXAMPLE_CURATED, key=event_key(Topic.EXAMPLE_CURATED, event)
-                )
-            deadline = time.monotonic() + 480
-            while not (runs := await asyncio.to_thread(runner.store.runs)) or runs[0]["status"] in (
-                "running",
-            ):
+            for tenant in TENANTS:
+                for event in curated(tenant, name):
+                    await broker.publish(
+                        event,
+                        topic=Topic.EXAMPLE_CURATED,
+                        key=event_key(Topic.EXAMPLE_CURATED, event),
+                    )
+            # One run at a time: each tenant's threshold starts its own, one after the other.
+            deadline = time.monotonic() + 600
+            while True:
+                runs = await asyncio.to_thread(runner.store.runs)
+                if len(runs) == len(TENANTS) and all(r["status"] != "running" for r in runs):
+                    break
                 status = await asyncio.to_thread(runner.status)
-                assert time.monotonic() < deadline, f"no run finished: {status}"
+                assert time.monotonic() < deadline, f"runs not finished: {runs} {status}"
                 await asyncio.sleep(0.5)
-        [run] = runs
-        assert run["status"] == "promoted", run
-        assert run["trigger"].startswith("trigger:"), run
-        adapter_id = run["adapter_id"]
-        assert AdapterRegistry(gw.registry).serving("serving", tenant).adapter_id == adapter_id
-        assert AdapterRegistry(gw.registry).card(adapter_id).tenant == tenant
+        by_tenant = {r["tenant"]: r for r in runs}
+        assert set(by_tenant) == set(TENANTS), runs
+        registry = AdapterRegistry(gw.registry)
+        for tenant, run in by_tenant.items():
+            assert run["status"] == "promoted", run
+            assert run["trigger"].startswith("trigger:"), run
+            assert registry.serving("serving", tenant).adapter_id == run["adapter_id"]
+            assert registry.card(run["adapter_id"]).tenant == tenant
+        adapters = {t: str(r["adapter_id"]) for t, r in by_tenant.items()}
+        assert len(set(adapters.values())) == len(TENANTS)  # trained on different data
 
+        # Each tenant's chats get its own adapter, once the gateway has followed both events.
         deadline = time.monotonic() + 60
-        while (served := answer(gw))[1] != adapter_id:
-            assert time.monotonic() < deadline, f"gateway still serves {served[1]}"
+        while {t: answer(gw, t)[1] for t in TENANTS} != adapters:
+            assert time.monotonic() < deadline, f"gateway serves {[answer(gw, t) for t in TENANTS]}"
             await asyncio.sleep(0.2)
+        for _ in range(3):  # and never the other's, whichever asks first
+            for tenant in (*TENANTS, *reversed(TENANTS)):
+                assert answer(gw, tenant)[1] == adapters[tenant]
         assert gw.proc.poll() is None  # the same process, never restarted
-        assert served[0] != base_answer, served
+        assert answer(gw, TENANTS[0])[0] != base_answer
 
-        report = json.loads(Path(run["report_path"]).read_text())
+        report = json.loads(Path(by_tenant[TENANTS[0]]["report_path"]).read_text())
         pairwise = report["pairwise"]
         assert pairwise["judge"].startswith(f"endpoint:first listed model@{gw.url}/v1")
         # The gateway answered the judge (the tiny model may give no readable verdict).
