@@ -156,7 +156,11 @@ class QdrantIndex:
             IndexConfigError: the collection exists with another vector size or layout.
         """
         name, migrated = self.collection, f"{self.collection}{MIGRATED_SUFFIX}"
-        if not await self.client.collection_exists(name):
+        # Aliases are read outright: what a server's collection calls make of one varies.
+        aliases = {
+            a.alias_name: a.collection_name for a in (await self.client.get_aliases()).aliases
+        }
+        if name not in aliases and not await self.client.collection_exists(name):
             if await self.client.collection_exists(migrated):  # cut short after the drop
                 await self._alias(name, migrated)
             else:
@@ -164,7 +168,7 @@ class QdrantIndex:
             if self.local:
                 await self._load_mirror()
             return
-        info = await self.client.get_collection(name)
+        info = await self.client.get_collection(aliases.get(name, name))
         vectors = info.config.params.vectors
         size = vectors.size if isinstance(vectors, models.VectorParams) else None
         if size != dimension:
