@@ -277,3 +277,56 @@ async def test_the_local_lexical_side_follows_upserts_and_deletes() -> None:
     assert [h.id for h in await reopened.search(query)] == [
         h.id for h in await filtered.search(query)
     ]
+
+
+@pytest.fixture(scope="module")
+def tiny_cross_encoder(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A real sentence-transformers CrossEncoder folder: one random BERT layer, MiniLM's vocab.
+
+    No trained cross-encoder installs from a package registry here; this one checks the
+    plumbing of `hybrid+rerank` (loading offline, scoring, ordering), not its quality.
+    """
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("cross-encoder")
+    tokenizer = AutoTokenizer.from_pretrained(RagSettings().model_path(), local_files_only=True)
+    tokenizer.save_pretrained(str(folder))
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        num_labels=1,
+    )
+    BertForSequenceClassification(config).save_pretrained(str(folder))
+    return str(folder)
+
+
+async def test_hybrid_rerank_runs_a_cross_encoder_folder_over_the_fused_candidates(
+    embedder: SentenceTransformerEmbedder, tiny_cross_encoder: str
+) -> None:
+    from raftloop_rag.adapters import CrossEncoderReranker
+
+    reranker = CrossEncoderReranker(tiny_cross_encoder)
+    encoder = Bm25sSparseEncoder()
+    index = QdrantIndex(AsyncQdrantClient(":memory:"), "kb", local=True, encoder=encoder)
+    await index.ensure(embedder.dimension)
+    vectors, lexical = embedder.embed(CHUNKS), encoder.documents(CHUNKS)
+    await index.upsert(
+        [
+            Point(point_id("acme", "errors.md", i), v.tolist(), payload(i, text), s)
+            for i, (text, v, s) in enumerate(zip(CHUNKS, vectors, lexical, strict=True))
+        ]
+    )
+    settings = RagSettings(search="hybrid+rerank", rerank_model=tiny_cross_encoder)
+    retriever = Retriever(embedder, index, search=search_for(settings, encoder, reranker))
+    question = "What causes error VB-720?"
+    found = await retriever.retrieve(RetrievalRequest(query=question, k=3, tenant="acme"))
+    assert len(found) == 3
+    want = reranker.scores(question, [c.text for c in found])
+    assert [c.score for c in found] == pytest.approx(want)
+    assert want == sorted(want, reverse=True)
+    await index.close()
