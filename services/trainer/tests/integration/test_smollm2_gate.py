@@ -1,11 +1,15 @@
-"""The product claim on a real model: RAFT LoRA on the demo KB's train split makes SmolLM2
-measurably better on the held-out questions (bootstrap lower bound of the token-F1 gain above
-zero), and an adapter trained on shuffled answers is rejected while the serving one stays."""
+"""The gate's judgement on a real model: an adapter trained on shuffled answers is rejected
+against a good one, its rejection is announced, and serving stays unchanged.
+
+That a good adapter beats the base model on the hold-out (lower bound of the token-F1 gain
+above zero, at least 20 items) is the closed-loop test's claim, on the loop's own reviewed
+examples; this test used to train and evaluate the same claim a second time on the demo split,
+six of CI's minutes. It keeps the part no other test covers: a harmful candidate is refused.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -22,8 +26,7 @@ from raftloop_trainer import promotion
 from raftloop_trainer.adapters import KafkaEventSink
 from raftloop_trainer.domain import GatePolicy, decide
 from raftloop_trainer.evaluate import EvalConfig, Variant, compare, evaluate
-from raftloop_trainer.judging import JudgeConfig
-from raftloop_trainer.offline import compare_on_demo, demo_eval_items, train_on_demo
+from raftloop_trainer.offline import demo_eval_items, train_on_demo
 from raftloop_trainer.train import LoraParams
 
 log = logging.getLogger(__name__)
@@ -39,10 +42,11 @@ PARAMS = LoraParams(
     learning_rate=2e-3,
     target_modules=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
 )
-TRAIN_LIMIT = 96
+TRAIN_LIMIT = 64
 BAD_LIMIT = 24
-REGRESSION = 8
-MAX_NEW_TOKENS = 80
+HOLDOUT = 12
+REGRESSION = 4
+MAX_NEW_TOKENS = 64
 
 
 @pytest.fixture(scope="module")
@@ -52,52 +56,14 @@ def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def items() -> list[Any]:
-    return demo_eval_items(distractors=1, regression=REGRESSION)
-
-
-@pytest.fixture(scope="module")
-def good_adapter(smollm2_dir: Path, work: Path) -> Path:
-    return train_on_demo(smollm2_dir, work / "good", PARAMS, limit=TRAIN_LIMIT)
-
-
-@pytest.fixture(scope="module")
-def base_vs_good(
-    smollm2_dir: Path, good_adapter: Path, work: Path, items: list[Any]
-) -> dict[str, Any]:
-    payload = compare_on_demo(
-        smollm2_dir,
-        Variant(name="base"),
-        Variant(name="good", adapter_dir=good_adapter),
-        work / "report-good",
-        items=items,
-        policy=GatePolicy(),
-        max_new_tokens=MAX_NEW_TOKENS,
-        judge=JudgeConfig(kind="local"),
-    )
-    scores = json.loads((work / "report-good" / "scores.json").read_text())
-    return {"payload": payload, "scores": scores}
-
-
-def test_adapter_beats_the_base_model_on_the_holdout(base_vs_good: dict[str, Any]) -> None:
-    payload = base_vs_good["payload"]
-    f1 = next(r for r in payload["sets"]["holdout"] if r["metric"] == "token_f1")
-    log.warning("SmolLM2 demo, base vs adapter: %s", json.dumps(payload["sets"]))
-    assert f1["n"] >= 20
-    assert f1["ci_low"] > 0.0, f1
-    assert f1["candidate"] > f1["baseline"]
-    assert payload["decision"]["promote"], payload["decision"]
-    # The pairwise judge (SmolLM2 itself) is reported, not gated: its verdicts are mostly ties.
-    pairwise = payload["pairwise"]
-    log.warning("SmolLM2 demo, pairwise judge: %s", json.dumps(pairwise))
-    assert pairwise["measured"] or pairwise["reason"], pairwise
-    if pairwise["measured"]:
-        assert pairwise["n"] + pairwise["unjudged"] == f1["n"]
+    every = demo_eval_items(distractors=1, regression=REGRESSION)
+    return [i for i in every if i.set == "holdout"][:HOLDOUT] + [
+        i for i in every if i.set == "regression"
+    ]
 
 
 async def test_shuffled_answers_adapter_is_rejected_and_serving_unchanged(
     smollm2_dir: Path,
-    good_adapter: Path,
-    base_vs_good: dict[str, Any],
     work: Path,
     items: list[Any],
     kafka_settings: KafkaSettings,
@@ -117,25 +83,26 @@ async def test_shuffled_answers_adapter_is_rejected_and_serving_unchanged(
     async def watch(msg: KafkaMessage) -> None:
         seen.append((msg.raw_message.topic, await msg.decode()))  # type: ignore[arg-type]
 
+    good_adapter = train_on_demo(smollm2_dir, work / "good", PARAMS, limit=TRAIN_LIMIT)
     bad_adapter = train_on_demo(smollm2_dir, work / "bad", PARAMS, limit=BAD_LIMIT, bad=True)
-    bad_run = evaluate(
+    result = evaluate(
         EvalConfig(
             base_model_dir=smollm2_dir,
             items=items,
-            variants=[Variant(name="bad", adapter_dir=bad_adapter)],
+            variants=[
+                Variant(name="good", adapter_dir=good_adapter),
+                Variant(name="bad", adapter_dir=bad_adapter),
+            ],
             output_dir=work / "report-bad",
             max_new_tokens=MAX_NEW_TOKENS,
         )
     )
-    # The serving adapter's answers on the same items were generated by the first comparison.
-    result = {
-        "items": bad_run["items"],
-        "variants": {"good": base_vs_good["scores"]["variants"]["good"], **bad_run["variants"]},
-    }
     diffs = compare(result, "good", "bad")
-    decision = decide(diffs["holdout"], diffs["regression"], GatePolicy())
+    # The minimum is this test's hold-out, so the verdict is about the answers, not the count.
+    decision = decide(diffs["holdout"], diffs["regression"], GatePolicy(min_holdout_items=HOLDOUT))
     log.warning("bad vs good: %s", {k: [d.as_dict() for d in v] for k, v in diffs.items()})
     assert not decision.promote, decision.reasons
+    assert any("token_f1" in reason for reason in decision.reasons), decision.reasons
 
     async with broker:
         await broker.start()
