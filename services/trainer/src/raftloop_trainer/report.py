@@ -85,10 +85,42 @@ def _pairwise_lines(pairwise: Mapping[str, Any] | None) -> list[str]:
     ]
 
 
+def data_summary(
+    train: Sequence[Mapping[str, Any]], holdout: Sequence[Mapping[str, Any]]
+) -> dict[str, Any]:
+    """What the run's examples were: how many, and how many had no retrieved oracle.
+
+    An example without an oracle is one whose reviewer found no retrieved chunk that answers:
+    the model cannot quote what it was not shown, so this counts retrieval misses in live
+    traffic (rag's hit@k measures them on the demo questions).
+    """
+    rows = [*train, *holdout]
+    missing = sum(1 for r in rows if not r.get("oracle_chunks"))
+    return {
+        "train_examples": len(train),
+        "holdout_examples": len(holdout),
+        "without_oracle": missing,
+        "without_oracle_share": round(missing / len(rows), 4) if rows else 0.0,
+    }
+
+
+def _data_lines(data: Mapping[str, Any] | None) -> list[str]:
+    if not data:
+        return []
+    total = data["train_examples"] + data["holdout_examples"]
+    return [
+        "",
+        f"Examples: {data['train_examples']} trained on, {data['holdout_examples']} held out; "
+        f"{data['without_oracle']} of {total} ({data['without_oracle_share']:.1%}) had no "
+        "retrieved chunk that answers (no oracle).",
+    ]
+
+
 def markdown(payload: Mapping[str, Any]) -> str:
     """The report as Markdown tables."""
     lines = [f"# {payload['title']}", ""]
     lines.append(f"Baseline: `{payload['baseline']}`; candidate: `{payload['candidate']}`.")
+    lines += _data_lines(payload.get("data"))
     decision = payload.get("decision")
     if decision:
         verdict = "PROMOTE" if decision["promote"] else "REJECT"

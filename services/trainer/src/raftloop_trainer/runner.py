@@ -38,7 +38,13 @@ from raftloop_trainer.evaluate import (
     pairwise_summary,
 )
 from raftloop_trainer.progress import read_progress, write_json_atomic
-from raftloop_trainer.report import flat_metrics, pairwise_metrics, report_payload, write_report
+from raftloop_trainer.report import (
+    data_summary,
+    flat_metrics,
+    pairwise_metrics,
+    report_payload,
+    write_report,
+)
 from raftloop_trainer.settings import TrainerSettings
 from raftloop_trainer.train import ADAPTER_DIR, PROGRESS_FILE, TrainConfig
 
@@ -244,7 +250,12 @@ class Runner:
             diffs=diffs,
             decision=decision,
             pairwise=pairwise,
-            extra={"run_id": run_id, "dataset_version": version, "adapter_id": adapter_id},
+            extra={
+                "run_id": run_id,
+                "dataset_version": version,
+                "adapter_id": adapter_id,
+                "data": data_summary(snap.train, snap.holdout),
+            },
         )
         report = write_report(run_dir, payload)
         await self.sink.publish(

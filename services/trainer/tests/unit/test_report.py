@@ -6,7 +6,13 @@ from pathlib import Path
 from raftloop_trainer.distractors import LocalDistractorSource, chunk_text
 from raftloop_trainer.domain import GateDecision
 from raftloop_trainer.metrics import PairedDiff
-from raftloop_trainer.report import flat_metrics, report_payload, write_report
+from raftloop_trainer.report import (
+    data_summary,
+    flat_metrics,
+    markdown,
+    report_payload,
+    write_report,
+)
 
 
 def test_report_is_written_as_json_markdown_and_png(tmp_path: Path) -> None:
@@ -48,3 +54,21 @@ def test_local_distractors_rank_by_shared_words_and_skip_excluded_ids() -> None:
     skipped = source.distractors("refunds", k=5, exclude_ids=[found[0].chunk_id])
     assert found[0].chunk_id not in [c.chunk_id for c in skipped]
     assert source.containing("Backups run every night") is not None
+
+
+def test_the_report_counts_examples_without_a_retrieved_oracle() -> None:
+    chunk = {"chunk_id": "doc#0", "text": "Refunds take five days."}
+    train = [{"oracle_chunks": [chunk]}, {"oracle_chunks": []}, {"oracle_chunks": [chunk]}]
+    holdout = [{"oracle_chunks": []}]
+    data = data_summary(train, holdout)
+    assert data == {
+        "train_examples": 3,
+        "holdout_examples": 1,
+        "without_oracle": 2,
+        "without_oracle_share": 0.5,
+    }
+    payload = report_payload(
+        title="run", baseline="base", candidate="c", diffs={}, decision=None, extra={"data": data}
+    )
+    assert "2 of 4 (50.0%) had no retrieved chunk that answers" in markdown(payload)
+    assert data_summary([], [])["without_oracle_share"] == 0.0
