@@ -310,9 +310,12 @@ def make_broker(
         security=_security(settings),
         # Per-message "Received"/"Processed" lines cost ~30% of throughput; keep them at DEBUG.
         log_level=logging.DEBUG,
-        # FastStream's own logger prints plain text to stdout; this one writes our JSON lines.
-        logger=FastStreamLog(),
-        **kwargs,
+        **{
+            # FastStream's own logger prints plain text to stdout; this one writes our JSON
+            # lines. A caller may pass its own (`logger=None`: a CLI that prints its own lines).
+            "logger": FastStreamLog(),
+            **kwargs,
+        },
     )
     policy = DeadLetterPolicy(broker, settings)
     broker.insert_middleware(policy)
