@@ -42,7 +42,7 @@ PARAMS = LoraParams(
     learning_rate=2e-3,
     target_modules=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
 )
-TRAIN_LIMIT = 64
+TRAIN_LIMIT = 32
 BAD_LIMIT = 24
 HOLDOUT = 12
 REGRESSION = 4
