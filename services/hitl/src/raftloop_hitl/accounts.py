@@ -198,6 +198,18 @@ class Accounts:
         return True
 
 
+WEAK_DISTINCT_CHARS = 8
+"""A production password with fewer distinct characters is refused as guessable."""
+
+
+def is_guessable(username: str, password: str) -> bool:
+    """Whether a password contains its username or repeats a few characters.
+
+    Production refuses such a password for the bootstrap admin and for `raftloop hitl add-user`.
+    """
+    return username.lower() in password.lower() or len(set(password)) < WEAK_DISTINCT_CHARS
+
+
 def check_account(username: str, password: str, role: str) -> None:
     """Refuse a bad role, username or password.
 

@@ -19,10 +19,9 @@ from pydantic import SecretStr
 
 from raftloop_core.events import TENANT_PATTERN
 from raftloop_core.settings import MIN_SECRET_CHARS, SettingsError, check_secret
-from raftloop_hitl.accounts import AccountError, Accounts, check_account
+from raftloop_hitl.accounts import AccountError, Accounts, check_account, is_guessable
 from raftloop_hitl.db import make_engine, migrate
 from raftloop_hitl.domain import ROLES
-from raftloop_hitl.main import WEAK_DISTINCT_CHARS
 from raftloop_hitl.settings import HitlSettings
 
 PASSWORD_ENV = "HITL_USER_PASSWORD"
@@ -69,7 +68,7 @@ def check_password(username: str, password: str, role: str, settings: HitlSettin
         )
     except SettingsError as exc:
         raise AccountError(str(exc)) from None
-    if username.lower() in password.lower() or len(set(password)) < WEAK_DISTINCT_CHARS:
+    if is_guessable(username, password):
         raise AccountError(
             "the password is weak (it contains the username or repeats a few characters); "
             f"production needs a random one of at least {MIN_SECRET_CHARS} characters, e.g. "

@@ -18,13 +18,10 @@ from raftloop_core.settings import (
     check_kafka_secrets,
     require_secret,
 )
-from raftloop_hitl.accounts import AccountError, check_account
+from raftloop_hitl.accounts import AccountError, check_account, is_guessable
 from raftloop_hitl.app import create_app
 from raftloop_hitl.db import make_engine
 from raftloop_hitl.settings import HitlSettings
-
-WEAK_DISTINCT_CHARS = 8
-"""A bootstrap admin password with fewer distinct characters is refused in production."""
 
 
 def session_secret(settings: HitlSettings) -> SecretStr:
@@ -68,9 +65,7 @@ def check_bootstrap_admin(settings: HitlSettings) -> None:
         check_account(username, plain, "admin")
     except AccountError as exc:
         raise SettingsError(f"HITL_ADMIN_USERNAME / HITL_ADMIN_PASSWORD: {exc}") from None
-    if settings.runtime.production and (
-        username.lower() in plain.lower() or len(set(plain)) < WEAK_DISTINCT_CHARS
-    ):
+    if settings.runtime.production and is_guessable(username, plain):
         raise SettingsError(
             "the bootstrap admin password is weak (it contains the username or repeats a few "
             f"characters); set HITL_ADMIN_PASSWORD to a random secret of at least "
