@@ -9,16 +9,15 @@ import json
 import os
 import subprocess
 import sys
-import uuid
 from pathlib import Path
 
 import pytest
 from deploy_tools import DEPLOY, ROOT
 
-from raftloop_core.events import ChatMessage, ExampleCurated, RetrievedChunk
 from raftloop_core.messaging import ensure_topics
 from raftloop_core.registry import AdapterRegistry
 from raftloop_core.settings import KafkaSettings, RuntimeSettings
+from raftloop_core.testing import plan_examples
 
 pytestmark = pytest.mark.integration
 
@@ -56,32 +55,6 @@ def _job(tenant: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     )
 
 
-def _examples(tenant: str, n: int) -> list[ExampleCurated]:
-    out = []
-    for i in range(n):
-        answer = f"Plan {i} costs {i + 3} dollars."
-        chunk = RetrievedChunk(
-            chunk_id=f"pricing#{i}",
-            document_id="pricing",
-            text=f"Our catalogue lists many plans. {answer} Taxes are extra.",
-            score=0.8,
-        )
-        out.append(
-            ExampleCurated(
-                tenant=tenant,
-                example_id=uuid.uuid4(),
-                interaction_id=uuid.uuid4(),
-                source="approved",
-                messages=[ChatMessage(role="user", content=f"What does plan {i} cost?")],
-                question=f"What does plan {i} cost?",
-                answer=answer,
-                oracle_chunks=[chunk],
-                base_model=BASE,
-            )
-        )
-    return out
-
-
 def test_job_with_nothing_to_train_exits_cleanly(
     tmp_path: Path, kafka_settings: KafkaSettings, tiny_model_dir: Path
 ) -> None:
@@ -109,7 +82,7 @@ def test_job_trains_gates_and_registers_one_adapter(
     ensure_topics(kafka_settings)
     settings = TrainerSettings(runtime=RuntimeSettings(data_dir=tmp_path))
     store = DatasetStore(settings.database_url())
-    for event in _examples("acme", 24):
+    for event in plan_examples(24, base_model=BASE, tenant="acme"):
         assert store.add(event) == "added"
 
     done = _job("acme", _env(tmp_path, kafka_settings, tiny_model_dir))

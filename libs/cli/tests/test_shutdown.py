@@ -10,16 +10,15 @@ from __future__ import annotations
 
 import threading
 import time
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import psutil
 import pytest
+from raftloop_models import ensure_smollm2
 
 from raftloop_cli.testing import Platform, Shutdown
-from raftloop_core.events import ChatMessage, ExampleCurated, RetrievedChunk
+from raftloop_core.testing import plan_examples
 from raftloop_core.topics import Topic
 
 pytestmark = pytest.mark.integration
@@ -115,37 +114,12 @@ class ChatLoad:
             thread.join(timeout=35)
 
 
-def curated_examples(n: int) -> Iterator[ExampleCurated]:
-    from raftloop_models import ensure_smollm2
-
-    base_model = ensure_smollm2().name
-    for i in range(n):
-        answer = f"Plan {i} costs {i + 3} dollars."
-        yield ExampleCurated(
-            example_id=uuid.uuid4(),
-            interaction_id=uuid.uuid4(),
-            source="approved",
-            messages=[ChatMessage(role="user", content=f"What does plan {i} cost?")],
-            question=f"What does plan {i} cost?",
-            answer=answer,
-            oracle_chunks=[
-                RetrievedChunk(
-                    chunk_id=f"pricing#{i}",
-                    document_id="pricing",
-                    text=f"Our catalogue lists many plans. {answer} Taxes are extra.",
-                    score=0.8,
-                )
-            ],
-            base_model=base_model,
-        )
-
-
 def start_training(platform: Platform, admin_key: str) -> None:
     """Curate examples straight onto the broker, then start a run on demand."""
     from kafka import KafkaProducer
 
     producer = KafkaProducer(bootstrap_servers=platform.bootstrap_servers, acks="all")
-    for event in curated_examples(24):
+    for event in plan_examples(24, base_model=ensure_smollm2().name):
         producer.send(
             Topic.EXAMPLE_CURATED,
             key=str(event.interaction_id).encode(),

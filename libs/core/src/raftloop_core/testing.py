@@ -30,6 +30,37 @@ if TYPE_CHECKING:  # services' test environments have httpx; the core library do
 ADAPTER = "a" * 64
 
 
+def plan_examples(n: int, *, base_model: str, tenant: str = "default") -> list[ev.ExampleCurated]:
+    """`n` distinct approved examples about plan prices, each answer inside its oracle chunk.
+
+    Distinct because the trainer's store drops duplicates; data a trainer test can train on.
+    """
+    out = []
+    for i in range(n):
+        answer = f"Plan {i} costs {i + 3} dollars."
+        out.append(
+            ev.ExampleCurated(
+                tenant=tenant,
+                example_id=uuid4(),
+                interaction_id=uuid4(),
+                source="approved",
+                messages=[ev.ChatMessage(role="user", content=f"What does plan {i} cost?")],
+                question=f"What does plan {i} cost?",
+                answer=answer,
+                oracle_chunks=[
+                    ev.RetrievedChunk(
+                        chunk_id=f"pricing#{i}",
+                        document_id="pricing",
+                        text=f"Our catalogue lists many plans. {answer} Taxes are extra.",
+                        score=0.8,
+                    )
+                ],
+                base_model=base_model,
+            )
+        )
+    return out
+
+
 def missing(what: str, install: str) -> None:
     """A test needs `what`, which this machine lacks: skip locally, fail in CI.
 

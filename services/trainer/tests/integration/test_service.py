@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,9 +16,10 @@ from faststream.kafka import KafkaMessage
 
 from raftloop_core.api import ApiKey, KeyStore
 from raftloop_core.credentials import hash_key
-from raftloop_core.events import ChatMessage, ExampleCurated, RetrievedChunk, event_key
+from raftloop_core.events import event_key
 from raftloop_core.messaging import consumer_options, ensure_topics, make_broker
 from raftloop_core.settings import KafkaSettings, RuntimeSettings
+from raftloop_core.testing import plan_examples
 from raftloop_core.topics import Topic
 from raftloop_trainer.adapters import KafkaEventSink
 from raftloop_trainer.app import create_app
@@ -63,33 +63,6 @@ def mine(
     return [e for t, e in seen if t == topic and e.get(field) == value]
 
 
-def examples(tenant: str, n: int) -> list[ExampleCurated]:
-    out = []
-    for i in range(n):
-        answer = f"Plan {i} costs {i + 3} dollars."
-        out.append(
-            ExampleCurated(
-                tenant=tenant,
-                example_id=uuid.uuid4(),
-                interaction_id=uuid.uuid4(),
-                source="approved",
-                messages=[ChatMessage(role="user", content=f"What does plan {i} cost?")],
-                question=f"What does plan {i} cost?",
-                answer=answer,
-                oracle_chunks=[
-                    RetrievedChunk(
-                        chunk_id=f"pricing#{i}",
-                        document_id="pricing",
-                        text=f"Our catalogue lists many plans. {answer} Taxes are extra.",
-                        score=0.8,
-                    )
-                ],
-                base_model="tiny-llama",
-            )
-        )
-    return out
-
-
 @pytest.fixture
 def settings(
     tmp_path: Path, kafka_settings: KafkaSettings, tiny_model_dir: Path
@@ -122,7 +95,7 @@ async def test_service_consumes_trains_gates_and_switches(
     async def watch(msg: KafkaMessage) -> None:
         seen.append((msg.raw_message.topic, await msg.decode()))  # type: ignore[arg-type]
 
-    batch = examples(tenant, 24)
+    batch = plan_examples(24, base_model="tiny-llama", tenant=tenant)
     transport = httpx.ASGITransport(app=app)
     async with (
         app.router.lifespan_context(app),
