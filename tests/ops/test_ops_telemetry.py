@@ -38,7 +38,7 @@ class Traffic:
     """What the module's traffic left behind."""
 
     interaction_id: str
-    review: dict[str, Any] | None
+    review: dict[str, Any]
 
 
 @pytest.fixture(scope="module")
@@ -58,6 +58,7 @@ def traffic(platform: OpsPlatform) -> Traffic:
         timeout=30,
     )
     assert uploaded.status_code == 200, uploaded.text
+    _review_everything_once(platform)
     wait_until(
         lambda: total(platform["rag"].metrics(), "raftloop_rag_documents_total") >= 1,
         timeout_s=120,
@@ -97,13 +98,23 @@ def traffic(platform: OpsPlatform) -> Traffic:
     return Traffic(interaction_id, review)
 
 
-def _approve(platform: OpsPlatform, interaction_id: str) -> dict[str, Any] | None:
-    """Claim the interaction's review item and approve it (None if hitl routed it past review)."""
+def _review_everything_once(platform: OpsPlatform) -> None:
+    """Route every interaction to one reviewer.
+
+    By default hitl lets confident judgements pass unreviewed and sends a random 10% of items
+    to two reviewers; either would leave this test's one approval without a curated example.
+    """
+    url = f"{platform['hitl'].url}/api/v1/routing"
+    old = httpx.get(url, headers=platform.auth("admin"), timeout=30).raise_for_status().json()
+    new = old | {"review_below": 1.0, "overlap_rate": 0.0, "auto_accept": False}
+    httpx.put(url, json=new, headers=platform.auth("admin"), timeout=30).raise_for_status()
+
+
+def _approve(platform: OpsPlatform, interaction_id: str) -> dict[str, Any]:
+    """Claim the interaction's review item and approve it."""
     hitl = platform["hitl"].url
     headers = platform.auth("internal") | {"x-reviewer": "ops-test"}
     claimed = httpx.post(f"{hitl}/api/v1/claims", headers=headers, timeout=30)
-    if claimed.status_code == 204:
-        return None
     assert claimed.status_code == 200, claimed.text
     body = claimed.json()
     item = body["item"]
