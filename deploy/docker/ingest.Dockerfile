@@ -8,11 +8,14 @@ FROM ${PYTHON_IMAGE} AS builder
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
+# The repository's lockfile (`make lock`) pins every third-party package but torch, which comes
+# from the chosen index (its own dependencies then settle at the lockfile's versions).
+COPY constraints.txt /src/constraints.txt
 COPY libs/core /src/libs/core
 COPY services/ingest /src/services/ingest
 # psycopg: the PostgreSQL driver behind DATABASE_URL=postgresql+psycopg://... (the ingest package
 # itself only needs SQLAlchemy, which covers the SQLite default).
-RUN pip install /src/libs/core /src/services/ingest "psycopg[binary]>=3.2"
+RUN pip install -c /src/constraints.txt /src/libs/core /src/services/ingest "psycopg[binary]>=3.2"
 
 FROM ${PYTHON_IMAGE} AS runtime
 RUN useradd --system --uid 10001 --create-home --home-dir /home/raftloop raftloop \

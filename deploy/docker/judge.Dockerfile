@@ -13,10 +13,13 @@ ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
+# The repository's lockfile (`make lock`) pins every third-party package but torch, which comes
+# from the chosen index (its own dependencies then settle at the lockfile's versions).
+COPY constraints.txt /src/constraints.txt
 RUN pip install --index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}"
 COPY libs/core /src/libs/core
 COPY services/judge /src/services/judge
-RUN pip install /src/libs/core /src/services/judge
+RUN pip install -c /src/constraints.txt /src/libs/core /src/services/judge
 
 FROM ${PYTHON_IMAGE} AS runtime
 RUN useradd --system --uid 10001 --create-home --home-dir /home/raftloop raftloop \

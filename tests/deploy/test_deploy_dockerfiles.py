@@ -78,5 +78,17 @@ def test_service_package_that_pulls_torch_is_marked_as_such(svc: str) -> None:
 def test_cli_image_for_the_topic_job_has_no_service() -> None:
     steps = _instructions((DOCKER / "cli.Dockerfile").read_text())
     copied = {rest.split()[0] for word, rest in steps if word == "COPY" and "--from" not in rest}
-    assert copied == {"libs/core", "libs/cli"}
+    assert copied == {"constraints.txt", "libs/core", "libs/cli"}
     assert ("USER", "raftloop") in steps
+
+
+@pytest.mark.parametrize("svc", sorted([*SERVICES, "cli"]))
+def test_every_install_but_torchs_goes_through_the_lockfile(svc: str) -> None:
+    """The image resolves what `make install` and CI resolve: the repository's constraints.txt."""
+    steps = _instructions((DOCKER / f"{svc}.Dockerfile").read_text())
+    assert ("COPY", "constraints.txt /src/constraints.txt") in steps
+    installs = [rest for word, rest in steps if word == "RUN" and rest.startswith("pip install")]
+    assert installs
+    for rest in installs:
+        if '"torch==' not in rest:
+            assert rest.startswith("pip install -c /src/constraints.txt "), rest
