@@ -86,7 +86,7 @@ e2e: install
 check: install
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
-	$(BIN)/mypy $(wildcard libs/*/src)
+	$(BIN)/mypy $(wildcard libs/*/src services/*/src)
 
 format: install
 	$(BIN)/ruff format .

@@ -186,7 +186,7 @@ def subscribe(
         try:
             m.observe(await pipeline.on_feedback(event))
         except TenantMismatch as exc:  # another tenant's interaction: never joined
-            await dead.park(msg.raw_message, msg.raw_message.value or b"", exc)
+            await dead.park_message(msg, exc)
 
 
 async def _raw_body(msg: KafkaMessage) -> Any:

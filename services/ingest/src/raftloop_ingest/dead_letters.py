@@ -70,6 +70,13 @@ class RedactingDeadLetters:
         parsed = [await self.parse_record(model, r) for r in records]
         return [p for p in parsed if p is not None]
 
+    async def park_message(self, msg: KafkaMessage, exc: Exception) -> None:
+        """Park a single-record message whose event parsed but cannot be handled."""
+        record = msg.raw_message
+        if isinstance(record, tuple):
+            raise TypeError("park_message takes a single-record message, not a batch")
+        await self.park(record, record.value or b"", exc)
+
     async def parse_record(self, model: type[M], record: Any) -> M | None:
         """The decoded event of one consumer record, or None after parking it."""
         body: bytes = record.value or b""
