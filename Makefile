@@ -87,6 +87,7 @@ check: install
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
 	$(BIN)/mypy $(wildcard libs/*/src services/*/src)
+	$(BIN)/python tests/contracts/function_length.py
 
 format: install
 	$(BIN)/ruff format .
