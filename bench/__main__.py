@@ -2,7 +2,9 @@
 
 Usage: `python -m bench [NAME ...]` (what `make bench` runs). Each `bench/bench_<name>.py`
 defines `TITLE` and `run() -> dict[str, float | int | str]`; it compares our path with a
-baseline in the same run. Figures are never asserted in tests: they are recorded here.
+baseline in the same run. It may define `notes(figures) -> str`, a paragraph under its table
+that reads the figures (what limits them, what shared the machine). Figures are never asserted
+in tests: they are recorded here.
 """
 
 from __future__ import annotations
@@ -84,6 +86,7 @@ def main(argv: list[str]) -> int:
             continue
         for key, value in figures.items():
             print(f"   {key}: {value}")
+        notes = getattr(module, "notes", None)
         results[name] = {
             "title": module.TITLE,
             "figures": figures,
@@ -92,6 +95,8 @@ def main(argv: list[str]) -> int:
             "machine": machine(),
             "command": f"make bench BENCH={name.removeprefix('bench_')}",
         }
+        if notes is not None:
+            results[name]["notes"] = notes(figures)
     # Benchmarks by name, each one's figures in the order it reported them (the order the
     # table shows), so re-rendering one benchmark never reorders another's rows.
     results = dict(sorted(results.items()))
@@ -129,6 +134,8 @@ def render(results: dict[str, dict[str, object]]) -> str:
         for key, value in figures.items():
             lines.append(f"| {key} | {value} |")
         lines.append("")
+        if entry.get("notes"):
+            lines += [str(entry["notes"]), ""]
     return "\n".join(lines)
 
 
