@@ -402,6 +402,8 @@ def attack_values(victim: Tenant, text: str, password: str) -> dict[str, object]
         "rating": -1,
         "share": 1.0,
         "question": QUESTION,
+        # the trainer's regression set (issue #19): the intruder's text, so a write shows
+        "items": [{"id": "intruder", "question": QUESTION, "answer": text}],
         "answer_a": "47 days.",
         "answer_b": "30 days.",
         "text": f"{text}: new guidelines",
@@ -455,6 +457,7 @@ def view(fleet: Fleet, tenant: Tenant, admin: Session) -> dict[str, str]:
         "documents (rag)": ("POST", f"{fleet.url('rag')}/v1/retrieve", "client", QUESTION),
         "adapters (trainer)": ("GET", f"{trainer}/v1/adapters", "admin", None),
         "training (trainer)": ("GET", f"{trainer}/v1/admin/training", "admin", None),
+        "regression set (trainer)": ("GET", f"{trainer}/v1/admin/regression", "admin", None),
         "adapters (gateway)": ("GET", f"{gateway}/v1/admin/adapters", "admin", None),
         "agreement (judge)": ("GET", f"{fleet.url('judge')}/v1/agreement", "internal", None),
     }

@@ -29,7 +29,7 @@ from raftloop_core.telemetry import instrument_broker
 from raftloop_core.topics import Topic
 from raftloop_trainer.adapters import EventSink, RunInProgress
 from raftloop_trainer.domain import BUSY, NotStarted, Started, due_reason
-from raftloop_trainer.routes import build_router
+from raftloop_trainer.routes import build_router, regression_router
 from raftloop_trainer.runner import NothingToTrain, Runner
 from raftloop_trainer.settings import TrainerSettings
 
@@ -211,6 +211,7 @@ def create_app(
 
     app = FastAPI(title="raftloop trainer", version="0.1.0", lifespan=lifespan)
     app.state.scheduler = scheduler
+    app.state.keys = keys  # the routes of `regression_router` check callers against it
     install_error_handlers(app)
     install_request_guards(app, settings.request_limits())
     add_ops_routes(
@@ -226,6 +227,7 @@ def create_app(
         protect=settings.runtime.ops_protected,
     )
     app.include_router(build_router(settings, keys=keys, scheduler=scheduler))
+    app.include_router(regression_router)
     return app
 
 

@@ -1,9 +1,10 @@
-"""Pure decisions of the trainer: dataset identity, hold-out split, triggers, the promotion gate."""
+"""Pure decisions of the trainer: dataset identity, the split, triggers, regression sets, gate."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -119,6 +120,56 @@ def holdout_shortfall(pending: PendingData, policy: TriggerPolicy) -> str | None
         f"the hold-out has {pending.holdout_examples} of the {policy.min_holdout_items} items the "
         "gate needs (TRAINER_MIN_HOLDOUT_ITEMS); the run waits for more reviewed examples"
     )
+
+
+# ---------------------------------------------------------------- regression set
+
+MAX_REGRESSION_ITEMS = 500
+MAX_REGRESSION_QUESTION_CHARS = 1000
+MAX_REGRESSION_ANSWER_CHARS = 500
+"""A reference answer longer than the eval's new tokens (80) could never be matched anyway."""
+REGRESSION_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$"
+
+
+@dataclass(frozen=True)
+class RegressionItem:
+    """A general question and its reference answer: one item of a tenant's forgetting check."""
+
+    item_id: str
+    question: str
+    answer: str
+
+
+def duplicate_ids(ids: Iterable[str]) -> list[str]:
+    """The ids that occur more than once, in order of their second occurrence."""
+    seen: set[str] = set()
+    repeated: list[str] = []
+    for item_id in ids:
+        if item_id in seen and item_id not in repeated:
+            repeated.append(item_id)
+        seen.add(item_id)
+    return repeated
+
+
+def regression_set_problem(items: Sequence[RegressionItem]) -> str | None:
+    """Why `items` cannot be a tenant's regression set, or None when they can."""
+    if len(items) > MAX_REGRESSION_ITEMS:
+        return f"{len(items)} regression items; a set holds at most {MAX_REGRESSION_ITEMS}"
+    repeated = duplicate_ids(i.item_id for i in items)
+    if repeated:
+        return f"item ids must be unique within the set; repeated: {', '.join(repeated[:5])}"
+    limits = {"question": MAX_REGRESSION_QUESTION_CHARS, "answer": MAX_REGRESSION_ANSWER_CHARS}
+    for item in items:
+        if not re.fullmatch(REGRESSION_ID_PATTERN, item.item_id):
+            return f"item id {item.item_id[:80]!r} must match {REGRESSION_ID_PATTERN}"
+        for name, limit in limits.items():
+            text = getattr(item, name)
+            if not text.strip() or len(text) > limit or "\x00" in text:
+                return (
+                    f"item {item.item_id!r}: the {name} must be 1 to {limit} characters of "
+                    "text, without NUL"
+                )
+    return None
 
 
 # ---------------------------------------------------------------- gate

@@ -1,24 +1,36 @@
-"""Admin HTTP routes: start a run, see its progress, list, promote and roll back adapters.
+"""Admin HTTP routes: runs and their progress, adapters, and the tenant's regression set.
 
 Every route is scoped to the caller's tenant (issues #11, #17): an admin key starts runs only
 for its own tenant, sees only its tenant's runs and pending examples, and lists, promotes, rolls
 back and canaries only its own tenant's alias and the adapters trained on its tenant's data (the
 card names the tenant). These are the only HTTP routes that switch an alias; the gateway follows.
+An admin key reads and replaces only its own tenant's regression set (issue #19).
 """
 
 # No `from __future__ import annotations`: FastAPI must resolve the local `Admin` alias.
 import asyncio
 from typing import TYPE_CHECKING, Annotated, Any
 
-from fastapi import APIRouter, Depends
-from pydantic import BaseModel, Field
+from fastapi import APIRouter, Depends, Request
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic_core import PydanticCustomError
 
 from raftloop_core.api import ApiError, Caller, KeyStore, require
 from raftloop_core.events import Tenant
 from raftloop_core.registry import AdapterCard, AdapterRefused, OtherTenantsAdapter
 from raftloop_trainer import promotion
-from raftloop_trainer.domain import NotStarted, holdout_shortfall
+from raftloop_trainer.domain import (
+    MAX_REGRESSION_ANSWER_CHARS,
+    MAX_REGRESSION_ITEMS,
+    MAX_REGRESSION_QUESTION_CHARS,
+    REGRESSION_ID_PATTERN,
+    NotStarted,
+    RegressionItem,
+    duplicate_ids,
+    holdout_shortfall,
+)
 from raftloop_trainer.settings import TrainerSettings
+from raftloop_trainer.store import DatasetStore, RegressionSet
 
 if TYPE_CHECKING:
     from raftloop_trainer.app import Scheduler
@@ -195,3 +207,111 @@ def build_router(settings: TrainerSettings, *, keys: KeyStore, scheduler: "Sched
         return state.model_dump(mode="json")
 
     return router
+
+
+# ---------------------------------------------------------------- regression set (issue #19)
+
+
+Question = Annotated[
+    str,
+    StringConstraints(
+        strip_whitespace=True, min_length=1, max_length=MAX_REGRESSION_QUESTION_CHARS
+    ),
+]
+Answer = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_REGRESSION_ANSWER_CHARS),
+]
+
+
+class RegressionItemIn(BaseModel):
+    """One general question and the answer it should still get after training."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: str = Field(pattern=REGRESSION_ID_PATTERN, description="Unique within the set.")
+    question: Question
+    answer: Answer
+
+    @model_validator(mode="after")
+    def _plain_text(self) -> "RegressionItemIn":
+        # PostgreSQL stores no NUL in text: refused here rather than failing as a 500 there.
+        if "\x00" in self.question or "\x00" in self.answer:
+            raise PydanticCustomError("nul", "question and answer must not contain NUL (\\u0000)")
+        return self
+
+
+class RegressionSetIn(BaseModel):
+    """A tenant's whole regression set: `PUT` replaces the previous one (`[]` removes it)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    items: list[RegressionItemIn] = Field(max_length=MAX_REGRESSION_ITEMS)
+
+    @model_validator(mode="after")
+    def _unique_ids(self) -> "RegressionSetIn":
+        repeated = duplicate_ids(i.id for i in self.items)
+        if repeated:
+            shown = ", ".join(repr(r[:40]) for r in repeated[:5])
+            raise PydanticCustomError(
+                "duplicate_ids", f"item ids must be unique within the set; repeated: {shown}"
+            )
+        return self
+
+
+async def _admin(request: Request) -> Caller:
+    """The calling admin, checked against the key store that `create_app` keeps in app.state."""
+    return await require(request.app.state.keys, "admin")(request)
+
+
+def _store(request: Request) -> DatasetStore:
+    store: DatasetStore = request.app.state.scheduler.runner.store
+    return store
+
+
+def _settings(request: Request) -> TrainerSettings:
+    settings: TrainerSettings = request.app.state.scheduler.settings
+    return settings
+
+
+AdminCaller = Annotated[Caller, Depends(_admin)]
+Store = Annotated[DatasetStore, Depends(_store)]
+Settings = Annotated[TrainerSettings, Depends(_settings)]
+
+regression_router = APIRouter(prefix="/v1/admin")
+
+
+def _regression_json(tenant: str, got: RegressionSet, limit: int) -> dict[str, Any]:
+    return {
+        "tenant": tenant,
+        "items": [{"id": i.item_id, "question": i.question, "answer": i.answer} for i in got.items],
+        "updated_at": got.updated_at.isoformat() if got.updated_at else None,
+        "checked_per_run": min(len(got.items), limit),
+        "max_items": MAX_REGRESSION_ITEMS,
+    }
+
+
+@regression_router.get("/regression")
+async def get_regression(caller: AdminCaller, store: Store, settings: Settings) -> dict[str, Any]:
+    """The caller's tenant's regression set: the general questions every run checks.
+
+    A run checks the first `TRAINER_REGRESSION_ITEMS` of them (`checked_per_run`); with none,
+    its report says that forgetting was not checked.
+    """
+    got = await asyncio.to_thread(store.regression_set, caller.tenant)
+    return _regression_json(caller.tenant, got, settings.regression_items)
+
+
+@regression_router.put("/regression")
+async def put_regression(
+    body: RegressionSetIn, caller: AdminCaller, store: Store, settings: Settings
+) -> dict[str, Any]:
+    """Replace the caller's tenant's whole regression set; answer with the stored set."""
+    items = [RegressionItem(i.id, i.question, i.answer) for i in body.items]
+    try:
+        got = await asyncio.to_thread(store.replace_regression, caller.tenant, items)
+    except ValueError as exc:  # the store's own check of the same limits, should they differ
+        raise ApiError(
+            400, f"invalid request: {exc}", code="invalid_request", param="items"
+        ) from exc
+    return _regression_json(caller.tenant, got, settings.regression_items)

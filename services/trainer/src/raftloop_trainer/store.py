@@ -1,8 +1,9 @@
-"""The curated dataset and run history in SQL (SQLite by default, PostgreSQL via DATABASE_URL)."""
+"""The curated dataset, runs and regression sets in SQL (SQLite; PostgreSQL by DATABASE_URL)."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -11,7 +12,14 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
 from raftloop_core.events import ExampleCurated
-from raftloop_trainer.domain import HOLDOUT_FRACTION, PendingData, content_key, is_holdout
+from raftloop_trainer.domain import (
+    HOLDOUT_FRACTION,
+    PendingData,
+    RegressionItem,
+    content_key,
+    is_holdout,
+    regression_set_problem,
+)
 
 metadata = sa.MetaData()
 
@@ -58,6 +66,24 @@ runs = sa.Table(
     sa.Column("finished_at", sa.DateTime(timezone=True)),
 )
 
+regression_sets = sa.Table(
+    "trainer_regression_sets",
+    metadata,
+    sa.Column("tenant", sa.String(64), primary_key=True),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+)
+"""One row per tenant that has set its regression items; a replacement locks it first."""
+
+regression_rows = sa.Table(
+    "trainer_regression_items",
+    metadata,
+    sa.Column("tenant", sa.String(64), primary_key=True),
+    sa.Column("item_id", sa.String(64), primary_key=True),
+    sa.Column("position", sa.Integer, nullable=False),
+    sa.Column("question", sa.Text, nullable=False),
+    sa.Column("answer", sa.Text, nullable=False),
+)
+
 RunStatus = Literal["running", "succeeded", "failed", "promoted", "rejected"]
 AddResult = Literal["added", "duplicate", "redelivered"]
 LINEAGE = (
@@ -84,6 +110,14 @@ class Snapshot:
     train: list[dict[str, Any]]
     holdout: list[dict[str, Any]]
     max_seq: int
+
+
+@dataclass(frozen=True)
+class RegressionSet:
+    """A tenant's regression items in their order, and when the set was last replaced."""
+
+    items: list[RegressionItem]
+    updated_at: datetime | None
 
 
 class DatasetStore:
@@ -258,6 +292,76 @@ class DatasetStore:
         with self.engine.connect() as conn:
             query = sa.select(runs.c.run_id).where(runs.c.tenant == tenant)
             return set(conn.execute(query).scalars())
+
+    def regression_set(self, tenant: str) -> RegressionSet:
+        """The tenant's regression items (none until it sets some) and when they were set."""
+        with self.engine.connect() as conn:
+            updated = conn.execute(
+                sa.select(regression_sets.c.updated_at).where(regression_sets.c.tenant == tenant)
+            ).scalar_one_or_none()
+            rows = conn.execute(
+                sa.select(regression_rows)
+                .where(regression_rows.c.tenant == tenant)
+                .order_by(regression_rows.c.position)
+            ).all()
+        if updated is not None and updated.tzinfo is None:
+            updated = updated.replace(tzinfo=UTC)  # SQLite keeps no zone
+        items = [RegressionItem(r.item_id, r.question, r.answer) for r in rows]
+        return RegressionSet(items, updated)
+
+    def regression_items(self, tenant: str) -> list[RegressionItem]:
+        """The tenant's regression items in their order; empty when it has set none."""
+        return self.regression_set(tenant).items
+
+    def replace_regression(self, tenant: str, items: Sequence[RegressionItem]) -> RegressionSet:
+        """Make `items` the tenant's whole regression set (empty: none), atomically.
+
+        Raises:
+            ValueError: the items break a limit of `domain.regression_set_problem`.
+        """
+        problem = regression_set_problem(items)
+        if problem:
+            raise ValueError(problem)
+        # Two replacements of one tenant at once must not interleave into a mix of both sets:
+        # each first writes the tenant's row, which holds the other until it commits. Two
+        # first-ever replacements race on inserting that row; the loser starts over.
+        for attempt in range(3):
+            try:
+                with self.engine.begin() as conn:
+                    self._replace_regression(conn, tenant, items)
+                break
+            except IntegrityError:
+                if attempt == 2:
+                    raise
+        return self.regression_set(tenant)
+
+    @staticmethod
+    def _replace_regression(
+        conn: sa.Connection, tenant: str, items: Sequence[RegressionItem]
+    ) -> None:
+        now = datetime.now(UTC)
+        claimed = conn.execute(
+            regression_sets.update()
+            .where(regression_sets.c.tenant == tenant)
+            .values(updated_at=now)
+        )
+        if not claimed.rowcount:
+            conn.execute(regression_sets.insert().values(tenant=tenant, updated_at=now))
+        conn.execute(regression_rows.delete().where(regression_rows.c.tenant == tenant))
+        if items:
+            conn.execute(
+                regression_rows.insert(),
+                [
+                    {
+                        "tenant": tenant,
+                        "item_id": item.item_id,
+                        "position": position,
+                        "question": item.question,
+                        "answer": item.answer,
+                    }
+                    for position, item in enumerate(items)
+                ],
+            )
 
     def run(self, run_id: str) -> dict[str, Any] | None:
         """One run, or None."""

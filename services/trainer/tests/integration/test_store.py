@@ -1,17 +1,20 @@
-"""The dataset store on SQLite and PostgreSQL: lineage, dedupe, redelivery, pending, snapshots."""
+"""The dataset store on SQLite and PostgreSQL: lineage, dedupe, redelivery, pending, snapshots,
+and each tenant's regression set."""
 
 from __future__ import annotations
 
+import threading
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 
 from raftloop_core.events import ChatMessage, ExampleCurated, RetrievedChunk
-from raftloop_trainer.domain import dataset_version, is_holdout
-from raftloop_trainer.store import DatasetStore, metadata
+from raftloop_trainer.domain import RegressionItem, dataset_version, is_holdout
+from raftloop_trainer.store import DatasetStore, RegressionSet, metadata
 
 pytestmark = pytest.mark.integration
 
@@ -150,4 +153,56 @@ def test_schema_is_created_idempotently(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'x.sqlite3'}"
     DatasetStore(url)
     DatasetStore(url)
-    assert {"trainer_examples", "trainer_runs"} <= set(metadata.tables)
+    tables = {"trainer_examples", "trainer_runs", "trainer_regression_sets"}
+    assert tables | {"trainer_regression_items"} <= set(metadata.tables)
+
+
+def general(prefix: str, n: int) -> list[RegressionItem]:
+    return [
+        RegressionItem(f"{prefix}{i}", f"{prefix} question {i}?", f"Answer {i}.") for i in range(n)
+    ]
+
+
+def test_each_tenant_has_its_own_regression_set_replaced_whole(store: DatasetStore) -> None:
+    assert store.regression_set("acme") == RegressionSet([], None)
+    store.replace_regression("acme", general("a", 3))
+    store.replace_regression("globex", general("g", 2))
+    got = store.regression_set("acme")
+    assert got.items == general("a", 3)  # in the order given
+    assert got.updated_at is not None
+    assert got.updated_at.tzinfo is not None
+    assert store.regression_items("globex") == general("g", 2)
+
+    replaced = [RegressionItem("a2", "Changed?", "Yes."), RegressionItem("new", "New?", "No.")]
+    assert store.replace_regression("acme", replaced).items == replaced
+    assert store.regression_items("acme") == replaced  # nothing of the old set is left
+    assert store.regression_items("globex") == general("g", 2)
+    assert store.replace_regression("acme", []).items == []
+    assert store.regression_items("globex") == general("g", 2)
+
+
+def test_a_bad_regression_set_is_refused_and_the_old_one_kept(store: DatasetStore) -> None:
+    store.replace_regression("acme", general("a", 2))
+    twice = [*general("b", 2), RegressionItem("b0", "Again?", "Yes.")]
+    with pytest.raises(ValueError, match="repeated: b0"):
+        store.replace_regression("acme", twice)
+    with pytest.raises(ValueError, match="without NUL"):
+        store.replace_regression("acme", [RegressionItem("n", "Why?", "No\x00pe.")])
+    assert store.regression_items("acme") == general("a", 2)
+
+
+def test_concurrent_replacements_never_mix_two_sets(store: DatasetStore) -> None:
+    # Without the per-tenant row lock, two first replacements with different ids both commit
+    # on PostgreSQL and the tenant ends up with the union of the two sets.
+    sets = [general("x", 20), general("y", 20)]
+
+    def put(barrier: threading.Barrier, items: list[RegressionItem]) -> None:
+        barrier.wait()
+        store.replace_regression("acme", items)
+
+    for _ in range(5):
+        store.replace_regression("acme", [])
+        barrier = threading.Barrier(2)
+        with ThreadPoolExecutor(2) as pool:
+            list(pool.map(put, [barrier, barrier], sets))
+        assert store.regression_items("acme") in sets
