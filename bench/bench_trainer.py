@@ -58,8 +58,9 @@ def _throughput() -> dict[str, float | int | str]:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from raftloop_models import ensure_smollm2
 
-    from raftloop_trainer.builder import build_set, demo_sources, write_examples
+    from raftloop_trainer.builder import build_set, write_examples
     from raftloop_trainer.distractors import LocalDistractorSource
+    from raftloop_trainer.offline import demo_sources
     from raftloop_trainer.train import LoraParams, TrainConfig, train
 
     model_dir = ensure_smollm2()
@@ -97,8 +98,8 @@ def _throughput() -> dict[str, float | int | str]:
 def _curated(tenant: str, base_model: str) -> list[Any]:
     """Demo-KB train questions as curated examples: hold-out ones first, the trigger last."""
     from raftloop_core.events import ExampleCurated, RetrievedChunk
-    from raftloop_trainer.builder import demo_sources
     from raftloop_trainer.domain import is_holdout
+    from raftloop_trainer.offline import demo_sources
 
     held: list[Any] = []
     train: list[Any] = []
@@ -190,6 +191,16 @@ def _utc(value: datetime) -> float:
     return (value if value.tzinfo else value.replace(tzinfo=UTC)).timestamp()
 
 
+def _store_with_regression_set(data: Path, tenant: str) -> Any:
+    """The trainer's store, the tenant's regression set in it: the demo's first 2 questions."""
+    from raftloop_trainer.offline import demo_regression_items
+    from raftloop_trainer.store import DatasetStore
+
+    store = DatasetStore(f"sqlite:///{data / 'trainer' / 'dataset.sqlite3'}")
+    store.replace_regression(tenant, demo_regression_items()[:2])
+    return store
+
+
 def _loop(root: Path) -> dict[str, float | int | str]:
     import openai
     from raftloop_models import ensure_smollm2
@@ -198,7 +209,6 @@ def _loop(root: Path) -> dict[str, float | int | str]:
     from raftloop_core.embedded import EmbeddedBroker, free_port
     from raftloop_core.messaging import ensure_topics
     from raftloop_core.settings import KafkaSettings, RuntimeSettings
-    from raftloop_trainer.store import DatasetStore
 
     model_dir = ensure_smollm2()
     data = root / "var"
@@ -239,7 +249,7 @@ def _loop(root: Path) -> dict[str, float | int | str]:
             return done.system_fingerprint
 
         assert fingerprint() == "base"
-        store = DatasetStore(f"sqlite:///{data / 'trainer' / 'dataset.sqlite3'}")
+        store = _store_with_regression_set(data, tenant)
         asyncio.run(_publish(broker.bootstrap_servers, events[:-1]))
         deadline = time.monotonic() + 120
         while store.count(tenant, base_model) < len(events) - 1:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from raftloop_core.prompting import ANSWER_MARKER, BEGIN_QUOTE, final_answer
+from raftloop_trainer.domain import RegressionItem
 from raftloop_trainer.evaluate import EvalItem, regression_items
 from raftloop_trainer.raft import (
     Chunk,
@@ -81,25 +82,6 @@ def write_examples(path: Path, examples: Sequence[RaftExample]) -> Path:
     return path
 
 
-def demo_sources(split: str) -> list[RaftSource]:
-    """The demo knowledge base's questions of one split as RAFT sources.
-
-    The oracle is the document chunk that contains the question's passage (as rag would return
-    it), or the passage itself when it spans two chunks.
-    """
-    import raftloop_demo_kb as kb
-
-    from raftloop_trainer.distractors import LocalDistractorSource
-
-    local = LocalDistractorSource.from_demo_kb()
-    picked = {"train": kb.train_questions, "holdout": kb.holdout_questions}[split]()
-    sources = []
-    for q in picked:
-        oracle = local.containing(q.passage) or Chunk(f"{q.document}#{q.id}", q.passage, q.document)
-        sources.append(RaftSource(q.id, q.question, q.answer, (oracle,)))
-    return sources
-
-
 def sources_from_rows(rows: Iterable[Mapping[str, Any]]) -> list[RaftSource]:
     """RAFT sources from dataset rows (the store's lineage rows or a snapshot's lines)."""
     sources = []
@@ -140,9 +122,6 @@ def served_answer(answer: str) -> str:
     return answer
 
 
-def regression_set(limit: int) -> list[EvalItem]:
-    """The fixed forgetting check: the first `limit` general questions of the demo package."""
-    import raftloop_demo_kb as kb
-
-    picked = kb.regression_questions()[:limit]
-    return regression_items([(q.id, q.question, q.answer) for q in picked])
+def regression_set(items: Sequence[RegressionItem], limit: int) -> list[EvalItem]:
+    """The forgetting check of a run: the first `limit` of the tenant's own regression items."""
+    return regression_items([(i.item_id, i.question, i.answer) for i in items[:limit]])

@@ -129,6 +129,10 @@ MAX_REGRESSION_QUESTION_CHARS = 1000
 MAX_REGRESSION_ANSWER_CHARS = 500
 """A reference answer longer than the eval's new tokens (80) could never be matched anyway."""
 REGRESSION_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$"
+NO_REGRESSION_CHECK = (
+    "not checked for forgetting: no regression items were evaluated (a tenant sets its "
+    "general questions with PUT /v1/admin/regression; TRAINER_REGRESSION_ITEMS caps them)"
+)
 
 
 @dataclass(frozen=True)
@@ -240,11 +244,13 @@ def decide(
             reasons.append(
                 f"judge win rate {judge_win_rate:.3f} below {policy.min_judge_win_rate:.3f}"
             )
+    # No general questions is no evidence either way: it never rejects, and the reasons say so.
+    unchecked = [] if regression else [NO_REGRESSION_CHECK]
     if not reasons:
         assert primary is not None
         reasons.append(
             f"{primary.metric} gain {primary.diff:+.4f} "
             f"(95% CI {primary.low:+.4f}..{primary.high:+.4f}) above margin {policy.margin:+.4f}"
         )
-        return GateDecision(True, reasons)
-    return GateDecision(False, reasons)
+        return GateDecision(True, reasons + unchecked)
+    return GateDecision(False, reasons + unchecked)

@@ -2,7 +2,9 @@
 
 The demo package's own split is used: its train questions (question, answer, oracle passage) are
 the curated examples and its hold-out questions, asked with the oracle chunk and distractors in
-the same RAFT prompt format, are the evaluation set.
+the same RAFT prompt format, are the evaluation set; its general questions are the regression
+set. This is demo tooling: the service's runs never read the demo package (a tenant's regression
+set is its own, in the store), except for local distractors when no rag is configured.
 """
 
 from __future__ import annotations
@@ -13,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from raftloop_core.registry import AdapterRegistry
-from raftloop_trainer.builder import build_set, demo_sources, regression_set, write_examples
+from raftloop_trainer.builder import build_set, regression_set, write_examples
 from raftloop_trainer.distractors import LocalDistractorSource
-from raftloop_trainer.domain import GatePolicy, decide
+from raftloop_trainer.domain import GatePolicy, RegressionItem, decide
 from raftloop_trainer.evaluate import (
     EvalConfig,
     EvalItem,
@@ -26,10 +28,34 @@ from raftloop_trainer.evaluate import (
     pairwise_summary,
 )
 from raftloop_trainer.judging import JudgeConfig
-from raftloop_trainer.raft import RaftSource
+from raftloop_trainer.raft import Chunk, RaftSource
 from raftloop_trainer.report import report_payload, write_report
 from raftloop_trainer.settings import TrainerSettings
 from raftloop_trainer.train import LoraParams, TrainConfig, train
+
+
+def demo_sources(split: str) -> list[RaftSource]:
+    """The demo knowledge base's questions of one split as RAFT sources.
+
+    The oracle is the document chunk that contains the question's passage (as rag would return
+    it), or the passage itself when it spans two chunks.
+    """
+    import raftloop_demo_kb as kb
+
+    local = LocalDistractorSource.from_demo_kb()
+    picked = {"train": kb.train_questions, "holdout": kb.holdout_questions}[split]()
+    sources = []
+    for q in picked:
+        oracle = local.containing(q.passage) or Chunk(f"{q.document}#{q.id}", q.passage, q.document)
+        sources.append(RaftSource(q.id, q.question, q.answer, (oracle,)))
+    return sources
+
+
+def demo_regression_items() -> list[RegressionItem]:
+    """The demo handbook's general questions (what `raftloop demo` sets for its tenant)."""
+    import raftloop_demo_kb as kb
+
+    return [RegressionItem(q.id, q.question, q.answer) for q in kb.regression_questions()]
 
 
 def demo_eval_items(*, distractors: int, regression: int, seed: int = 43) -> list[EvalItem]:
@@ -38,7 +64,7 @@ def demo_eval_items(*, distractors: int, regression: int, seed: int = 43) -> lis
     sources = demo_sources("holdout")
     held = build_set(sources, local, k=distractors, p_oracle=1.0, seed=seed)
     questions = {s.example_id: s.question for s in sources}
-    return holdout_items(held, questions) + regression_set(regression)
+    return holdout_items(held, questions) + regression_set(demo_regression_items(), regression)
 
 
 def shuffled_answers(sources: list[RaftSource], seed: int = 0) -> list[RaftSource]:

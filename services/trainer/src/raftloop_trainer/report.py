@@ -104,6 +104,39 @@ def data_summary(
     }
 
 
+NO_REGRESSION_SET = "no regression set for this tenant: PUT /v1/admin/regression"
+
+
+def regression_summary(stored: int, limit: int) -> dict[str, Any]:
+    """How many of the tenant's `stored` regression items a run checked, and why none, if none.
+
+    `limit` is `TRAINER_REGRESSION_ITEMS`. A run that checked none says so in the report
+    instead of showing a forgetting check that was never made.
+    """
+    checked = min(stored, limit)
+    summary: dict[str, Any] = {"items": checked, "stored": stored, "limit": limit}
+    if stored == 0:
+        summary["note"] = NO_REGRESSION_SET
+    elif checked == 0:
+        summary["note"] = (
+            f"TRAINER_REGRESSION_ITEMS is 0: none of the tenant's {stored} regression items "
+            "was checked"
+        )
+    return summary
+
+
+def _regression_lines(regression: Mapping[str, Any] | None) -> list[str]:
+    if not regression:
+        return []
+    if not regression["items"]:
+        return ["", f"**Forgetting not checked**: {regression['note']}."]
+    return [
+        "",
+        f"Forgetting check: {regression['items']} of the tenant's {regression['stored']} "
+        f"regression items (TRAINER_REGRESSION_ITEMS {regression['limit']}).",
+    ]
+
+
 def _data_lines(data: Mapping[str, Any] | None) -> list[str]:
     if not data:
         return []
@@ -121,6 +154,7 @@ def markdown(payload: Mapping[str, Any]) -> str:
     lines = [f"# {payload['title']}", ""]
     lines.append(f"Baseline: `{payload['baseline']}`; candidate: `{payload['candidate']}`.")
     lines += _data_lines(payload.get("data"))
+    lines += _regression_lines(payload.get("regression"))
     decision = payload.get("decision")
     if decision:
         verdict = "PROMOTE" if decision["promote"] else "REJECT"

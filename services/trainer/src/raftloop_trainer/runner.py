@@ -32,6 +32,7 @@ from raftloop_trainer.domain import dataset_version, decide
 from raftloop_trainer.evaluate import (
     JUDGE_KEY_ENV,
     EvalConfig,
+    EvalItem,
     Variant,
     compare,
     holdout_items,
@@ -42,6 +43,7 @@ from raftloop_trainer.report import (
     data_summary,
     flat_metrics,
     pairwise_metrics,
+    regression_summary,
     report_payload,
     write_report,
 )
@@ -193,6 +195,27 @@ class Runner:
         adapter_id = await asyncio.to_thread(self.registry.add, adapter_dir, card)
         return await self._gate(run_id, tenant, version, snap, job_dir, adapter_id)
 
+    async def eval_items(self, snap: Any, tenant: str) -> tuple[list[EvalItem], dict[str, Any]]:
+        """The hold-out items (oracle always shown) and the tenant's own regression items.
+
+        Also returns the report's `regression` summary: how many were checked, or why none.
+        """
+        held_sources = sources_from_rows(snap.holdout)
+        held = await asyncio.to_thread(
+            build_set,
+            held_sources,
+            self.distractors,
+            k=self.settings.distractors,
+            p_oracle=1.0,
+            seed=self.settings.lora.seed + 1,
+            tenant=tenant,
+        )
+        questions = {s.example_id: s.question for s in held_sources}
+        stored = await asyncio.to_thread(self.store.regression_items, tenant)
+        limit = self.settings.regression_items
+        summary = regression_summary(len(stored), limit)
+        return holdout_items(held, questions) + regression_set(stored, limit), summary
+
     async def _gate(
         self, run_id: str, tenant: str, version: str, snap: Any, job_dir: Path, adapter_id: str
     ) -> dict[str, Any]:
@@ -205,17 +228,7 @@ class Runner:
         candidate = Variant(
             name=f"adapter:{adapter_id[:12]}", adapter_dir=self.registry.get(adapter_id)
         )
-        held_sources = sources_from_rows(snap.holdout)
-        held = build_set(
-            held_sources,
-            self.distractors,
-            k=self.settings.distractors,
-            p_oracle=1.0,
-            seed=self.settings.lora.seed + 1,
-            tenant=tenant,
-        )
-        questions = {s.example_id: s.question for s in held_sources}
-        items = holdout_items(held, questions) + regression_set(self.settings.regression_items)
+        items, regression = await self.eval_items(snap, tenant)
         judge, not_judged = self.settings.judge_config()
         config = EvalConfig(
             base_model_dir=self.base_model_dir,
@@ -255,6 +268,7 @@ class Runner:
                 "dataset_version": version,
                 "adapter_id": adapter_id,
                 "data": data_summary(snap.train, snap.holdout),
+                "regression": regression,
             },
         )
         report = write_report(run_dir, payload)

@@ -94,7 +94,12 @@ class TrainerSettings(HttpLimits):
         le=0.5,
         description="Share of arriving examples held out (by id hash) and never trained on.",
     )
-    regression_items: int = Field(default=16, ge=0, description="General questions checked.")
+    regression_items: int = Field(
+        default=16,
+        ge=0,
+        description="The most of the tenant's regression items (PUT /v1/admin/regression) a run "
+        "checks; a tenant without any is not checked for forgetting, and its reports say so.",
+    )
     eval_max_new_tokens: int = Field(default=80, ge=1, description="Room for quote + answer.")
 
     judge_url: str | None = Field(

@@ -42,6 +42,12 @@ def keys_of(tenant: str) -> KeyStore:
     )
 
 
+GENERAL = [
+    {"id": "capital", "question": "What is the capital of France?", "answer": "Paris."},
+    {"id": "water", "question": "What is the chemical symbol for water?", "answer": "H2O."},
+]
+"""The tenant's own general questions: the gate's forgetting check (issue #19)."""
+
 WATCHED = [
     Topic.TRAINING_RUN_FINISHED,
     Topic.ADAPTER_PROMOTED,
@@ -61,6 +67,20 @@ def mine(
     seen: list[tuple[str, dict[str, Any]]], topic: Topic, field: str, value: str
 ) -> list[dict[str, Any]]:
     return [e for t, e in seen if t == topic and e.get(field) == value]
+
+
+def check_report(report: Path) -> None:
+    """The run's report: its three files, the tenant's own forgetting check, the judge's verdict."""
+    assert report.is_file()
+    assert (report.parent / "report.md").is_file()
+    assert (report.parent / "report.png").is_file()
+    payload = json.loads(report.read_text())
+    assert payload["regression"] == {"items": 2, "stored": 2, "limit": 2}  # GENERAL, no more
+    assert payload["sets"]["regression"][0]["n"] == 2
+    # The pairwise judge (local, on the tiny model) ran: a win rate or the reason it has none.
+    pairwise = payload["pairwise"]
+    assert pairwise["judge"].startswith("local:")
+    assert pairwise["measured"] or pairwise["reason"]
 
 
 @pytest.fixture
@@ -114,6 +134,8 @@ async def test_service_consumes_trains_gates_and_switches(
         assert forbidden.status_code == 403
         assert forbidden.json()["error"]["code"] == "forbidden"
         admin = {"Authorization": f"Bearer {ADMIN}"}
+        general = await http.put("/v1/admin/regression", json={"items": GENERAL}, headers=admin)
+        assert general.status_code == 200, general.text
         started = await http.post("/v1/admin/train", json={"tenant": tenant}, headers=admin)
         assert started.status_code == 202, started.text
         again = await http.post("/v1/admin/train", json={"tenant": tenant}, headers=admin)
@@ -136,14 +158,7 @@ async def test_service_consumes_trains_gates_and_switches(
         adapter_id = run["adapter_id"]
         serving = (await http.get("/v1/adapters", headers=admin)).json()
         assert adapter_id in [a["adapter_id"] for a in serving["adapters"]]
-        report = Path(run["report_path"])
-        assert report.is_file()
-        assert (report.parent / "report.md").is_file()
-        assert (report.parent / "report.png").is_file()
-        # The pairwise judge (local, on the tiny model) ran: a win rate or the reason it has none.
-        pairwise = json.loads(report.read_text())["pairwise"]
-        assert pairwise["judge"].startswith("local:")
-        assert pairwise["measured"] or pairwise["reason"]
+        check_report(Path(run["report_path"]))
         if run["status"] == "rejected":
             assert serving["serving"]["adapter_id"] is None
             await wait_for(lambda: mine(seen, Topic.ADAPTER_REJECTED, "adapter_id", adapter_id))

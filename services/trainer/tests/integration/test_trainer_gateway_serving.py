@@ -34,7 +34,7 @@ from raftloop_core.settings import KafkaSettings, RuntimeSettings
 from raftloop_core.topics import Topic
 from raftloop_trainer.adapters import KafkaEventSink
 from raftloop_trainer.app import create_app
-from raftloop_trainer.domain import is_holdout
+from raftloop_trainer.domain import RegressionItem, is_holdout
 from raftloop_trainer.main import build_runner
 from raftloop_trainer.settings import TrainerSettings
 from raftloop_trainer.train import LoraParams
@@ -42,6 +42,10 @@ from raftloop_trainer.train import LoraParams
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 
 TRAIN, HOLDOUT = 8, 3
+GENERAL = [
+    RegressionItem("capital", "What is the capital of France?", "Paris."),
+    RegressionItem("water", "What is the chemical symbol for water?", "H2O."),
+]
 TENANTS = ("acme", "globex")
 ASK = [{"role": "user", "content": "What does plan 1 cost?"}]
 
@@ -175,6 +179,16 @@ def answer(gateway: RunningGateway, tenant: str) -> tuple[str, str | None]:
     return done.choices[0].message.content or "", done.system_fingerprint
 
 
+def check_report(path: Path, gateway_url: str) -> None:
+    """The run checked its tenant's own general questions, and the gateway judged its pairs."""
+    report = json.loads(path.read_text())
+    assert report["regression"]["items"] == len(GENERAL)
+    pairwise = report["pairwise"]
+    assert pairwise["judge"].startswith(f"endpoint:first listed model@{gateway_url}/v1")
+    # The gateway answered the judge (the tiny model may give no readable verdict).
+    assert pairwise["measured"] or "no winner" in pairwise["reason"], pairwise
+
+
 async def test_each_tenants_promotion_is_served_to_its_own_chats(
     tmp_path: Path, tiny_model_dir: Path, kafka_settings: KafkaSettings
 ) -> None:
@@ -213,6 +227,8 @@ async def test_each_tenants_promotion_is_served_to_its_own_chats(
         broker = make_broker(settings.kafka, client_id="trainer-serving-test")
         runner = build_runner(settings, KafkaEventSink(broker))
         app = create_app(settings, keys=KeyStore([]), runner=runner, broker=broker)
+        for tenant in TENANTS:  # each tenant's own forgetting check (issue #19)
+            runner.store.replace_regression(tenant, GENERAL)
         async with app.router.lifespan_context(app):
             for tenant in TENANTS:
                 for event in curated(tenant, name):
@@ -252,8 +268,4 @@ async def test_each_tenants_promotion_is_served_to_its_own_chats(
         assert gw.proc.poll() is None  # the same process, never restarted
         assert answer(gw, TENANTS[0])[0] != base_answer
 
-        report = json.loads(Path(by_tenant[TENANTS[0]]["report_path"]).read_text())
-        pairwise = report["pairwise"]
-        assert pairwise["judge"].startswith(f"endpoint:first listed model@{gw.url}/v1")
-        # The gateway answered the judge (the tiny model may give no readable verdict).
-        assert pairwise["measured"] or "no winner" in pairwise["reason"], pairwise
+        check_report(Path(by_tenant[TENANTS[0]]["report_path"]), gw.url)
