@@ -1,11 +1,12 @@
 """`raftloop demo`: the whole loop on the demo handbook, against a running `raftloop up`.
 
-Chat clients ask the train split of the demo questions through the gateway (the official
-openai client); simulated reviewers work the review queue through the hitl API (approving
-right answers, correcting wrong ones with the handbook's answer and passage); the trainer's own
-threshold starts a run; the demo waits for the gate's decision, prints the before/after figures
-on the hold-out questions and where the report and plot are, and shows a held-out question
-answered by the newly served adapter.
+Before any chat, the trainer gets the handbook's general questions as the tenant's regression
+set (the gate's forgetting check), unless the tenant has one. Chat clients ask the train split
+of the demo questions through the gateway (the official openai client); simulated reviewers
+work the review queue through the hitl API (approving right answers, correcting wrong ones with
+the handbook's answer and passage); the trainer's own threshold starts a run; the demo waits
+for the gate's decision, prints the before/after figures on the hold-out questions and where
+the report and plot are, and shows a held-out question answered by the newly served adapter.
 """
 
 from __future__ import annotations
@@ -192,6 +193,34 @@ class Demo:
         if done.returncode != 0:
             raise DemoError(f"`raftloop kb add` failed: {(done.stderr or done.stdout)[-500:]}")
         self.wait("rag to index the handbook", indexed, 2.0)
+
+    def ensure_regression_set(self, questions: list[Any]) -> None:
+        """Give the tenant's runs a forgetting check: the handbook's general questions.
+
+        The trainer's gate checks each tenant's own regression set, and a tenant without one
+        is not checked for forgetting (issue #19). A set the tenant already has is kept: it is
+        its operator's, and the gate checks that one.
+        """
+        path = "/v1/admin/regression"
+        current = self.call("trainer", "GET", path, self.ends.admin_key).json()
+        if current["items"]:
+            console.print(
+                f"the gate checks tenant {current['tenant']!r}'s own {len(current['items'])} "
+                "general questions for forgetting (kept)"
+            )
+            return
+        items = [{"id": q.id, "question": q.question, "answer": q.answer} for q in questions]
+        got = self.call("trainer", "PUT", path, self.ends.admin_key, json={"items": items}).json()
+        console.print(
+            f"the gate checks {got['checked_per_run']} of the handbook's {len(items)} general "
+            f"questions for forgetting (set for tenant {got['tenant']!r}: PUT {path})"
+        )
+
+    def prepare(self, kb: Any, probe_question: str) -> None:
+        """The platform is up, the handbook indexed, and the gate has general questions."""
+        self.check_platform()
+        self.ensure_knowledge_base(probe_question)
+        self.ensure_regression_set(kb.regression_questions())
 
     def review_everything(self) -> dict[str, Any]:
         """Route every interaction of the tenant to review, once; return the old routing."""
@@ -457,6 +486,10 @@ def print_figures(run: dict[str, Any], report: dict[str, Any]) -> dict[str, Any]
                 f"{row['ci_low']:+.3f} .. {row['ci_high']:+.3f}",
             )
         console.print(table)
+    regression = report.get("regression") or {}
+    if not regression.get("items", 1):
+        note = regression.get("note")
+        console.print(f"[yellow]forgetting not checked:[/] {note}", soft_wrap=True)
     folder = Path(report["_dir"])
     console.print(f"report: {folder / 'report.md'}  (JSON: {folder / 'report.json'})")
     console.print(f"plot:   {folder / 'report.png'}")
@@ -493,8 +526,7 @@ def run_demo(d: Demo, kb: Any, seed: int) -> None:
     console.print(
         "[bold]raftloop demo[/]: simulated chat clients and reviewers on the demo handbook"
     )
-    d.check_platform()
-    d.ensure_knowledge_base(questions[0].question)
+    d.prepare(kb, questions[0].question)
     status = d.training()
     threshold = status.get("threshold")
     console.print(
