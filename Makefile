@@ -70,8 +70,10 @@ system-deps:
 # GPU tests run only where a CUDA device is present.
 GPU_FILTER := $(if $(shell command -v nvidia-smi 2>/dev/null),,-m "not gpu")
 
+# The closed loop runs in its own pytest session alongside the rest (tests/run.py says why);
+# with paths in PYTEST_ARGS, or TEST_SERIAL=1, it is plain pytest.
 test: install system-deps
-	$(BIN)/python -m pytest $(GPU_FILTER) $(PYTEST_ARGS)
+	$(BIN)/python tests/run.py $(GPU_FILTER) $(PYTEST_ARGS)
 
 # The reliability and security suite (faults, load, bad input, access) and RELIABILITY.md.
 # CI-sized by default; `make reliability RELIABILITY_LONG=1` runs the long form.
