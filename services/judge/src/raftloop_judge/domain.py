@@ -10,6 +10,7 @@ import math
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Protocol
 from uuid import UUID
 
@@ -76,6 +77,8 @@ class Reference:
     question: str
     answer: str
     embedding: list[float]
+    # When it was stored: the newest references are the ones kept (`JUDGE_REFERENCES_LIMIT`).
+    at: datetime | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -91,7 +94,35 @@ class LabelRecord:
     slices: dict[str, str] = field(default_factory=dict)
 
 
-class JudgeStore(Protocol):
+class ReferenceStore(Protocol):
+    """Where approved answers are kept for good; the in-memory index is rebuilt from it."""
+
+    def add_reference(self, reference: Reference) -> bool:
+        """Store an approved answer; False when already stored."""
+        ...
+
+    def references(self, tenant: str, limit: int = 5000) -> list[Reference]:
+        """The newest approved answers of a tenant."""
+        ...
+
+    def reference_count(self, tenant: str) -> int:
+        """How many approved answers a tenant has (rows are only ever added)."""
+        ...
+
+    def newest_reference_ids(self, tenant: str, limit: int) -> tuple[list[str], int]:
+        """The ids of a tenant's newest `limit` answers, newest first, and the tenant's total.
+
+        Both come from one statement, so the total counts exactly the rows the ids were
+        chosen from.
+        """
+        ...
+
+    def references_by_id(self, tenant: str, ids: Sequence[str]) -> list[Reference]:
+        """These answers of this tenant (any order; ids of other tenants are not returned)."""
+        ...
+
+
+class JudgeStore(ReferenceStore, Protocol):
     """The judge's durable state: judgements, processed ids, labels, references, calibrator."""
 
     def is_processed(self, event_id: UUID) -> bool:
@@ -120,14 +151,6 @@ class JudgeStore(Protocol):
 
     def recent_labels(self, limit: int, tenant: str | None = None) -> list[LabelRecord]:
         """The newest `limit` labels (of one tenant, or of all), oldest first."""
-        ...
-
-    def add_reference(self, reference: Reference) -> bool:
-        """Store an approved answer; False when already stored."""
-        ...
-
-    def references(self, tenant: str, limit: int = 5000) -> list[Reference]:
-        """The newest approved answers of a tenant."""
         ...
 
     def save_calibrator(self, payload: str) -> None:

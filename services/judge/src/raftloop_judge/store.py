@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
@@ -50,6 +51,8 @@ references = sa.Table(
     sa.Column("embedding", sa.Text, nullable=False),
     sa.Column("at", sa.DateTime(timezone=True), nullable=False),
 )
+# Rows of one `IN (...)` list: far below SQLite's and PostgreSQL's bound-parameter limits.
+_IDS_PER_QUERY = 500
 calibrators = sa.Table(
     "judge_calibrator",
     metadata,
@@ -161,7 +164,7 @@ class SqlJudgeStore:
             question=reference.question,
             answer=reference.answer,
             embedding=json.dumps(reference.embedding),
-            at=_now(),
+            at=reference.at or _now(),
         )
 
     def references(self, tenant: str, limit: int = 5000) -> list[Reference]:
@@ -174,10 +177,38 @@ class SqlJudgeStore:
                 .limit(limit)
             )
             rows = conn.execute(query).all()
-        return [
-            Reference(r.reference_id, r.tenant, r.question, r.answer, json.loads(r.embedding))
-            for r in rows
-        ]
+        return [_reference(r) for r in rows]
+
+    def reference_count(self, tenant: str) -> int:
+        """How many approved answers a tenant has."""
+        with self.engine.connect() as conn:
+            query = sa.select(sa.func.count()).where(references.c.tenant == tenant)
+            return int(conn.execute(query).scalar_one())
+
+    def newest_reference_ids(self, tenant: str, limit: int) -> tuple[list[str], int]:
+        """The ids of a tenant's newest `limit` answers, newest first, and the tenant's total."""
+        total = sa.func.count().over().label("total")  # counted before LIMIT, in one snapshot
+        with self.engine.connect() as conn:
+            query = (
+                sa.select(references.c.reference_id, total)
+                .where(references.c.tenant == tenant)
+                .order_by(references.c.at.desc())
+                .limit(limit)
+            )
+            rows = conn.execute(query).all()
+        return [r.reference_id for r in rows], int(rows[0].total) if rows else 0
+
+    def references_by_id(self, tenant: str, ids: Sequence[str]) -> list[Reference]:
+        """These answers of this tenant."""
+        out: list[Reference] = []
+        with self.engine.connect() as conn:
+            for start in range(0, len(ids), _IDS_PER_QUERY):
+                chunk = list(ids[start : start + _IDS_PER_QUERY])
+                query = sa.select(references).where(
+                    references.c.tenant == tenant, references.c.reference_id.in_(chunk)
+                )
+                out.extend(_reference(r) for r in conn.execute(query))
+        return out
 
     def save_calibrator(self, payload: str) -> None:
         """Persist the newest calibrator."""
@@ -190,6 +221,14 @@ class SqlJudgeStore:
             query = sa.select(calibrators.c.payload).order_by(calibrators.c.id.desc()).limit(1)
             row = conn.execute(query).first()
         return row[0] if row else None
+
+
+def _reference(row: Any) -> Reference:
+    # SQLite gives back naive datetimes; they were written in UTC.
+    at = row.at if row.at.tzinfo else row.at.replace(tzinfo=UTC)
+    return Reference(
+        row.reference_id, row.tenant, row.question, row.answer, json.loads(row.embedding), at
+    )
 
 
 def _add_label_tenants(engine: sa.Engine) -> None:

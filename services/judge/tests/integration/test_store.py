@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from uuid import uuid4
 
@@ -99,3 +100,20 @@ def test_labels_stored_before_tenants_are_found_by_their_tenant(tmp_path: Path) 
     assert store.recent_labels(10, "globex") == []
     store.close()
     SqlJudgeStore(url).close()  # a second start finds the column and changes nothing
+
+
+def test_newest_reference_ids_come_with_the_tenants_total(store: SqlJudgeStore) -> None:
+    t0 = datetime(2026, 12, 1, tzinfo=UTC)
+    for i in range(5):
+        at = t0 + timedelta(seconds=(i * 7) % 5)  # stored out of time order
+        store.add_reference(Reference(f"r{i}", "acme", f"q{i}", f"a{i}", [float(i), 1.0], at))
+    store.add_reference(Reference("g", "globex", "q", "a", [0.0, 1.0], t0))
+    newest = [r.reference_id for r in store.references("acme", 3)]
+    assert store.newest_reference_ids("acme", 3) == (newest, 5)
+    assert store.newest_reference_ids("nobody", 3) == ([], 0)
+    assert store.reference_count("acme") == 5
+    rows = store.references_by_id("acme", ["r1", "r4", "g", "missing"])
+    assert sorted(r.reference_id for r in rows) == ["r1", "r4"]  # never another tenant's row
+    r4 = next(r for r in rows if r.reference_id == "r4")
+    assert r4.embedding == [4.0, 1.0]
+    assert r4.at == t0 + timedelta(seconds=3)
