@@ -12,17 +12,18 @@ from faststream.kafka import KafkaMessage
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from raftloop_core.api import KeyStore, install_error_handlers
-from raftloop_core.events import ExampleCurated, InteractionJudged, ReviewCompleted, event_key
+from raftloop_core.events import InteractionJudged, ReviewCompleted, event_key
 from raftloop_core.limits import install_request_guards
 from raftloop_core.messaging import consumer_options, make_broker
 from raftloop_core.service import add_ops_routes, blocking_check, broker_check
 from raftloop_core.telemetry import dead_letter_policy
 from raftloop_core.topics import Topic
 from raftloop_judge import domain
-from raftloop_judge.consumer import BatchConsumer
+from raftloop_judge.consumer import BatchConsumer, CuratedBatchConsumer
 from raftloop_judge.evaluators import CallOptions, LimitedEndpoint, PairwiseJudge, RubricJudge
 from raftloop_judge.judge import Judge
 from raftloop_judge.reference import ReferenceEvaluator
+from raftloop_judge.reference_index import ReferenceIndex
 from raftloop_judge.routes import judge_router
 from raftloop_judge.rubrics import load_rubrics, rubrics_digest
 from raftloop_judge.service import CalibrationPolicy, JudgeService
@@ -55,9 +56,10 @@ def build_service(
         settings.invalid_output_attempts,
         settings.min_score_mass,
     )
+    references = ReferenceIndex(store, settings.references_limit)
     judge = Judge(
         RubricJudge(limited, options, version),
-        ReferenceEvaluator(embedder, settings.near_duplicate_similarity),
+        ReferenceEvaluator(embedder, references, settings.near_duplicate_similarity),
         rubrics,
         version=version,
         pass_threshold=settings.pass_threshold,
@@ -85,16 +87,7 @@ def create_app(
         registry=registry,
         service="judge",
     )
-    judged = Counter(
-        "raftloop_judge_judgements", "Judgements published.", ["outcome"], registry=registry
-    )
-    scores = Histogram(
-        "raftloop_judge_score",
-        "Judge scores (1-5): the overall score and each criterion's.",
-        ["criterion"],
-        registry=registry,
-        buckets=SCORE_BUCKETS,
-    )
+    judged, scores = judgement_metrics(registry)
 
     async def publish(event: InteractionJudged) -> None:
         await broker.publish(
@@ -105,7 +98,8 @@ def create_app(
     service, pairwise = build_service(
         settings, endpoint=endpoint, embedder=embedder, store=store, publish=publish
     )
-    consumer = BatchConsumer(service, dead_letter_policy(broker))
+    policy = dead_letter_policy(broker)
+    consumer, curated = BatchConsumer(service, policy), CuratedBatchConsumer(service, policy)
     group = settings.consumer_group
 
     @broker.subscriber(  # type: ignore[untyped-decorator]  # faststream's is untyped
@@ -127,11 +121,15 @@ def create_app(
         await service.on_review(event)
 
     @broker.subscriber(  # type: ignore[untyped-decorator]
-        settings.curated_topic, **consumer_options(settings.kafka, group_id=f"{group}-references")
+        settings.curated_topic,
+        batch=True,
+        max_records=settings.batch_size,
+        batch_timeout_ms=100,
+        **consumer_options(settings.kafka, group_id=f"{group}-references"),
     )
-    async def on_example_curated(event: ExampleCurated) -> None:
-        """dataset.example.curated -> an approved answer for agreement checks."""
-        await service.on_curated(event)
+    async def on_example_curated(msg: KafkaMessage) -> None:
+        """dataset.example.curated -> approved answers for agreement checks, a batch at a time."""
+        await curated.consume(msg.raw_message)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -159,6 +157,21 @@ def create_app(
     )
     app.include_router(judge_router(keys, service, pairwise))
     return app
+
+
+def judgement_metrics(registry: CollectorRegistry) -> tuple[Counter, Histogram]:
+    """Judgements published by outcome, and the distribution of their scores."""
+    judged = Counter(
+        "raftloop_judge_judgements", "Judgements published.", ["outcome"], registry=registry
+    )
+    scores = Histogram(
+        "raftloop_judge_score",
+        "Judge scores (1-5): the overall score and each criterion's.",
+        ["criterion"],
+        registry=registry,
+        buckets=SCORE_BUCKETS,
+    )
+    return judged, scores
 
 
 def observe_judgement(event: InteractionJudged, judged: Counter, scores: Histogram) -> None:

@@ -3,16 +3,23 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 from raftloop_core.events import CriterionScore, Flag, Interaction, Judgement
 from raftloop_judge import domain
 from raftloop_judge.evaluators import JudgeFailed, RubricJudge
 from raftloop_judge.injection import injection_flag
-from raftloop_judge.reference import ReferenceEvaluator
+from raftloop_judge.reference import Embedded, ReferenceEvaluator, Texts
 from raftloop_judge.rubrics import Rubric
 
 Calibrate = Callable[[dict[str, float]], float | None]
+
+
+def texts_of(interaction: Interaction) -> Texts:
+    """What the reference evaluators embed of an interaction."""
+    return Texts.of(
+        interaction.question, interaction.answer, [c.text for c in interaction.retrieved]
+    )
 
 
 class Judge:
@@ -39,13 +46,25 @@ class Judge:
         """The LLM criteria, in order."""
         return [r.name for r in self.rubrics]
 
+    async def embed(self, tenant: str, interaction: Interaction) -> Embedded:
+        """One interaction's embeddings on their own (a batch embeds all of its at once)."""
+        [embedded] = await self.reference.embed_many([(tenant, texts_of(interaction))])
+        return embedded
+
+    async def _reference_scores(self, embedded: Awaitable[Embedded]) -> list[CriterionScore]:
+        return self.reference.score(await embedded)
+
     async def judge(
         self,
         interaction: Interaction,
-        refs: Sequence[domain.Reference] = (),
+        embedded: Awaitable[Embedded],
         calibrate: Calibrate | None = None,
     ) -> Judgement:
-        """Score every criterion; a failed LLM criterion makes the judgement an error, unscored."""
+        """Score every criterion; a failed LLM criterion makes the judgement an error, unscored.
+
+        `embedded` (the reference evaluators' vectors) may still be computing: the LLM requests
+        go out first, so the endpoint works while the batch is embedded.
+        """
         question, answer = interaction.question, interaction.answer
         chunks = [c.text for c in interaction.retrieved]
         flags: list[Flag] = [f for f in [injection_flag(answer)] if f is not None]
@@ -57,9 +76,7 @@ class Judge:
             )
         )
         try:
-            llm_scores, ref_scores = await asyncio.gather(
-                llm, self.reference.evaluate(question, answer, chunks, refs)
-            )
+            llm_scores, ref_scores = await asyncio.gather(llm, self._reference_scores(embedded))
         except JudgeFailed as exc:
             return Judgement(judge_version=self.version, error=str(exc), flags=flags)
         scores: list[CriterionScore] = [*llm_scores, *ref_scores]

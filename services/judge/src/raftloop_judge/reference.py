@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import numpy as np
 
 from raftloop_core.events import CriterionScore
 from raftloop_judge.domain import Embedder, Reference, unit_to_score
+from raftloop_judge.reference_index import Hit, ReferenceIndex
 
 _WORD = re.compile(r"[a-z0-9]+")
 _SENTENCE = re.compile(r"(?<=[.!?])\s+|\n+")
@@ -74,52 +77,149 @@ def relevance(q_vec: np.ndarray, a_vec: np.ndarray, question: str, answer: str) 
     return 0.7 * semantic + 0.3 * lexical
 
 
-def nearest(q_vec: np.ndarray, refs: Sequence[Reference]) -> tuple[Reference, float] | None:
-    """The approved answer whose question is most similar, with the similarity."""
-    if not refs:
-        return None
-    matrix = np.asarray([r.embedding for r in refs], dtype=np.float32)
-    sims = matrix @ q_vec
-    best = int(np.argmax(sims))
-    return refs[best], float(sims[best])
+@dataclass(frozen=True)
+class Texts:
+    """What the reference evaluators embed of one interaction, in a fixed order."""
+
+    question: str
+    answer: str
+    sentences: tuple[str, ...]
+    chunks: tuple[str, ...]
+
+    @classmethod
+    def of(cls, question: str, answer: str, chunks: Sequence[str]) -> Texts:
+        """The texts of a question, its answer (and the answer's sentences) and its chunks."""
+        return cls(question, answer, tuple(sentences(answer)), tuple(chunks))
+
+    @property
+    def wanted(self) -> list[str]:
+        """Question, answer, sentences, chunks: one vector each, in this order."""
+        return [self.question, self.answer, *self.sentences, *self.chunks]
+
+
+@dataclass(frozen=True)
+class Match:
+    """A near-duplicate approved answer: its question is at least `near_duplicate` similar."""
+
+    hit: Hit
+    answer_vec: np.ndarray
+
+
+@dataclass(frozen=True)
+class Embedded:
+    """One interaction's texts with their vectors, and its near-duplicate approved answer."""
+
+    texts: Texts
+    vecs: np.ndarray  # one row per `texts.wanted`
+    match: Match | None
+
+
+@dataclass(frozen=True)
+class Approved:
+    """An approved answer to keep as a reference."""
+
+    reference_id: str
+    tenant: str
+    question: str
+    answer: str
 
 
 class ReferenceEvaluator:
-    """Scores groundedness, relevance and agreement without an LLM."""
+    """Scores groundedness, relevance and agreement without an LLM.
 
-    def __init__(self, embedder: Embedder, near_duplicate: float = 0.9) -> None:
+    A batch costs one embedding call for all its texts, one similarity search per tenant
+    against that tenant's in-memory references, and one more embedding call for the
+    near-duplicate answers not embedded before.
+    """
+
+    def __init__(
+        self, embedder: Embedder, index: ReferenceIndex, near_duplicate: float = 0.9
+    ) -> None:
         self.embedder = embedder
+        self.index = index
         self.near_duplicate = near_duplicate
 
-    async def embed_question(self, question: str) -> list[float]:
-        """The embedding stored with an approved answer."""
-        [vec] = await self.embedder.encode([question])
-        return vec
+    async def keep(self, approved: Sequence[Approved]) -> list[bool]:
+        """Store approved answers (questions embedded in one call); False where already kept."""
+        kept = [i for i, a in enumerate(approved) if a.question.strip() and a.answer.strip()]
+        vecs = await self._encode([approved[i].question for i in kept])
+        refs = [
+            Reference(a.reference_id, a.tenant, a.question, a.answer, vec, datetime.now(UTC))
+            for a, vec in zip((approved[i] for i in kept), vecs, strict=True)
+        ]
+        out = [False] * len(approved)
+        for i, stored in zip(kept, await self.index.add(refs), strict=True):
+            out[i] = stored
+        return out
 
-    async def evaluate(
-        self, question: str, answer: str, chunks: list[str], refs: Sequence[Reference]
-    ) -> list[CriterionScore]:
+    async def _encode(self, texts: list[str]) -> list[list[float]]:
+        return await self.embedder.encode(texts) if texts else []
+
+    async def embed_many(self, items: Sequence[tuple[str, Texts]]) -> list[Embedded]:
+        """Embed a batch of (tenant, texts) and find each one's near-duplicate approved answer."""
+        if not items:
+            return []
+        # Identical texts of one tenant are embedded once (a one-sentence answer, a resent
+        # question); tenants share nothing but the model.
+        keys = list(dict.fromkeys((tenant, t) for tenant, texts in items for t in texts.wanted))
+        encoded = await self.embedder.encode([t for _, t in keys])
+        by_key = dict(zip(keys, np.asarray(encoded, dtype=np.float32), strict=True))
+        vecs = [np.stack([by_key[(tenant, t)] for t in x.wanted]) for tenant, x in items]
+        hits: list[Hit | None] = [None] * len(items)
+        for tenant in dict.fromkeys(tenant for tenant, _ in items):
+            rows = [i for i, (t, _) in enumerate(items) if t == tenant]
+            found = await self.index.nearest(tenant, np.stack([vecs[i][0] for i in rows]))
+            for i, hit in zip(rows, found, strict=True):
+                hits[i] = hit
+        matches = await self._matches([tenant for tenant, _ in items], hits)
+        return [
+            Embedded(texts, v, m) for (_, texts), v, m in zip(items, vecs, matches, strict=True)
+        ]
+
+    async def _matches(
+        self, tenants: Sequence[str], hits: Sequence[Hit | None]
+    ) -> list[Match | None]:
+        """The near duplicates, with their answers' vectors (cached per tenant's reference)."""
+        near = {
+            (tenant, hit.reference_id): hit
+            for tenant, hit in zip(tenants, hits, strict=True)
+            if hit is not None and hit.similarity >= self.near_duplicate
+        }
+        vecs = {key: self.index.answer_vector(*key) for key in near}
+        todo = [key for key, vec in vecs.items() if vec is None]
+        encoded = await self._encode([near[key].answer for key in todo])
+        for (tenant, ref_id), values in zip(todo, encoded, strict=True):
+            answer_vec = np.asarray(values, dtype=np.float32)
+            vecs[(tenant, ref_id)] = answer_vec
+            self.index.keep_answer_vector(tenant, ref_id, answer_vec)
+        out: list[Match | None] = []
+        for tenant, hit in zip(tenants, hits, strict=True):
+            found = vecs.get((tenant, hit.reference_id)) if hit is not None else None
+            out.append(Match(hit, found) if hit is not None and found is not None else None)
+        return out
+
+    def score(self, embedded: Embedded) -> list[CriterionScore]:
         """Every reference score that applies to this interaction."""
-        sents = sentences(answer)
-        wanted = [question, answer, *sents, *chunks]
-        unique = list(dict.fromkeys(wanted))  # a one-sentence answer is embedded once
-        encoded = await self.embedder.encode(unique)
-        by_text = dict(zip(unique, encoded, strict=True))
-        vecs = np.asarray([by_text[t] for t in wanted], dtype=np.float32)
+        texts, vecs = embedded.texts, embedded.vecs
+        question, answer, chunks = texts.question, texts.answer, list(texts.chunks)
         q_vec, a_vec = vecs[0], vecs[1]
-        sent_vecs, chunk_vecs = vecs[2 : 2 + len(sents)], vecs[2 + len(sents) :]
+        n = len(texts.sentences)
+        sent_vecs, chunk_vecs = vecs[2 : 2 + n], vecs[2 + n :]
         out = [_score("ref_relevance", relevance(q_vec, a_vec, question, answer))]
         if chunks:
             support = groundedness(sent_vecs, chunk_vecs, answer, chunks)
             out.append(_score("ref_groundedness", support))
-        match = nearest(q_vec, refs)
-        if match is not None and match[1] >= self.near_duplicate:
-            ref, sim = match
-            [ref_vec] = await self.embedder.encode([ref.answer])
-            agree = 0.6 * rescale(float(np.asarray(ref_vec) @ a_vec), 0.3, 0.9)
-            agree += 0.4 * token_f1(answer, ref.answer)
+        match = embedded.match
+        if match is not None:
+            hit = match.hit
+            agree = 0.6 * rescale(float(match.answer_vec @ a_vec), 0.3, 0.9)
+            agree += 0.4 * token_f1(answer, hit.answer)
             out.append(
-                _score("ref_agreement", agree, f"vs approved {ref.reference_id} ({sim:.2f})")
+                _score(
+                    "ref_agreement",
+                    agree,
+                    f"vs approved {hit.reference_id} ({hit.similarity:.2f})",
+                )
             )
         return out
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from raftloop_core.events import (
     ExampleCurated,
@@ -17,7 +18,8 @@ from raftloop_core.events import (
 from raftloop_core.faults import crash_point
 from raftloop_judge import domain
 from raftloop_judge.calibration import Calibrator, agreement, fit_calibrator
-from raftloop_judge.judge import Judge
+from raftloop_judge.judge import Judge, texts_of
+from raftloop_judge.reference import Approved, Embedded
 
 log = logging.getLogger(__name__)
 
@@ -57,12 +59,15 @@ class JudgeService:
         """The calibrated approval probability, once a calibrator exists."""
         return round(self.calibrator.predict(features), 4) if self.calibrator else None
 
-    async def _judge(self, event: InteractionIngested) -> Judgement:
-        refs = await asyncio.to_thread(self.store.references, event.tenant)
-        return await self.judge.judge(event.interaction, refs, self.approval)
+    async def handle(
+        self,
+        event: InteractionIngested,
+        embedded: Callable[[], Coroutine[Any, Any, Embedded]] | None = None,
+    ) -> InteractionJudged | None:
+        """Judge one ingested interaction unless already done; publish the judgement.
 
-    async def handle(self, event: InteractionIngested) -> InteractionJudged | None:
-        """Judge one ingested interaction unless already done; publish the judgement."""
+        `embedded` gives its texts' vectors when a batch embedded them together.
+        """
         if await asyncio.to_thread(self.store.is_processed, event.event_id):
             log.info(
                 "redelivered ingested event skipped",
@@ -75,7 +80,8 @@ class JudgeService:
         )
         out = await asyncio.to_thread(self.store.saved_judgement, out_id)
         if out is None:  # a judgement saved before a crash is republished unchanged
-            judgement = await self._judge(event)
+            vectors = embedded() if embedded else self.judge.embed(event.tenant, interaction)
+            judgement = await self.judge.judge(interaction, vectors, self.approval)
             out = InteractionJudged(
                 event_id=out_id,
                 tenant=event.tenant,
@@ -95,19 +101,31 @@ class JudgeService:
     async def handle_many(self, events: Sequence[InteractionIngested]) -> list[BaseException]:
         """Judge a batch concurrently; events of one interaction stay in order.
 
-        Returns the failures (one per failed interaction); the others are done.
+        The batch's texts are embedded in one call, while the LLM requests go out. Returns the
+        failures (one per failed interaction); the others are done.
         """
-        groups: dict[str, list[InteractionIngested]] = {}
-        for event in events:
-            groups.setdefault(str(event.interaction.interaction_id), []).append(event)
+        batch = asyncio.ensure_future(
+            self.judge.reference.embed_many([(e.tenant, texts_of(e.interaction)) for e in events])
+        )
 
-        async def in_order(group: list[InteractionIngested]) -> None:
-            for event in group:
-                await self.handle(event)
+        def embedded(i: int) -> Callable[[], Coroutine[Any, Any, Embedded]]:
+            async def one() -> Embedded:
+                return (await asyncio.shield(batch))[i]
+
+            return one
+
+        groups: dict[str, list[tuple[int, InteractionIngested]]] = {}
+        for i, event in enumerate(events):
+            groups.setdefault(str(event.interaction.interaction_id), []).append((i, event))
+
+        async def in_order(group: list[tuple[int, InteractionIngested]]) -> None:
+            for i, event in group:
+                await self.handle(event, embedded(i))
 
         results = await asyncio.gather(
             *(in_order(g) for g in groups.values()), return_exceptions=True
         )
+        await asyncio.gather(batch, return_exceptions=True)  # unused when all were done before
         return [r for r in results if isinstance(r, BaseException)]
 
     async def on_review(self, review: ReviewCompleted) -> bool:
@@ -191,14 +209,14 @@ class JudgeService:
 
     async def keep_reference(self, ref_id: str, tenant: str, question: str, answer: str) -> bool:
         """Store an approved answer with its question's embedding."""
-        if not question.strip() or not answer.strip():
-            return False
-        vec = await self.judge.reference.embed_question(question)
-        ref = domain.Reference(ref_id, tenant, question, answer, vec)
-        return await asyncio.to_thread(self.store.add_reference, ref)
+        [kept] = await self.judge.reference.keep([Approved(ref_id, tenant, question, answer)])
+        return kept
 
     async def on_curated(self, example: ExampleCurated) -> bool:
         """A curated example is an approved answer to its question."""
-        return await self.keep_reference(
-            str(example.example_id), example.tenant, example.question, example.answer
-        )
+        return await self.on_curated_many([example]) == 1
+
+    async def on_curated_many(self, examples: Sequence[ExampleCurated]) -> int:
+        """Keep a batch of curated examples as approved answers (one embedding call)."""
+        approved = [Approved(str(e.example_id), e.tenant, e.question, e.answer) for e in examples]
+        return sum(await self.judge.reference.keep(approved))

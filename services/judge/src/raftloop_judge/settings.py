@@ -63,6 +63,12 @@ class JudgeSettings(HttpLimits):
         default=None, description="sentence-transformers folder; default bundled all-MiniLM-L6-v2."
     )
     near_duplicate_similarity: float = Field(default=0.9, ge=0, le=1)
+    references_limit: int = Field(
+        default=5000,
+        ge=1,
+        description="Approved answers per tenant that agreement checks compare with: the "
+        "newest ones, kept in memory as one matrix per tenant.",
+    )
     pass_threshold: float = Field(default=3.0, ge=1, le=5, description="Score that passes.")
     agreement_window: int = Field(default=500, ge=10)
     calibration_min_labels: int = Field(default=20, ge=4)
