@@ -95,12 +95,16 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _start_gateway(folder: Path, stub_port: int, broker: str, capture: bool) -> tuple:
+# A started gateway: its process and its base URL.
+_Gateway = tuple[subprocess.Popen[bytes], str]
+
+
+def _start_gateway(folder: Path, stub_port: int, broker: str, capture: bool) -> _Gateway:
     from raftloop_core.credentials import hash_key
     from raftloop_core.embedded import free_port
 
     keys = folder / "keys.json"
-    row = {"key_id": "bench", "key_sha256": hash_key(KEY), "role": "client"}
+    row: dict[str, str | int] = {"key_id": "bench", "key_sha256": hash_key(KEY), "role": "client"}
     row |= {"requests_per_minute": 10**7, "tokens_per_minute": 10**9}
     keys.write_text(json.dumps([row]))
     port = free_port()
@@ -229,7 +233,7 @@ def _gateway_figures(base: str, rate: int) -> dict[str, float]:
     return {"p50": _quantile(latencies, 0.5), "p99": _quantile(latencies, 0.99), "errors": errors}
 
 
-def _throughput(gateways: dict[bool, tuple]) -> dict[bool, dict[str, float]]:
+def _throughput(gateways: dict[bool, _Gateway]) -> dict[bool, dict[str, float]]:
     """Closed loop, alternating capture off/on in short rounds so background load hits both."""
     headers = {"Authorization": f"Bearer {KEY}"}
     totals = {mode: {"done": 0.0, "wall": 0.0, "cpu": 0.0, "errors": 0.0} for mode in gateways}
@@ -267,7 +271,7 @@ def run() -> dict[str, float | int | str]:
         stderr=subprocess.DEVNULL,
     )
     broker = EmbeddedBroker(port=free_port()).start()
-    gateways: dict[bool, tuple] = {}
+    gateways: dict[bool, _Gateway] = {}
     try:
         _wait_http(f"http://127.0.0.1:{stub_port}/")
         ensure_topics(KafkaSettings(bootstrap_servers=broker.bootstrap_servers))

@@ -22,6 +22,7 @@ import random
 import statistics
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from uuid import uuid4
 
@@ -113,7 +114,8 @@ async def ours(
     )
     store = SqlIngestStore(make_engine(settings.database_url()))
     app = create_app(settings, store=store, scrubbers=redactor, keys=KeyStore([]))
-    pipeline = app.state.pipeline
+    pipeline = app.state.pipeline  # the bench wraps its handler where app.py calls it
+    handle: Callable[[list[ev.ChatCompleted]], Awaitable[list[ev.InteractionIngested]]]
     handle = pipeline.on_chat_batch
     started: list[Window] = []
 

@@ -81,10 +81,16 @@ def event(i: int) -> InteractionIngested:
 
 async def measure(url: str, concurrency: int, embedder: SentenceTransformerEmbedder) -> float:
     folder = Path(tempfile.mkdtemp(prefix="bench-judge-"))
-    settings = JudgeSettings(runtime={"data_dir": folder}, criteria=CRITERIA,  # type: ignore[arg-type]
+    settings = JudgeSettings(runtime={"data_dir": folder}, criteria=CRITERIA,
                              concurrency=concurrency)  # fmt: skip
     http = httpx.AsyncClient(limits=httpx.Limits(max_connections=64))
-    client = AsyncOpenAI(base_url=url, api_key="bench", max_retries=0, http_client=http)
+    # openai accepts an httpx client as well as its own httpx2 one, but types only the latter.
+    client = AsyncOpenAI(
+        base_url=url,
+        api_key="bench",
+        max_retries=0,
+        http_client=http,  # type: ignore[arg-type]
+    )
 
     async def publish(_: object) -> None:
         return None

@@ -24,7 +24,9 @@ async def _ours(bootstrap: str, topic: str, payloads: list[bytes]) -> float:
     done = asyncio.Event()
     count = 0
 
-    @broker.subscriber(topic, **consumer_options(settings, group_id=f"ours-{uuid.uuid4().hex}"))
+    group = f"ours-{uuid.uuid4().hex}"
+
+    @broker.subscriber(topic, **consumer_options(settings, group_id=group))  # type: ignore[untyped-decorator]
     async def on_completed(event: ev.ChatCompleted) -> None:
         nonlocal count
         count += 1

@@ -39,8 +39,18 @@ import os
 import statistics
 import tempfile
 import time
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from raftloop_core.events import DocumentSubmitted
+    from raftloop_rag.adapters import QdrantIndex, SentenceTransformerEmbedder
+    from raftloop_rag.chunking import ChunkingPolicy
+    from raftloop_rag.indexing import Indexer
+    from raftloop_rag.lexical import Bm25sSparseEncoder
+    from raftloop_rag.retrieval import Search
+    from raftloop_rag.settings import RagSettings
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -57,7 +67,7 @@ DOCUMENTS = 12
 HIT_AT = (1, 2, 5, 10)
 
 
-def _events(documents: int | None = DOCUMENTS) -> list:
+def _events(documents: int | None = DOCUMENTS) -> list[DocumentSubmitted]:
     import raftloop_demo_kb as kb
     from raftloop_demo_kb.text import raw_text
 
@@ -80,8 +90,8 @@ def _events(documents: int | None = DOCUMENTS) -> list:
     return events
 
 
-def _modes(settings) -> dict[str, object]:
-    """The search of each mode to compare, with the settings' fusion parameters."""
+def _modes(settings: RagSettings) -> tuple[Bm25sSparseEncoder, dict[str, Search]]:
+    """Each mode's search (with the settings' fusion parameters) and the BM25 encoder they share."""
     from raftloop_rag.adapters import CrossEncoderReranker
     from raftloop_rag.app import search_for
     from raftloop_rag.lexical import Bm25sSparseEncoder
@@ -95,10 +105,26 @@ def _modes(settings) -> dict[str, object]:
         reranker = CrossEncoderReranker(settings.rerank_model)
         hybrid_rerank = settings.model_copy(update={"search": "hybrid+rerank"})
         modes["hybrid_rerank"] = search_for(hybrid_rerank, encoder, reranker)
-    return modes
+    return encoder, modes
 
 
-async def _answer_hits(embedder, settings, policy) -> dict[str, float | int | str]:
+async def _index_documents(indexer: Indexer, index: QdrantIndex) -> dict[tuple[str, int], str]:
+    """Index every demo document; the normalized text of each chunk, by (document, chunk)."""
+    from raftloop_demo_kb.text import normalize
+
+    texts: dict[tuple[str, int], str] = {}
+    for event in _events(None):
+        points = await asyncio.to_thread(indexer.points, event)
+        await index.upsert(points)
+        for p in points:
+            key = (event.document_id, int(str(p.payload["chunk_index"])))
+            texts[key] = normalize(str(p.payload["text"]))
+    return texts
+
+
+async def _answer_hits(
+    embedder: SentenceTransformerEmbedder, settings: RagSettings, policy: ChunkingPolicy
+) -> dict[str, float | int | str]:
     """hit@k and MRR of the chunk holding each demo question's passage, per search mode."""
     from qdrant_client import AsyncQdrantClient
     from raftloop_demo_kb import questions
@@ -108,17 +134,11 @@ async def _answer_hits(embedder, settings, policy) -> dict[str, float | int | st
     from raftloop_rag.indexing import Indexer
     from raftloop_rag.retrieval import RetrievalRequest, Retriever
 
-    modes = _modes(settings)
-    encoder = modes["hybrid"].encoder
+    encoder, modes = _modes(settings)
     index = QdrantIndex(AsyncQdrantClient(":memory:"), "answers", local=True, encoder=encoder)
     await index.ensure(embedder.dimension)
     indexer = Indexer(embedder, index, policy, encoder)
-    texts: dict[tuple[str, int], str] = {}
-    for event in _events(None):
-        points = await asyncio.to_thread(indexer.points, event)
-        await index.upsert(points)
-        for p in points:
-            texts[(event.document_id, int(p.payload["chunk_index"]))] = normalize(p.payload["text"])
+    texts = await _index_documents(indexer, index)
     asked = questions()
     oracle = {
         q.id: {
@@ -159,7 +179,9 @@ async def _answer_hits(embedder, settings, policy) -> dict[str, float | int | st
     return figures
 
 
-def _throughput(indexer, embedder, events) -> tuple[dict[str, float | int | str], np.ndarray]:
+def _throughput(
+    indexer: Indexer, embedder: SentenceTransformerEmbedder, events: list[DocumentSubmitted]
+) -> tuple[dict[str, float | int | str], np.ndarray, list[str]]:
     from raftloop_rag.chunking import chunk_text
 
     batches = [
@@ -221,7 +243,7 @@ def _corpus(seeds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 async def _search_figures(
-    embedder, vectors: np.ndarray, texts: list[str], folder: str
+    embedder: SentenceTransformerEmbedder, vectors: np.ndarray, texts: list[str], folder: str
 ) -> dict[str, float | str]:
     from qdrant_client import AsyncQdrantClient
     from raftloop_demo_kb import questions
@@ -233,8 +255,8 @@ async def _search_figures(
     from raftloop_rag.settings import RagSettings
 
     settings = RagSettings(qdrant_path=folder, collection=f"bench-{os.getpid()}")
-    modes = _modes(settings)
-    lexical = modes["hybrid"].encoder.documents(texts)
+    encoder, modes = _modes(settings)
+    lexical = encoder.documents(texts)
     # Local mode in memory: its search code is the folder mode's, without the slow disk upsert.
     client = qdrant_client(settings) if settings.qdrant_url else AsyncQdrantClient(":memory:")
     index = QdrantIndex(client, settings.collection, local=not settings.qdrant_url)

@@ -114,7 +114,7 @@ def _curated(tenant: str, base_model: str) -> list[Any]:
                 example_id=example_id,
                 interaction_id=uuid.uuid4(),
                 source="approved",
-                messages=[{"role": "user", "content": source.question}],  # type: ignore[list-item]
+                messages=[{"role": "user", "content": source.question}],
                 question=source.question,
                 answer=source.answer,
                 oracle_chunks=[

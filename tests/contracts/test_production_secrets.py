@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import get_args
 
 import pytest
-from pydantic import AliasChoices, SecretStr
+from pydantic import AliasChoices, AliasPath, SecretStr
 from pydantic_settings import BaseSettings
 
 from raftloop_core.settings import MIN_SECRET_CHARS
@@ -68,6 +68,7 @@ def secret_envs(settings: type[BaseSettings]) -> Iterator[str]:
             if isinstance(alias, AliasChoices):
                 yield str(alias.choices[-1]).upper()
             else:
+                assert not isinstance(alias, AliasPath), f"{name}: an AliasPath names no variable"
                 yield (alias or prefix + name).upper()
 
 

@@ -12,8 +12,9 @@ import secrets
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
-import yaml
+import yaml  # type: ignore[import-untyped]  # ships no type information
 
 from raftloop_core.testing import missing
 
@@ -103,9 +104,10 @@ def write_test_env(folder: Path) -> Path:
     return env
 
 
-def render_compose(env_file: Path) -> dict:
+def render_compose(env_file: Path) -> dict[str, Any]:
     """`docker-compose config` of deploy/compose.yaml with `env_file`, parsed."""
     exe = tool("docker-compose")
     done = run(exe, "-f", str(COMPOSE), "--env-file", str(env_file), "config")
     assert done.returncode == 0, done.stderr
-    return yaml.safe_load(done.stdout)
+    rendered: dict[str, Any] = yaml.safe_load(done.stdout)
+    return rendered

@@ -6,9 +6,10 @@ import os
 import re
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
-import yaml
+import yaml  # type: ignore[import-untyped]  # ships no type information
 from deploy_tools import (
     COMPOSE,
     DEPLOY,
@@ -20,6 +21,7 @@ from deploy_tools import (
     tool,
     write_test_env,
 )
+from pydantic_settings import BaseSettings
 
 pytestmark = pytest.mark.integration
 
@@ -39,12 +41,12 @@ FILES = {"RAFTLOOP_API_KEYS_HOST_FILE", "RAFTLOOP_METRICS_KEY_HOST_FILE"}
 
 
 @pytest.fixture(scope="module")
-def rendered(tmp_path_factory: pytest.TempPathFactory) -> dict:
+def rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """The stack as docker-compose resolves it with random secrets (tool: docker-compose)."""
     return render_compose(write_test_env(tmp_path_factory.mktemp("compose")))
 
 
-def test_docker_compose_config_validates(rendered: dict) -> None:
+def test_docker_compose_config_validates(rendered: dict[str, Any]) -> None:
     wanted = {"kafka-1", "kafka-2", "kafka-3", "topics", "qdrant", "postgres", "prometheus"}
     assert wanted | {"grafana"} | set(SERVICES) <= set(rendered["services"])
 
@@ -61,7 +63,7 @@ def test_compose_refuses_to_run_without_each_secret(tmp_path: Path) -> None:
         assert name in done.stderr
 
 
-def test_kafka_is_three_kraft_brokers_with_rf3_and_min_isr2(rendered: dict) -> None:
+def test_kafka_is_three_kraft_brokers_with_rf3_and_min_isr2(rendered: dict[str, Any]) -> None:
     brokers = [rendered["services"][f"kafka-{n}"] for n in (1, 2, 3)]
     for number, broker in enumerate(brokers, start=1):
         env = broker["environment"]
@@ -78,7 +80,9 @@ def test_kafka_is_three_kraft_brokers_with_rf3_and_min_isr2(rendered: dict) -> N
 
 
 @pytest.mark.parametrize("svc", sorted(SERVICES))
-def test_service_is_built_from_its_dockerfile_and_runs_uvicorn(rendered: dict, svc: str) -> None:
+def test_service_is_built_from_its_dockerfile_and_runs_uvicorn(
+    rendered: dict[str, Any], svc: str
+) -> None:
     spec = rendered["services"][svc]
     port = SERVICES[svc]
     assert spec["build"]["dockerfile"] == f"deploy/docker/{svc}.Dockerfile"
@@ -96,7 +100,7 @@ def test_service_is_built_from_its_dockerfile_and_runs_uvicorn(rendered: dict, s
     assert spec["depends_on"]["topics"]["condition"] == "service_completed_successfully"
 
 
-def test_trainer_and_gateway_share_the_adapter_registry(rendered: dict) -> None:
+def test_trainer_and_gateway_share_the_adapter_registry(rendered: dict[str, Any]) -> None:
     def registry(svc: str) -> set[str]:
         mounts = rendered["services"][svc]["volumes"]
         return {m.split(":")[0] for m in mounts if ":/registry" in m}
@@ -116,7 +120,7 @@ SETTINGS = {
 }
 
 
-def _env_names(model: type) -> set[str]:
+def _env_names(model: type[BaseSettings]) -> set[str]:
     """Every env name a pydantic-settings class reads (prefix + field, or its aliases)."""
     prefix = model.model_config.get("env_prefix", "")
     names = set()
@@ -132,7 +136,7 @@ def _env_names(model: type) -> set[str]:
 
 @pytest.mark.parametrize("svc", sorted(SERVICES))
 def test_service_environment_is_read_by_its_settings(
-    rendered: dict, svc: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    rendered: dict[str, Any], svc: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     """Each `<SVC>_*` name in compose is a real setting, and the values parse in production."""
     module, name = SETTINGS[svc]

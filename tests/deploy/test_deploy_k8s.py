@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
-import yaml
+import yaml  # type: ignore[import-untyped]  # ships no type information
 from deploy_tools import DEPLOY, SERVICES, run, tool, used
 
 from raftloop_core.testing import require_module
@@ -18,23 +19,23 @@ OVERLAYS = sorted(p.name for p in (K8S / "overlays").iterdir() if p.is_dir())
 WORKLOADS = {"Deployment", "StatefulSet"}
 
 
-def _render(overlay: str) -> list[dict]:
+def _render(overlay: str) -> list[dict[str, Any]]:
     done = run(tool("kubectl"), "kustomize", str(K8S / "overlays" / overlay))
     assert done.returncode == 0, done.stderr
     return [doc for doc in yaml.safe_load_all(done.stdout) if doc]
 
 
 @pytest.fixture(scope="module", params=OVERLAYS)
-def rendered(request: pytest.FixtureRequest) -> list[dict]:
+def rendered(request: pytest.FixtureRequest) -> list[dict[str, Any]]:
     """One overlay rendered by `kubectl kustomize` (kustomize built into kubectl)."""
     return _render(request.param)
 
 
-def _by_kind(docs: list[dict], *kinds: str) -> list[dict]:
+def _by_kind(docs: list[dict[str, Any]], *kinds: str) -> list[dict[str, Any]]:
     return [doc for doc in docs if doc["kind"] in kinds]
 
 
-def test_manifests_pass_the_kubernetes_schema(rendered: list[dict]) -> None:
+def test_manifests_pass_the_kubernetes_schema(rendered: list[dict[str, Any]]) -> None:
     kv = require_module(
         "kubernetes_validate", "pip install kubernetes-validate (bundled schemas, offline)"
     )
@@ -49,7 +50,7 @@ def test_manifests_pass_the_kubernetes_schema(rendered: list[dict]) -> None:
     assert checked >= 15
 
 
-def test_every_workload_has_probes_and_resources(rendered: list[dict]) -> None:
+def test_every_workload_has_probes_and_resources(rendered: list[dict[str, Any]]) -> None:
     workloads = {doc["metadata"]["name"]: doc for doc in _by_kind(rendered, *WORKLOADS)}
     assert {f"raftloop-{svc}" for svc in SERVICES} <= set(workloads)
     for name, doc in workloads.items():
@@ -61,7 +62,7 @@ def test_every_workload_has_probes_and_resources(rendered: list[dict]) -> None:
         assert doc["spec"]["template"]["spec"]["securityContext"]["runAsNonRoot"] is True
 
 
-def test_no_credentials_in_the_manifests(rendered: list[dict]) -> None:
+def test_no_credentials_in_the_manifests(rendered: list[dict[str, Any]]) -> None:
     assert not _by_kind(rendered, "Secret"), "Secrets are created by the operator, never shipped"
     for doc in _by_kind(rendered, *WORKLOADS, "CronJob", "Job"):
         spec = doc["spec"].get("jobTemplate", {}).get("spec", doc["spec"])
@@ -75,7 +76,7 @@ def test_no_credentials_in_the_manifests(rendered: list[dict]) -> None:
     assert config["KAFKA_REPLICATION_FACTOR"] == "3"
 
 
-def test_judge_and_ingest_scale_on_their_consumer_lag(rendered: list[dict]) -> None:
+def test_judge_and_ingest_scale_on_their_consumer_lag(rendered: list[dict[str, Any]]) -> None:
     from raftloop_ingest.settings import IngestSettings
     from raftloop_judge.settings import JudgeSettings
 
@@ -100,7 +101,7 @@ def test_judge_and_ingest_scale_on_their_consumer_lag(rendered: list[dict]) -> N
         assert doc["spec"]["maxReplicaCount"] <= TOPIC_SPECS[topic].partitions
 
 
-def test_trainer_runs_as_a_job_with_the_shared_registry(rendered: list[dict]) -> None:
+def test_trainer_runs_as_a_job_with_the_shared_registry(rendered: list[dict[str, Any]]) -> None:
     (cron,) = _by_kind(rendered, "CronJob")
     pod = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]
     (container,) = pod["containers"]

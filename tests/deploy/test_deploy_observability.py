@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-import yaml
+import yaml  # type: ignore[import-untyped]  # ships no type information
 from deploy_tools import DEPLOY, ROOT, SERVICES, run, tool
 
 pytestmark = pytest.mark.integration

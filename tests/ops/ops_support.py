@@ -19,7 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
 
 from raftloop_core.credentials import ensure_dev_credentials
 from raftloop_core.embedded import EmbeddedBroker, free_port
@@ -50,7 +52,7 @@ class Service:
             return 0, {"error": repr(exc)}
         return response.status_code, response.json()
 
-    def metrics(self) -> dict[str, Any]:
+    def metrics(self) -> dict[str, Metric]:
         """Metric families by name, as the Prometheus text parser reads them."""
         text = self.get("/metrics").text
         return {family.name: family for family in text_string_to_metric_families(text)}
@@ -201,7 +203,7 @@ def lines_about(service: Service, interaction_id: str) -> list[dict[str, Any]]:
     return [r for r in service.log_records() if r.get("interaction_id") == interaction_id]
 
 
-def samples(families: Mapping[str, Any], name: str, **labels: str) -> list[Any]:
+def samples(families: Mapping[str, Metric], name: str, **labels: str) -> list[Sample]:
     """Samples named `name` (a sample name, e.g. `x_total`) whose labels include `labels`."""
     return [
         sample
@@ -211,6 +213,6 @@ def samples(families: Mapping[str, Any], name: str, **labels: str) -> list[Any]:
     ]
 
 
-def total(families: Mapping[str, Any], name: str, **labels: str) -> float:
+def total(families: Mapping[str, Metric], name: str, **labels: str) -> float:
     """The sum of the matching samples' values."""
     return sum(s.value for s in samples(families, name, **labels))

@@ -16,7 +16,15 @@ import httpx
 import pytest
 from kafka import KafkaProducer
 
-from .ops_support import OpsPlatform, lines_about, samples, start_platform, total, wait_until
+from .ops_support import (
+    OpsPlatform,
+    Service,
+    lines_about,
+    samples,
+    start_platform,
+    total,
+    wait_until,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -231,8 +239,12 @@ def test_readiness_follows_the_broker(platform: OpsPlatform, traffic: Traffic) -
 
     platform.broker.stop()
     for service in services.values():
+
+        def broker_gone(s: Service = service) -> bool:
+            return s.ready()[1].get("checks", {}).get("broker") is False
+
         wait_until(
-            lambda s=service: s.ready()[1].get("checks", {}).get("broker") is False,
+            broker_gone,
             timeout_s=60,
             what=f"{service.name} to see the broker gone",
         )
@@ -245,8 +257,12 @@ def test_readiness_follows_the_broker(platform: OpsPlatform, traffic: Traffic) -
 
     platform.broker.start()
     for service in services.values():
+
+        def broker_back(s: Service = service) -> bool:
+            return s.ready()[0] == 200 and s.ready()[1]["checks"]["broker"] is True
+
         wait_until(
-            lambda s=service: s.ready()[0] == 200 and s.ready()[1]["checks"]["broker"] is True,
+            broker_back,
             timeout_s=120,
             what=f"{service.name} ready again",
             detail=service.tail,

@@ -17,6 +17,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -303,7 +304,7 @@ def group_lag(kafka: KafkaSettings, group: str, topic: str) -> int:
     return -1  # the group committed nothing yet
 
 
-def decoded(values: list[bytes]) -> list[dict[str, object]]:
+def decoded(values: list[bytes]) -> list[dict[str, Any]]:
     """The JSON objects among `values` (anything else is skipped)."""
     out = []
     for value in values:

@@ -326,21 +326,31 @@ def build(fleet: Fleet, folder: Any) -> dict[str, Tenant]:
         tenant.iids["d"] = chat(fleet, tenant.keys["client"], question)[0]
         feedback(fleet, other.keys["client"], tenant.iids["d"], f"{other.tag} early feedback")
     for tenant in world.values():
-        wait_for(f"{tenant.name}'s items", lambda t=tenant: len(queued(fleet, t)) == 4, 180)
-        claim_roles(fleet, tenant, chats[tenant.name])
-        feedback(fleet, tenant.keys["client"], tenant.iids["a"], f"{tenant.tag} feedback")
+        _give_roles(fleet, tenant, chats[tenant.name])
     for tenant in world.values():
-        wait_for(
-            f"{tenant.name}'s feedback on its item",
-            lambda t=tenant: t.tag in json.dumps(item(fleet, t, t.items["a"])["feedback"]),
-        )
-        wait_for(f"{tenant.name}'s document indexed", lambda t=tenant: t.tag in retrieve(fleet, t))
-        wait_for(
-            f"{tenant.name}'s adapter served",
-            lambda t=tenant: chat(fleet, t.keys["client"], QUESTION)[1] == t.adapter_id,
-        )
-        wait_for(f"{tenant.name}'s curated example", lambda t=tenant: _examples(fleet, t) >= 1)
+        _wait_until_in_place(fleet, tenant)
     return world
+
+
+def _give_roles(fleet: Fleet, tenant: Tenant, chats: list[str]) -> None:
+    """Once the tenant's four items are queued, give them their roles and rate item a."""
+    wait_for(f"{tenant.name}'s items", lambda: len(queued(fleet, tenant)) == 4, 180)
+    claim_roles(fleet, tenant, chats)
+    feedback(fleet, tenant.keys["client"], tenant.iids["a"], f"{tenant.tag} feedback")
+
+
+def _wait_until_in_place(fleet: Fleet, tenant: Tenant) -> None:
+    """Wait until the tenant's feedback, document, adapter and curated example are in place."""
+    wait_for(
+        f"{tenant.name}'s feedback on its item",
+        lambda: tenant.tag in json.dumps(item(fleet, tenant, tenant.items["a"])["feedback"]),
+    )
+    wait_for(f"{tenant.name}'s document indexed", lambda: tenant.tag in retrieve(fleet, tenant))
+    wait_for(
+        f"{tenant.name}'s adapter served",
+        lambda: chat(fleet, tenant.keys["client"], QUESTION)[1] == tenant.adapter_id,
+    )
+    wait_for(f"{tenant.name}'s curated example", lambda: _examples(fleet, tenant) >= 1)
 
 
 def retrieve(fleet: Fleet, tenant: Tenant, query: str = QUESTION) -> str:

@@ -30,7 +30,7 @@ COMMAND = "make reliability  # or: pytest tests/reliability/test_reliability_bro
 @pytest.fixture
 def moto_s3(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """An S3 server (moto) with one bucket; the AWS_* settings Tansu's object store reads."""
-    import boto3
+    import boto3  # type: ignore[import-untyped]  # ships no type information
 
     port = free_port()
     with (tmp_path / "moto.log").open("wb") as log:

@@ -66,9 +66,8 @@ def test_steady_load_with_streams_and_aborts_captures_everything(
     assert prefix.with_name("locust_stats.csv").exists(), done.stderr[-3000:]
     total = _aggregated(prefix.with_name("locust_stats.csv"))
     failures = _failures(prefix.with_name("locust_failures.csv"))
-    acked = dict(
-        reversed(line.split()) for line in acked_file.read_text().splitlines() if line.strip()
-    )
+    rows = [line.split() for line in acked_file.read_text().splitlines() if line.strip()]
+    acked = {key: value for value, key in rows}
 
     captured: dict[str, bool] = {}
     deadline = time.monotonic() + 120

@@ -193,7 +193,7 @@ def test_pii_canaries_never_leave_ingest(fleet: Fleet) -> None:
         ids.add(response.headers[INTERACTION_HEADER])
     wait_until_queued(fleet, marker, ids, timeout_s=180)
     time.sleep(2)  # let the services flush their logs
-    topics = [t for t in Topic if t not in RAW_TOPICS]
+    topics: list[str] = [t for t in Topic if t not in RAW_TOPICS]
     topics += [t.dlt for t in Topic if t not in RAW_TOPICS]
     on_topics = {}
     for topic in topics:

@@ -193,10 +193,14 @@ def drain(fleet: Fleet, texts: tuple[str, ...], feedback_sent: int) -> None:
         lambda: _on_topic(fleet, Topic.CHAT_FEEDBACK, texts, None) >= feedback_sent,
     )
     for group, topic in DRAIN:
+
+        def caught_up(g: str = group, t: str = topic) -> bool:
+            return group_lag(fleet.kafka, g, t) == 0
+
         # After the fault and load tests of a full run the judge may still have a backlog.
         wait_for(
             f"{group} to catch up on {topic}",
-            lambda g=group, t=topic: group_lag(fleet.kafka, g, t) == 0,
+            caught_up,
             timeout_s=240,
         )
 
@@ -303,7 +307,9 @@ def attack(
     return found, unclassified
 
 
-def _figures(directions: list[Direction], ops: dict[str, list[Operation]]) -> dict[str, object]:
+def _figures(
+    directions: list[Direction], ops: dict[str, list[Operation]]
+) -> dict[str, int | float | str]:
     outcomes = [o for d in directions for o in d.outcomes]
     by_design = [o for o in outcomes if o.caller == "platform" and o.attempt.names_tenant]
     checked = [o for o in outcomes if o not in by_design]
@@ -451,5 +457,5 @@ def test_two_tenants_never_reach_each_others_objects(fleet: Fleet, tmp_path: Pat
         if o.status >= 500
     ]
     assert problems == [], "\n".join(problems)
-    assert figures["  of them returning that tenant's data (the oracle sees a read)"] > 0
+    assert int(figures["  of them returning that tenant's data (the oracle sees a read)"]) > 0
     assert "hitl GET /api/v1/items/{item_id}" in directions[0].seen_by_owner

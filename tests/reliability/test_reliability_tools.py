@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 from reliability_tools import (
@@ -19,7 +20,16 @@ from reliability_tools import (
     unapproved_examples,
     violations,
 )
-from tenancy_matrix import OMIT, Alternatives, Unclassified, leaks, operations, plan
+from tenancy_matrix import (
+    OMIT,
+    Alternatives,
+    Attempt,
+    Operation,
+    Unclassified,
+    leaks,
+    operations,
+    plan,
+)
 
 
 def _records(*pairs: tuple[str, str]) -> list[Record]:
@@ -147,7 +157,7 @@ def test_a_train_body_that_would_train_a_live_tenant_names_the_spare_one() -> No
 
 
 def test_only_an_approval_of_the_same_interaction_vouches_for_an_example() -> None:
-    rows = [
+    rows: list[Mapping[str, object]] = [
         {"interaction_id": "p1", "review_id": "r1"},  # approved by its own review
         {"interaction_id": "p2", "review_id": "r1"},  # borrows another item's review
         {"interaction_id": "p3", "review_id": None},  # auto-accepted: no review at all
@@ -232,20 +242,26 @@ def test_a_route_the_rules_cannot_aim_is_unclassified_not_skipped() -> None:
     assert "'query'" in str(missing)
 
 
+def _attempts(op: Operation, values: Mapping[str, object]) -> list[Attempt]:
+    got = plan(op, values, manual_forms={})
+    assert not isinstance(got, Unclassified), got
+    return got
+
+
 def test_the_victims_ids_and_tenant_fill_the_request() -> None:
     ops = {(o.method, o.path): o for o in operations("svc", SPEC)}
     values = {"item_id": 7, "tenant": Alternatives(("acme", OMIT)), "query": "refunds?"}
-    [read] = plan(ops[("GET", "/v1/items/{item_id}")], values, manual_forms={})
+    [read] = _attempts(ops[("GET", "/v1/items/{item_id}")], values)
     assert (read.url, read.names_object) == ("/v1/items/7", True)
-    named, omitted = plan(ops[("POST", "/v1/search")], values, manual_forms={})
+    named, omitted = _attempts(ops[("POST", "/v1/search")], values)
     assert named.json == {"query": "refunds?", "tenant": "acme"}
     assert named.names_tenant
     assert omitted.json == {"query": "refunds?"}
     assert not omitted.names_tenant
-    by_query = plan(ops[("GET", "/v1/stats")], values, manual_forms={})
+    by_query = _attempts(ops[("GET", "/v1/stats")], values)
     assert [a.params for a in by_query] == [{"tenant": "acme"}, {}]
     # An optional field without a rule is left out, not guessed.
-    [train, _] = plan(ops[("POST", "/v1/train")], values, manual_forms={})
+    [train, _] = _attempts(ops[("POST", "/v1/train")], values)
     assert train.json == {"tenant": "acme"}
 
 

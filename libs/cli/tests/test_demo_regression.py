@@ -43,7 +43,8 @@ def demo(tmp_path: Path) -> Demo:
     app = trainer_app.create_app(settings, keys=keys, runner=runner, broker=broker)
     ends = Endpoints({"trainer": "http://trainer"}, "client", "internal", ADMIN)
     d = Demo(ends, tenant="default", concurrency=1, timeout_s=60)
-    d.http = TestClient(app)
+    # starlette's TestClient is an httpx2 client, the demo's an httpx one: the same API.
+    d.http = TestClient(app)  # type: ignore[assignment]
     return d
 
 

@@ -6,7 +6,7 @@ pytestmark = pytest.mark.integration
 
 
 def test_smollm2_converts_once_and_answers(smollm2_dir: Path) -> None:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer, BatchEncoding
 
     assert (smollm2_dir / "model.safetensors").is_file()
     assert not list(smollm2_dir.glob("*.gguf"))
@@ -19,6 +19,7 @@ def test_smollm2_converts_once_and_answers(smollm2_dir: Path) -> None:
         return_tensors="pt",
         return_dict=True,
     )
+    assert isinstance(inputs, BatchEncoding)
     out = model.generate(**inputs, max_new_tokens=12, do_sample=False)
     answer = tokenizer.decode(out[0][inputs["input_ids"].shape[1] :], skip_special_tokens=True)
     assert "Paris" in answer
@@ -32,6 +33,7 @@ def test_tiny_llama_generates_with_its_chat_template(tiny_model_dir: Path) -> No
     text = tokenizer.apply_chat_template(
         [{"role": "user", "content": "Refunds?"}], add_generation_prompt=True, tokenize=False
     )
+    assert isinstance(text, str)
     assert text.endswith("<|im_start|>assistant\n")
     inputs = tokenizer(text, return_tensors="pt")
     out = model.generate(**inputs, max_new_tokens=5, do_sample=False)

@@ -17,6 +17,8 @@ from uuid import UUID
 import httpx
 import openai
 from faststream.kafka import KafkaMessage
+from openai.types.chat import ChatCompletionTokenLogprob
+from openai.types.chat.chat_completion import Choice
 
 from raftloop_core.credentials import ensure_dev_credentials
 from raftloop_core.embedded import free_port
@@ -130,6 +132,13 @@ def interaction_of(completion_id: str) -> str:
     return str(UUID(hex=completion_id.removeprefix("chatcmpl-")))
 
 
+def logprobs_of(choice: Choice) -> list[ChatCompletionTokenLogprob]:
+    """The token logprobs of a choice that was asked for with `logprobs=True`."""
+    assert choice.logprobs is not None
+    assert choice.logprobs.content is not None
+    return choice.logprobs.content
+
+
 def wait_until(predicate: Callable[[], bool], timeout_s: float = 30.0, what: str = "") -> None:
     deadline = time.monotonic() + timeout_s
     while not predicate():
@@ -159,9 +168,9 @@ class EventLog:
     async def __aenter__(self) -> EventLog:
         self.broker = make_broker(self.kafka)
 
-        @self.broker.subscriber(*self.topics, **consumer_options(self.kafka, group_id=self.group))
+        @self.broker.subscriber(*self.topics, **consumer_options(self.kafka, group_id=self.group))  # type: ignore[untyped-decorator]
         async def grab(msg: KafkaMessage) -> None:
-            raw = msg.raw_message
+            raw: Any = msg.raw_message  # one aiokafka ConsumerRecord: not a batch subscriber
             self.items.append(
                 Received(raw.topic, raw.partition, raw.offset, raw.key, json.loads(msg.body))
             )
@@ -180,7 +189,7 @@ class EventLog:
         ]
 
     async def wait_for(
-        self, predicate: Callable[[], bool], timeout_s: float = 60.0, what: str = ""
+        self, predicate: Callable[[], object], timeout_s: float = 60.0, what: str = ""
     ) -> None:
         deadline = time.monotonic() + timeout_s
         while not predicate():
@@ -200,7 +209,7 @@ def write_lora(model_dir: Path, target: Path, *, seed: int) -> Path:
     config = LoraConfig(
         r=4, lora_alpha=64, target_modules=["q_proj", "v_proj", "o_proj"], init_lora_weights=False
     )
-    get_peft_model(model, config).save_pretrained(target, safe_serialization=True)
+    get_peft_model(model, config).save_pretrained(str(target), safe_serialization=True)
     return target
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from uuid import uuid4
 
 import pytest
@@ -64,7 +65,7 @@ def judged(
 
 
 @pytest.fixture
-def sqlite_engine(tmp_path) -> Iterator[Engine]:
+def sqlite_engine(tmp_path: Path) -> Iterator[Engine]:
     engine = make_engine(f"sqlite:///{tmp_path / 'hitl.sqlite3'}")
     migrate(engine)
     yield engine
@@ -104,8 +105,10 @@ def pg_engine() -> Iterator[Engine]:
 @pytest.fixture(params=["sqlite", "postgresql"])
 def engine(request: pytest.FixtureRequest) -> Engine:
     """Each store test runs on SQLite and on PostgreSQL."""
+    name = "sqlite_engine"
     if request.param == "postgresql":
         if not _pg_available():
             pytest.fail(f"PostgreSQL is not reachable at {PG_ADMIN_URL}; set HITL_TEST_POSTGRES")
-        return request.getfixturevalue("pg_engine")
-    return request.getfixturevalue("sqlite_engine")
+        name = "pg_engine"
+    engine: Engine = request.getfixturevalue(name)
+    return engine

@@ -118,7 +118,7 @@ class Service:
         )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            assert self.proc.poll() is None, self.log_path.read_text()[-3000:]  # type: ignore[attr-defined]
+            assert self.proc.poll() is None, self.log_path.read_text()[-3000:]
             try:
                 if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
                     return

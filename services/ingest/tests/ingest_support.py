@@ -19,7 +19,7 @@ from raftloop_ingest.settings import IngestSettings
 CARD = "4111 1111 1111 1111"
 
 
-async def wait_for(predicate: Callable[[], bool], timeout_s: float = 60.0) -> None:
+async def wait_for(predicate: Callable[[], object], timeout_s: float = 60.0) -> None:
     deadline = time.monotonic() + timeout_s
     while not predicate():
         if time.monotonic() > deadline:

@@ -14,7 +14,7 @@ async def main(bootstrap: str, topic: str, group: str, out: Path) -> None:
     settings = test_kafka_settings(bootstrap)
     broker = make_broker(settings)
 
-    @broker.subscriber(topic, **consumer_options(settings, group_id=group))
+    @broker.subscriber(topic, **consumer_options(settings, group_id=group))  # type: ignore[untyped-decorator]
     async def on_feedback(event: FeedbackReceived) -> None:
         with open(out, "a") as fh:
             fh.write(f"{event.event_id}\n")

@@ -30,7 +30,7 @@ from raftloop_core.messaging import (
 )
 from raftloop_core.settings import KafkaSettings
 from raftloop_core.testing import sample_events
-from raftloop_core.topics import dead_letter
+from raftloop_core.topics import Topic, dead_letter
 
 pytestmark = pytest.mark.integration
 
@@ -52,9 +52,10 @@ async def test_every_event_type_round_trips(
     broker = make_broker(kafka_settings)
     received: dict[str, tuple[bytes | None, bytes]] = {}
 
-    @broker.subscriber(*names.values(), **consumer_options(kafka_settings, group_id=unique("g")))
+    @broker.subscriber(*names.values(), **consumer_options(kafka_settings, group_id=unique("g")))  # type: ignore[untyped-decorator]
     async def collect(msg: KafkaMessage) -> None:
-        received[msg.raw_message.topic] = (msg.raw_message.key, msg.body)
+        record: Any = msg.raw_message  # one aiokafka ConsumerRecord: not a batch subscriber
+        received[record.topic] = (record.key, msg.body)
 
     async with broker:
         await broker.start()
@@ -76,14 +77,14 @@ async def test_document_union_decodes_through_a_handler(
     broker = make_broker(kafka_settings)
     got: list[ev.DocumentSubmitted | ev.DocumentDeleted] = []
 
-    @broker.subscriber(topic, **consumer_options(kafka_settings, group_id=unique("g")))
+    @broker.subscriber(topic, **consumer_options(kafka_settings, group_id=unique("g")))  # type: ignore[untyped-decorator]
     async def on_document(event: ev.DocumentEvent) -> None:
         got.append(event)
 
     deleted = ev.DocumentDeleted(document_id="doc-1")
     async with broker:
         await broker.start()
-        await broker.publish(sample_events()[ev.Topic.KB_DOCUMENT], topic=topic, key=b"doc-1")
+        await broker.publish(sample_events()[Topic.KB_DOCUMENT], topic=topic, key=b"doc-1")
         await broker.publish(deleted, topic=topic, key=b"doc-1")
         await wait_for(lambda: len(got) == 2)
     assert isinstance(got[0], ev.DocumentSubmitted)
@@ -101,15 +102,15 @@ async def test_malformed_messages_are_dead_lettered_and_the_partition_moves_on(
     parked: list[KafkaMessage] = []
     options = consumer_options(kafka_settings, group_id=unique("g"))
 
-    @broker.subscriber(topic, **options)
+    @broker.subscriber(topic, **options)  # type: ignore[untyped-decorator]
     async def on_feedback(event: ev.FeedbackReceived) -> None:
         good.append(event)
 
-    @broker.subscriber(dead_letter(topic), **consumer_options(kafka_settings, group_id=unique("d")))
+    @broker.subscriber(dead_letter(topic), **consumer_options(kafka_settings, group_id=unique("d")))  # type: ignore[untyped-decorator]
     async def park(msg: KafkaMessage) -> None:
         parked.append(msg)
 
-    valid = sample_events()[ev.Topic.CHAT_FEEDBACK]
+    valid = sample_events()[Topic.CHAT_FEEDBACK]
     bad = [
         b"{not json",
         json.dumps({"nope": 1}).encode(),
@@ -153,14 +154,14 @@ async def test_dead_letter_topics_are_never_dead_lettered(
     broker = make_broker(kafka_settings)
     seen: list[bytes] = []
 
-    @broker.subscriber(topic, **consumer_options(kafka_settings, group_id=unique("g")))
+    @broker.subscriber(topic, **consumer_options(kafka_settings, group_id=unique("g")))  # type: ignore[untyped-decorator]
     async def inspect(event: ev.FeedbackReceived, msg: KafkaMessage) -> None:
         seen.append(msg.body)
 
     async with broker:
         await broker.start()
         await broker.publish(b"garbage", topic=topic)
-        await broker.publish(sample_events()[ev.Topic.CHAT_FEEDBACK], topic=topic)
+        await broker.publish(sample_events()[Topic.CHAT_FEEDBACK], topic=topic)
         await wait_for(lambda: len(seen) == 1)
     assert dead_letter(topic + "x") != topic  # sanity: names still derive
     with pytest.raises(ValueError, match="already a dead-letter topic"):
@@ -175,7 +176,7 @@ async def test_transient_failures_back_off_then_succeed(
     attempts: list[float] = []
     done: list[Any] = []
 
-    @broker.subscriber(topic, **consumer_options(kafka_settings, group_id=unique("g")))
+    @broker.subscriber(topic, **consumer_options(kafka_settings, group_id=unique("g")))  # type: ignore[untyped-decorator]
     async def flaky(event: ev.FeedbackReceived) -> None:
         attempts.append(time.monotonic())
         if len(attempts) < 3:
@@ -184,7 +185,7 @@ async def test_transient_failures_back_off_then_succeed(
 
     async with broker:
         await broker.start()
-        await broker.publish(sample_events()[ev.Topic.CHAT_FEEDBACK], topic=topic)
+        await broker.publish(sample_events()[Topic.CHAT_FEEDBACK], topic=topic)
         await wait_for(lambda: len(done) == 1)
         await asyncio.sleep(0.5)  # nothing more arrives: the success was committed
 
@@ -204,19 +205,19 @@ async def test_a_message_that_always_fails_is_parked_after_the_retry_budget(
     parked: list[KafkaMessage] = []
     processed: list[str] = []
 
-    @broker.subscriber(topic, **consumer_options(kafka_settings, group_id=unique("g")))
+    @broker.subscriber(topic, **consumer_options(kafka_settings, group_id=unique("g")))  # type: ignore[untyped-decorator]
     async def broken(event: ev.TrainingRunFinished) -> None:
         if event.run_id == "bad":
             attempts.append(event.run_id)
             raise TimeoutError("upstream keeps timing out")
         processed.append(event.run_id)
 
-    @broker.subscriber(dead_letter(topic), **consumer_options(kafka_settings, group_id=unique("d")))
+    @broker.subscriber(dead_letter(topic), **consumer_options(kafka_settings, group_id=unique("d")))  # type: ignore[untyped-decorator]
     async def park(msg: KafkaMessage) -> None:
         parked.append(msg)
 
     run = TypeAdapter(ev.TrainingRunFinished).validate_python(
-        sample_events()[ev.Topic.TRAINING_RUN_FINISHED].model_dump()
+        sample_events()[Topic.TRAINING_RUN_FINISHED].model_dump()
     )
     async with broker:
         await broker.start()
@@ -240,14 +241,14 @@ async def test_a_handler_slower_than_max_poll_interval_keeps_its_consumer_in_the
     broker = make_broker(settings)
     seen: list[str] = []
 
-    @broker.subscriber(topic, **consumer_options(settings, group_id=unique("g")))
+    @broker.subscriber(topic, **consumer_options(settings, group_id=unique("g")))  # type: ignore[untyped-decorator]
     async def slow(event: ev.TrainingRunFinished) -> None:
         seen.append(event.run_id)
         if event.run_id.startswith("slow"):
             await asyncio.sleep(5.0)  # 2.5 x max.poll.interval.ms
 
     run = TypeAdapter(ev.TrainingRunFinished).validate_python(
-        sample_events()[ev.Topic.TRAINING_RUN_FINISHED].model_dump()
+        sample_events()[Topic.TRAINING_RUN_FINISHED].model_dump()
     )
     async with broker:
         await broker.start()

@@ -16,8 +16,7 @@ KEYS = {"client": "c" * 20, "internal": "i" * 20, "admin": "a" * 20}
 
 def make_app() -> FastAPI:
     store = KeyStore(
-        ApiKey(key_id=role, key_sha256=hash_key(key), role=role)  # type: ignore[arg-type]
-        for role, key in KEYS.items()
+        ApiKey(key_id=role, key_sha256=hash_key(key), role=role) for role, key in KEYS.items()
     )
     app = FastAPI()
     install_error_handlers(app)

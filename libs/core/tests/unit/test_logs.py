@@ -46,7 +46,7 @@ def test_loggers_are_limited_separately_and_a_quiet_one_starts_again() -> None:
     assert not limiter.filter(record("aiokafka"))
     clock.now = 30.0
     assert limiter.filter(again := record("aiokafka"))
-    assert again.suppressed == 1
+    assert vars(again)["suppressed"] == 1  # an attribute the filter adds to the record
     clock.now = 40.0  # quiet for a whole window: no count, the window is 1 s again
     assert limiter.filter(fresh := record("aiokafka"))
     assert not hasattr(fresh, "suppressed")

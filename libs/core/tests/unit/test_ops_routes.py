@@ -121,7 +121,7 @@ OPS_KEYS = {
 
 def _guarded_app(*, protect: bool) -> FastAPI:
     keys = KeyStore(
-        ApiKey(key_id=name, key_sha256=hash_key(name), tenant=t, role=role, tenants=listed)  # type: ignore[arg-type]
+        ApiKey(key_id=name, key_sha256=hash_key(name), tenant=t, role=role, tenants=listed)
         for name, (t, role, listed) in OPS_KEYS.items()
     )
     app = FastAPI()

@@ -13,6 +13,7 @@ import httpx
 import openai
 import pytest
 from gateway_support import EventLog, Gateway, announce, wait_until, write_lora
+from openai.types.chat import ChatCompletionMessageParam
 
 from raftloop_core.events import AdapterPromoted, AdapterRolledBack, event_key
 from raftloop_core.messaging import make_broker
@@ -21,10 +22,12 @@ from raftloop_core.settings import KafkaSettings
 from raftloop_core.topics import Topic
 
 pytestmark = pytest.mark.integration
-ASK = [{"role": "user", "content": "Reset your password from the account page"}]
+ASK: list[ChatCompletionMessageParam] = [
+    {"role": "user", "content": "Reset your password from the account page"}
+]
 
 
-def _answer(gateway: Gateway, model: str = "raftloop") -> tuple[str, str, str]:
+def _answer(gateway: Gateway, model: str = "raftloop") -> tuple[str | None, str, str]:
     raw = gateway.client().chat.completions.with_raw_response.create(
         model=model, messages=ASK, max_tokens=10, temperature=0
     )
@@ -36,7 +39,9 @@ def _answer(gateway: Gateway, model: str = "raftloop") -> tuple[str, str, str]:
     )
 
 
-async def _publish(kafka: KafkaSettings, topic: Topic, event: AdapterPromoted | AdapterRolledBack):
+async def _publish(
+    kafka: KafkaSettings, topic: Topic, event: AdapterPromoted | AdapterRolledBack
+) -> None:
     broker = make_broker(kafka)
     async with broker:
         await broker.start()
@@ -82,7 +87,7 @@ async def test_promotion_event_switches_the_serving_adapter_and_rollback_restore
     [event] = gateway_events.where(Topic.CHAT_COMPLETED, interaction_id=interaction)
     assert event.value["adapter_id"] == adapter_id
     serving = {m.id: m for m in gateway.client().models.list().data}
-    assert serving[adapter_id].serving is True
+    assert getattr(serving[adapter_id], "serving", None) is True
 
     back = registry.rollback(reason="test rollback")
     assert back.adapter_id is None
@@ -127,7 +132,12 @@ async def test_a_registry_switch_serves_at_once_and_pinning_stays_possible(
     ],
 )
 def test_the_gateway_switches_nothing_and_points_at_the_trainer(
-    gateway: Gateway, registry: AdapterRegistry, method: str, path: str, body: dict, owner: str
+    gateway: Gateway,
+    registry: AdapterRegistry,
+    method: str,
+    path: str,
+    body: dict[str, object],
+    owner: str,
 ) -> None:
     before = registry.serving()
     response = httpx.request(method, gateway.url + path, json=body, headers=gateway.auth("admin"))

@@ -4,20 +4,25 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from typing import Any
 from uuid import UUID
 
 import httpx
 import openai
 import pytest
-from gateway_support import EventLog, Gateway, interaction_of
+from gateway_support import EventLog, Gateway, interaction_of, logprobs_of
+from openai.types.chat import ChatCompletionMessageParam
 
 from raftloop_core.topics import Topic
 
 pytestmark = pytest.mark.integration
-USER = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Refunds?"}]
+USER: list[ChatCompletionMessageParam] = [
+    {"role": "system", "content": "Be brief."},
+    {"role": "user", "content": "Refunds?"},
+]
 
 
-async def _captured_once(log: EventLog, completion_id: str) -> dict:
+async def _captured_once(log: EventLog, completion_id: str) -> dict[str, Any]:
     interaction_id = interaction_of(completion_id)
     await log.wait_for(
         lambda: log.where(Topic.CHAT_COMPLETED, interaction_id=interaction_id),
@@ -31,7 +36,7 @@ async def _captured_once(log: EventLog, completion_id: str) -> dict:
 
 
 async def test_sync_completion_is_answered_and_captured_once(
-    gateway: Gateway, gateway_events: EventLog, new_conversation: Callable[[], dict]
+    gateway: Gateway, gateway_events: EventLog, new_conversation: Callable[[], dict[str, str]]
 ) -> None:
     meta = new_conversation()
     raw = gateway.client().chat.completions.with_raw_response.create(
@@ -41,6 +46,7 @@ async def test_sync_completion_is_answered_and_captured_once(
     assert done.id == f"chatcmpl-{UUID(raw.headers['x-raftloop-interaction-id']).hex}"
     assert done.object == "chat.completion"
     assert done.choices[0].finish_reason in ("stop", "length")
+    assert done.usage is not None
     assert done.usage.completion_tokens <= 6
     assert done.usage.total_tokens == done.usage.prompt_tokens + done.usage.completion_tokens
 
@@ -101,7 +107,8 @@ async def test_async_completion_with_logprobs(gateway: Gateway, gateway_events: 
         logprobs=True,
         top_logprobs=3,
     )
-    content = done.choices[0].logprobs.content
+    content = logprobs_of(done.choices[0])
+    assert done.usage is not None
     assert len(content) == done.usage.completion_tokens
     for token in content:
         assert token.logprob <= 0
@@ -141,6 +148,7 @@ async def test_stop_sequence_cuts_the_answer(gateway: Gateway) -> None:
         model="raftloop", messages=USER, max_tokens=12, temperature=0
     )
     text = full.choices[0].message.content
+    assert text is not None
     if len(text) < 4:
         pytest.skip("the tiny model answered too briefly to cut")
     stop = text[2:4]
@@ -217,11 +225,13 @@ def test_errors_use_the_openai_envelope_and_status(gateway: Gateway) -> None:
         client.chat.completions.create(model="raftloop", messages=[])
     with pytest.raises(openai.BadRequestError, match="n"):
         client.chat.completions.create(model="raftloop", messages=USER, n=9)
-    huge = [{"role": "user", "content": "x" * 300_000}]
+    huge: list[ChatCompletionMessageParam] = [{"role": "user", "content": "x" * 300_000}]
     with pytest.raises(openai.APIStatusError) as too_big:
         client.chat.completions.create(model="raftloop", messages=huge)
     assert too_big.value.status_code == 413
-    long_prompt = [{"role": "user", "content": "refund " * 20_000}]
+    long_prompt: list[ChatCompletionMessageParam] = [
+        {"role": "user", "content": "refund " * 20_000}
+    ]
     with pytest.raises(openai.APIStatusError) as too_long:
         client.chat.completions.create(model="raftloop", messages=long_prompt)
     assert too_long.value.status_code == 413

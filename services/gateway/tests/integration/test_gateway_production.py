@@ -15,13 +15,14 @@ import httpx
 import openai
 import pytest
 from gateway_support import Gateway, start_gateway
+from openai.types.chat import ChatCompletionMessageParam
 
 from raftloop_core.credentials import ensure_dev_credentials, hash_key
 from raftloop_core.settings import KafkaSettings, RuntimeSettings
 
 pytestmark = pytest.mark.integration
 KEY = "prod-client-key-0123456789abcdef"
-ASK = [{"role": "user", "content": "hi"}]
+ASK: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hi"}]
 
 
 def test_production_without_keys_refuses_to_start(tmp_path: Path) -> None:

@@ -138,6 +138,7 @@ async def test_answers_cite_the_answering_document_and_the_event_records_it(
         model="raftloop", messages=[{"role": "user", "content": QUESTION}], max_tokens=4
     )
     answer = done.choices[0].message.content
+    assert answer is not None
     assert "\n\nSources: [1] " in answer
     assert ANSWERING in answer.split("Sources:")[1]
     await gateway_events.wait_for(
@@ -173,6 +174,7 @@ def test_internal_callers_and_opt_out_get_no_retrieval(rag_gateway: Gateway) -> 
             max_tokens=3,
             metadata=metadata,
         )
+        assert done.choices[0].message.content is not None
         assert "Sources:" not in done.choices[0].message.content
 
 
@@ -183,5 +185,6 @@ def test_rag_down_means_a_plain_answer(rag_gateway: Gateway, rag: Rag) -> None:
     done = rag_gateway.client().chat.completions.create(
         model="raftloop", messages=[{"role": "user", "content": QUESTION}], max_tokens=3
     )
+    assert done.choices[0].message.content is not None
     assert "Sources:" not in done.choices[0].message.content
     assert "retrieval failed; answering without sources" in rag_gateway.log.read_text()

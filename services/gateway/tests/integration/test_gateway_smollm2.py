@@ -11,17 +11,21 @@ from gateway_support import (
     Gateway,
     announce,
     interaction_of,
+    logprobs_of,
     start_gateway,
     wait_until,
     write_lora,
 )
+from openai.types.chat import ChatCompletionMessageParam
 
 from raftloop_core.registry import AdapterCard, AdapterRegistry
 from raftloop_core.settings import KafkaSettings
 from raftloop_core.topics import Topic
 
 pytestmark = pytest.mark.integration
-ASK = [{"role": "user", "content": "What is the capital of France?"}]
+ASK: list[ChatCompletionMessageParam] = [
+    {"role": "user", "content": "What is the capital of France?"}
+]
 
 
 @pytest.fixture(scope="module")
@@ -37,15 +41,18 @@ def smol(
     gw.stop()
 
 
-async def test_smollm2_answers_streamed_and_not_alike(smol: Gateway, gateway_events: EventLog):
+async def test_smollm2_answers_streamed_and_not_alike(
+    smol: Gateway, gateway_events: EventLog
+) -> None:
     client = smol.client()
     done = client.chat.completions.create(
         model="raftloop", messages=ASK, max_tokens=8, temperature=0, logprobs=True, top_logprobs=1
     )
     answer = done.choices[0].message.content
+    assert answer is not None
     assert "Paris" in answer
     assert done.model == "raftloop"
-    for token in done.choices[0].logprobs.content:
+    for token in logprobs_of(done.choices[0]):
         assert token.logprob <= token.top_logprobs[0].logprob + 1e-4  # greedy picks the top
     stream = client.chat.completions.create(
         model="raftloop", messages=ASK, max_tokens=8, temperature=0, stream=True
@@ -60,7 +67,7 @@ async def test_smollm2_answers_streamed_and_not_alike(smol: Gateway, gateway_eve
 
 
 def smol_name(gw: Gateway) -> str:
-    return next(m.id for m in gw.client().models.list().data if m.kind == "base")
+    return next(m.id for m in gw.client().models.list().data if getattr(m, "kind", None) == "base")
 
 
 async def test_a_lora_on_smollm2_hot_swaps_and_rolls_back(
@@ -71,7 +78,7 @@ async def test_a_lora_on_smollm2_hot_swaps_and_rolls_back(
     adapter_id = registry.add(folder, AdapterCard(base_model=smol_name(smol)))
     client = smol.client()
 
-    def ask() -> tuple[str, str]:
+    def ask() -> tuple[str | None, str]:
         raw = client.chat.completions.with_raw_response.create(
             model="raftloop", messages=ASK, max_tokens=6, temperature=0
         )

@@ -14,10 +14,16 @@ from pathlib import Path
 from typing import Any
 
 import instructor
-import jsonschema
+import jsonschema  # type: ignore[import-untyped]  # ships no type information
 import openai
 import pytest
-from gateway_support import Gateway, start_gateway
+from gateway_support import Gateway, logprobs_of, start_gateway
+from openai.types.chat import (
+    ChatCompletion,
+    ChatCompletionFunctionToolParam,
+    ChatCompletionMessageParam,
+)
+from openai.types.shared_params import ResponseFormatJSONSchema
 from pydantic import BaseModel, Field
 
 from raftloop_core.settings import KafkaSettings
@@ -61,7 +67,7 @@ PEOPLE = [
     "a teacher who cooks",
     "an engineer in Seoul",
 ]
-WEATHER = {
+WEATHER: ChatCompletionFunctionToolParam = {
     "type": "function",
     "function": {
         "name": "get_weather",
@@ -77,7 +83,7 @@ WEATHER = {
         },
     },
 }
-CLOCK = {
+CLOCK: ChatCompletionFunctionToolParam = {
     "type": "function",
     "function": {
         "name": "get_time",
@@ -90,7 +96,9 @@ CLOCK = {
         },
     },
 }
-ASK_WEATHER = [{"role": "user", "content": "What is the weather in Paris right now?"}]
+ASK_WEATHER: list[ChatCompletionMessageParam] = [
+    {"role": "user", "content": "What is the weather in Paris right now?"}
+]
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +115,7 @@ def smol(
     gw.stop()
 
 
-def person_format(schema: dict[str, Any] = PERSON) -> dict[str, Any]:
+def person_format(schema: dict[str, Any] = PERSON) -> ResponseFormatJSONSchema:
     return {
         "type": "json_schema",
         "json_schema": {"name": "person", "schema": schema, "strict": True},
@@ -117,11 +125,11 @@ def person_format(schema: dict[str, Any] = PERSON) -> dict[str, Any]:
 async def test_json_schema_output_validates_on_20_prompts(smol: Gateway) -> None:
     client = smol.aclient(timeout=600)
 
-    async def ask(who: str) -> Any:
+    async def ask(who: str) -> ChatCompletion:
         return await client.chat.completions.create(
             model="raftloop",
             messages=[{"role": "user", "content": f"Describe {who} as a person record."}],
-            response_format=person_format(),  # type: ignore[arg-type]
+            response_format=person_format(),
             temperature=0,
             max_tokens=160,
         )
@@ -130,6 +138,7 @@ async def test_json_schema_output_validates_on_20_prompts(smol: Gateway) -> None
     for who, done in zip(PEOPLE, answers, strict=True):
         choice = done.choices[0]
         assert choice.finish_reason == "stop", (who, choice.message.content)
+        assert choice.message.content is not None
         jsonschema.validate(json.loads(choice.message.content), PERSON)
         assert choice.message.tool_calls is None
     await client.close()
@@ -143,16 +152,18 @@ def test_json_object_parses(smol: Gateway) -> None:
         temperature=0,
         max_tokens=256,
     )
-    assert done.choices[0].finish_reason == "stop", done.choices[0].message.content
-    assert isinstance(json.loads(done.choices[0].message.content), dict)
+    content = done.choices[0].message.content
+    assert done.choices[0].finish_reason == "stop", content
+    assert content is not None
+    assert isinstance(json.loads(content), dict)
 
 
-def arguments_of(done: Any, tool: dict[str, Any]) -> dict[str, Any]:
-    [call] = done.choices[0].message.tool_calls
+def arguments_of(done: ChatCompletion, tool: ChatCompletionFunctionToolParam) -> dict[str, Any]:
+    [call] = done.choices[0].message.tool_calls or []
     assert call.type == "function"
     assert call.id.startswith("call_")
     assert call.function.name == tool["function"]["name"]
-    arguments = json.loads(call.function.arguments)
+    arguments: dict[str, Any] = json.loads(call.function.arguments)
     jsonschema.validate(arguments, tool["function"]["parameters"])
     return arguments
 
@@ -161,7 +172,7 @@ def test_required_tool_choice_gives_a_parsable_call(smol: Gateway) -> None:
     done = smol.client(timeout=600).chat.completions.create(
         model="raftloop",
         messages=ASK_WEATHER,
-        tools=[WEATHER],  # type: ignore[list-item]
+        tools=[WEATHER],
         tool_choice="required",
         parallel_tool_calls=False,
         temperature=0,
@@ -176,7 +187,7 @@ def test_a_named_function_is_the_one_called(smol: Gateway) -> None:
     done = smol.client(timeout=600).chat.completions.create(
         model="raftloop",
         messages=ASK_WEATHER,
-        tools=[WEATHER, CLOCK],  # type: ignore[list-item]
+        tools=[WEATHER, CLOCK],
         tool_choice={"type": "function", "function": {"name": "get_time"}},
         parallel_tool_calls=False,
         temperature=0,
@@ -188,11 +199,12 @@ def test_a_named_function_is_the_one_called(smol: Gateway) -> None:
 
 def test_auto_gives_either_text_or_parsable_calls(smol: Gateway) -> None:
     client = smol.client(timeout=600)
-    for messages in (ASK_WEATHER, [{"role": "user", "content": "Say hello to Ann."}]):
+    hello: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Say hello to Ann."}]
+    for messages in (ASK_WEATHER, hello):
         done = client.chat.completions.create(
             model="raftloop",
-            messages=messages,  # type: ignore[arg-type]
-            tools=[WEATHER, CLOCK],  # type: ignore[list-item]
+            messages=messages,
+            tools=[WEATHER, CLOCK],
             temperature=0,
             max_tokens=128,
         )
@@ -201,6 +213,7 @@ def test_auto_gives_either_text_or_parsable_calls(smol: Gateway) -> None:
             assert choice.finish_reason == "tool_calls"
             assert choice.message.content is None
             for call in choice.message.tool_calls:
+                assert call.type == "function"
                 tool = {"get_weather": WEATHER, "get_time": CLOCK}[call.function.name]
                 jsonschema.validate(
                     json.loads(call.function.arguments), tool["function"]["parameters"]
@@ -283,11 +296,11 @@ def test_a_schema_feature_the_decoder_cannot_enforce_is_a_400(
         smol.client().chat.completions.create(
             model="raftloop",
             messages=[{"role": "user", "content": "Numbers?"}],
-            response_format=person_format(schema),  # type: ignore[arg-type]
+            response_format=person_format(schema),
             stream=True,  # refused before any chunk is sent
         )
     assert refused.value.status_code == 400
-    tool = {
+    tool: ChatCompletionFunctionToolParam = {
         "type": "function",
         "function": {"name": "pick", "parameters": {"type": "object", "properties": {"x": schema}}},
     }
@@ -314,11 +327,12 @@ def test_a_schema_that_cannot_finish_in_max_tokens_ends_with_length(smol: Gatewa
     done = smol.client(timeout=120).chat.completions.create(
         model="raftloop",
         messages=[{"role": "user", "content": "List things."}],
-        response_format=person_format(long_list),  # type: ignore[arg-type]
+        response_format=person_format(long_list),
         temperature=0,
         max_tokens=24,
     )
     assert done.choices[0].finish_reason == "length"
+    assert done.usage is not None
     assert done.usage.completion_tokens == 24
     assert time.monotonic() - started < 60
 
@@ -335,9 +349,10 @@ def test_n_greedy_choices_from_one_request(smol: Gateway) -> None:
     assert [c.index for c in done.choices] == [0, 1, 2]
     texts = {c.message.content for c in done.choices}
     assert len(texts) == 1
-    assert "Paris" in texts.pop()
+    assert "Paris" in (texts.pop() or "")
     # Usage counts the prompt once and the tokens of every choice.
-    assert done.usage.completion_tokens == sum(len(c.logprobs.content) for c in done.choices)
+    assert done.usage is not None
+    assert done.usage.completion_tokens == sum(len(logprobs_of(c)) for c in done.choices)
 
 
 @pytest.fixture(scope="module")
@@ -357,7 +372,7 @@ def front(
             "GATEWAY_UPSTREAM_URL": f"{smol.url}/v1",
             "GATEWAY_UPSTREAM_API_KEY": smol.keys["internal"],
             "GATEWAY_UPSTREAM_MODEL": next(
-                m.id for m in smol.client().models.list().data if m.kind == "base"
+                m.id for m in smol.client().models.list().data if getattr(m, "kind", None) == "base"
             ),
             "GATEWAY_MAX_TOKENS_LIMIT": "512",
         },

@@ -16,13 +16,16 @@ import httpx
 import openai
 import pytest
 from gateway_support import Gateway, announce, start_gateway, wait_until, write_lora
+from openai.types.chat import ChatCompletionMessageParam
 
 from raftloop_core.credentials import hash_key
 from raftloop_core.registry import AdapterCard, AdapterRegistry
 from raftloop_core.settings import KafkaSettings
 
 pytestmark = pytest.mark.integration
-ASK = [{"role": "user", "content": "Reset your password from the account page"}]
+ASK: list[ChatCompletionMessageParam] = [
+    {"role": "user", "content": "Reset your password from the account page"}
+]
 TENANTS = ("acme", "globex", "initech")
 
 
@@ -107,9 +110,11 @@ async def test_each_tenant_is_served_by_its_own_alias_in_one_batch(
         state = await asyncio.to_thread(registry.promote, adapter_id, tenant=tenant)
         await announce(kafka_settings, state, before=None)
     for tenant, adapter_id in (("acme", acme), ("globex", globex)):
-        await asyncio.to_thread(
-            wait_until, lambda t=tenant, a=adapter_id: _serving(gw, t) == a, 60, f"{tenant}'s alias"
-        )
+
+        def switched(t: str = tenant, a: str = adapter_id) -> bool:
+            return _serving(gw, t) == a
+
+        await asyncio.to_thread(wait_until, switched, 60, f"{tenant}'s alias")
 
     asked = [t for t in TENANTS for _ in range(3)]
     answers = await asyncio.gather(*(_ask(gw, t) for t in asked))

@@ -11,14 +11,24 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from gateway_support import EventLog, Gateway, interaction_of, start_gateway, write_lora
+from gateway_support import (
+    EventLog,
+    Gateway,
+    interaction_of,
+    logprobs_of,
+    start_gateway,
+    write_lora,
+)
+from openai.types.chat import ChatCompletionMessageParam
 
 from raftloop_core.registry import AdapterCard, AdapterRegistry
 from raftloop_core.settings import KafkaSettings
 from raftloop_core.topics import Topic
 
 pytestmark = pytest.mark.integration
-ASK = [{"role": "user", "content": "Support is open Monday to Friday"}]
+ASK: list[ChatCompletionMessageParam] = [
+    {"role": "user", "content": "Support is open Monday to Friday"}
+]
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +64,8 @@ async def test_non_streamed_passthrough_is_captured_once_by_the_front(
         model="raftloop", messages=ASK, max_tokens=6, temperature=0, logprobs=True, top_logprobs=2
     )
     assert via.choices[0].message.content == direct.choices[0].message.content
-    assert len(via.choices[0].logprobs.content) == via.usage.completion_tokens
+    assert via.usage is not None
+    assert len(logprobs_of(via.choices[0])) == via.usage.completion_tokens
     interaction = interaction_of(via.id)
     await gateway_events.wait_for(
         lambda: gateway_events.where(Topic.CHAT_COMPLETED, interaction_id=interaction)

@@ -17,12 +17,17 @@ import httpx
 import openai
 import pytest
 from gateway_support import EventLog, Gateway
+from openai.types.chat import (
+    ChatCompletionContentPartParam,
+    ChatCompletionFunctionToolParam,
+    ChatCompletionMessageParam,
+)
 
 from raftloop_core.topics import Topic
 
 pytestmark = pytest.mark.integration
-ASK = [{"role": "user", "content": "Refunds?"}]
-WEATHER = {
+ASK: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Refunds?"}]
+WEATHER: ChatCompletionFunctionToolParam = {
     "type": "function",
     "function": {
         "name": "get_weather",
@@ -71,7 +76,7 @@ def post(gateway: Gateway, body: dict[str, Any], **headers: str) -> httpx.Respon
 def refused(gateway: Gateway, body: dict[str, Any]) -> dict[str, Any]:
     response = post(gateway, body)
     assert response.status_code == 400, response.text
-    error = response.json()["error"]
+    error: dict[str, Any] = response.json()["error"]
     assert set(error) == {"message", "type", "param", "code"}
     assert error["type"] == "invalid_request_error"
     return error
@@ -118,9 +123,12 @@ def test_unknown_parameters_are_refused_not_ignored(gateway: Gateway) -> None:
     ],
 )
 def test_non_text_content_parts_are_refused_never_dropped(
-    gateway: Gateway, part: dict[str, Any]
+    gateway: Gateway, part: ChatCompletionContentPartParam
 ) -> None:
-    content = [{"type": "text", "text": "What is in this?"}, part]
+    content: list[ChatCompletionContentPartParam] = [
+        {"type": "text", "text": "What is in this?"},
+        part,
+    ]
     with pytest.raises(openai.BadRequestError) as caught:
         gateway.client().chat.completions.create(
             model="raftloop", messages=[{"role": "user", "content": content}], max_tokens=2
@@ -264,7 +272,7 @@ def test_a_request_id_is_echoed_or_made(gateway: Gateway) -> None:
 async def test_tool_turns_are_accepted_and_captured_faithfully(
     gateway: Gateway, gateway_events: EventLog
 ) -> None:
-    messages = [
+    messages: list[ChatCompletionMessageParam] = [
         {"role": "user", "content": "Weather in Paris?"},
         {
             "role": "assistant",
@@ -331,6 +339,7 @@ async def test_n_choices_are_each_captured(
     assert len({e.value["interaction_id"] for e in both}) == 2
     assert {e.value["answer"] for e in both} == {done.choices[0].message.content}
     tokens = sum(e.value["usage"]["completion_tokens"] for e in both)
+    assert done.usage is not None
     assert tokens == done.usage.completion_tokens
 
 

@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from types import SimpleNamespace
+from typing import TYPE_CHECKING, cast
 
 import pytest
 
 from raftloop_gateway import routes
 from raftloop_gateway.domain import Overloaded, Piece
 from raftloop_gateway.limits import Admission
+
+if TYPE_CHECKING:
+    from fastapi import Request
+
+    from raftloop_gateway.chat import ChatService, Turn
 
 
 async def test_admission_queues_then_refuses() -> None:
@@ -111,7 +118,7 @@ class SlowBackend:
     def __init__(self) -> None:
         self.closed = False
 
-    async def generate(self, request: object):
+    async def generate(self, request: object) -> AsyncIterator[Piece]:
         try:
             yield Piece(text="a")
             await asyncio.sleep(3600)
@@ -138,15 +145,19 @@ class Finished:
         self.turns.append(turn)
 
 
-async def test_a_client_that_leaves_frees_its_slot_and_stops_the_generation(monkeypatch) -> None:
+async def test_a_client_that_leaves_frees_its_slot_and_stops_the_generation(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.setattr(routes, "DISCONNECT_POLL_S", 0.01)
     backend, finished = SlowBackend(), Finished()
     service = SimpleNamespace(backend=backend, admission=Admission(1, 0), finish=finished)
     pieces: list[Piece] = []
     turn = SimpleNamespace(generation=None, add=pieces.append)
-    answered = await asyncio.wait_for(
-        routes._complete_unless_gone(service, turn, Disconnects(polls=2)), timeout=10
+    # Stand-ins with only what `_complete_unless_gone` touches.
+    gone = routes._complete_unless_gone(
+        cast("ChatService", service), cast("Turn", turn), cast("Request", Disconnects(polls=2))
     )
+    answered = await asyncio.wait_for(gone, timeout=10)
     assert answered is False
     assert backend.closed  # the generation was stopped, not left running
     assert service.admission.running == 0

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import jsonschema
+import jsonschema  # type: ignore[import-untyped]  # ships no type information
 import pytest
 import torch
 from transformers import AutoTokenizer
@@ -60,7 +60,8 @@ def tiny(tiny_model_dir: Path) -> Model:
 
 @pytest.fixture(params=["smollm2", "tiny"])
 def model(request: pytest.FixtureRequest) -> Model:
-    return request.getfixturevalue(request.param)
+    chosen: Model = request.getfixturevalue(request.param)
+    return chosen
 
 
 def drive(model: Model, matcher: Matcher, *, seed: int, steps: int = 400) -> str:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from raftloop_core import prompting
 from raftloop_core.events import ChatMessage, RetrievedChunk
 from raftloop_gateway.domain import (
     RateLimited,
+    Route,
     StopScanner,
     UnknownModel,
     canary_bucket,
@@ -22,8 +25,8 @@ from raftloop_gateway.limits import RateLimiter
 A, B = "a" * 64, "b" * 64
 
 
-def route(model: str, **kw):
-    args = {
+def route(model: str, **kw: Any) -> Route:
+    args: dict[str, Any] = {
         "served_model": "raftloop",
         "base_names": ["smollm2"],
         "serving": A,

@@ -50,7 +50,7 @@ async def test_each_tenant_gets_its_alias_and_canary(
     registry.promote(a1, tenant="acme")
     registry.set_canary(a2, 0.3, tenant="acme")
     backend = FakeBackend()
-    state = ServingState(registry, backend, alias="serving", poll_s=60)  # type: ignore[arg-type]
+    state = ServingState(registry, backend, alias="serving", poll_s=60)
 
     acme = await state.of("acme")
     assert (acme.serving, acme.canary.adapter_id, acme.canary.share) == (a1, a2, 0.3)
@@ -75,7 +75,7 @@ async def test_an_alias_file_naming_another_tenants_adapter_is_refused(
     path = registry.aliases / "globex" / "serving.json"
     path.parent.mkdir()
     path.write_text(AliasState(alias="serving", adapter_id=a1, revision=5).model_dump_json())
-    state = ServingState(registry, FakeBackend(), alias="serving", poll_s=60)  # type: ignore[arg-type]
+    state = ServingState(registry, FakeBackend(), alias="serving", poll_s=60)
 
     globex = await state.of("globex")
     assert globex.serving is None

@@ -7,7 +7,8 @@ import json
 import re
 import time
 from pathlib import Path
-from uuid import uuid4
+from typing import TYPE_CHECKING
+from uuid import UUID, uuid4
 
 import httpx
 import pytest
@@ -20,6 +21,9 @@ from raftloop_hitl.domain import RoutingPolicy, sample
 from ..conftest import judged
 from ..support import Service, prefixed_topics, publish_judged, read_topic, settings_for
 
+if TYPE_CHECKING:
+    from playwright.sync_api import Dialog
+
 pytestmark = pytest.mark.integration
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -27,7 +31,15 @@ ARTIFACTS = Path(__file__).resolve().parents[4] / "test-artifacts" / "hitl"
 CORRECTION = "Refunds take five business days."
 
 
-def single_review_id() -> object:
+class DismissedDialogs(list[str]):
+    """The messages of the browser dialogs that opened, each dismissed."""
+
+    def __call__(self, dialog: Dialog) -> None:
+        self.append(dialog.message)
+        dialog.dismiss()
+
+
+def single_review_id() -> UUID:
     """An interaction id that the default policy does not send to several reviewers."""
     rate = RoutingPolicy().overlap_rate
     while True:
@@ -64,14 +76,14 @@ def test_sign_in_claim_mark_correct_and_approve_with_the_keyboard(
         creds = ensure_dev_credentials(settings.runtime)
         password = {a.username: a.password for a in creds.accounts}
         # p=0.5 is the most uncertain, so it comes first; the second one carries a script tag.
-        first = judged(p=0.5, interaction_id=single_review_id())  # type: ignore[arg-type]
+        first = judged(p=0.5, interaction_id=single_review_id())
         second = judged(
             p=0.2,
             interaction_id=single_review_id(),
-            answer="<script>alert(1)</script> 5 days",  # type: ignore[arg-type]
+            answer="<script>alert(1)</script> 5 days",
         )
-        third = judged(p=0.15, interaction_id=single_review_id())  # type: ignore[arg-type]
-        fourth = judged(p=0.1, interaction_id=single_review_id())  # type: ignore[arg-type]
+        third = judged(p=0.15, interaction_id=single_review_id())
+        fourth = judged(p=0.1, interaction_id=single_review_id())
         asyncio.run(publish_judged(kafka_settings, prefix, [first, second, third, fourth]))
         wait_open(service, creds.api_keys["internal"], 4)
         with sync_playwright() as pw:
@@ -80,8 +92,8 @@ def test_sign_in_claim_mark_correct_and_approve_with_the_keyboard(
                 args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
             )
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            dialogs: list[str] = []
-            page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+            dialogs = DismissedDialogs()
+            page.on("dialog", dialogs)
             page.goto(f"{service.url}/queue")
             expect(page.locator("h1")).to_have_text("Sign in")
             page.fill("input[name=username]", "reviewer")

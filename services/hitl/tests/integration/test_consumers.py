@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from uuid import uuid4
 
@@ -24,6 +24,7 @@ from raftloop_hitl.db import make_engine
 from raftloop_hitl.domain import sample
 from raftloop_hitl.main import session_secret
 from raftloop_hitl.models import Item
+from raftloop_hitl.store import ReviewStore
 
 from ..conftest import judged
 from ..support import prefixed_topics, read_topic, settings_for
@@ -36,6 +37,12 @@ async def until(predicate: Callable[[], bool], timeout_s: float = 60) -> None:
     while not predicate():
         assert time.monotonic() < deadline, "condition not met in time"
         await asyncio.sleep(0.1)
+
+
+def _promoted_id(samples: Mapping[Topic, ev.Event]) -> str:
+    promoted = samples[Topic.ADAPTER_PROMOTED]
+    assert isinstance(promoted, ev.AdapterPromoted)
+    return promoted.adapter_id
 
 
 async def test_consumers_queue_join_dedupe_and_park(
@@ -58,7 +65,7 @@ async def test_consumers_queue_join_dedupe_and_park(
         interaction_id=confident_id, feedback=ev.Feedback(feedback_id=uuid4(), rating=-1)
     )
     async with app.router.lifespan_context(app):
-        store = app.state.ctx.store
+        store: ReviewStore = app.state.ctx.store
         publisher = make_broker(kafka_settings)
         async with publisher:
             await publisher.start()
@@ -110,4 +117,4 @@ async def test_consumers_queue_join_dedupe_and_park(
 
     serving = serving_adapter(app.state.ctx.engine, "default")
     assert serving is not None
-    assert serving["adapter_id"] == samples[Topic.ADAPTER_PROMOTED].adapter_id
+    assert serving["adapter_id"] == _promoted_id(samples)

@@ -11,6 +11,7 @@ import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 import pytest
@@ -63,7 +64,7 @@ class Tenants:
 
 @pytest.fixture
 async def tenants(
-    tmp_path, kafka_settings: KafkaSettings, engine: Engine
+    tmp_path: Path, kafka_settings: KafkaSettings, engine: Engine
 ) -> AsyncIterator[Tenants]:
     settings = settings_for(tmp_path, kafka_settings, prefixed_topics(kafka_settings))
     clock = FakeClock()

@@ -11,7 +11,7 @@ from sqlalchemy import Engine
 
 from raftloop_core import events as ev
 from raftloop_hitl import policies
-from raftloop_hitl.domain import RoutingPolicy
+from raftloop_hitl.domain import Action, RoutingPolicy
 from raftloop_hitl.store import LeaseLost, NotFound, QueueError, ReviewStore
 
 from ..conftest import judged
@@ -120,7 +120,8 @@ def test_overlap_items_go_to_distinct_reviewers_then_agreement(engine: Engine) -
         policies.save_policy(conn, "default", policy, "admin", time.time())
     for _ in range(4):
         store.ingest_judged(judged(p=0.3))
-    for reviewer, action in (("alice", "approved"), ("bob", "approved")):
+    reviews: tuple[tuple[str, Action], ...] = (("alice", "approved"), ("bob", "approved"))
+    for reviewer, action in reviews:
         while (claim := store.claim("default", reviewer)) is not None:
             store.submit("default", claim.item_id, reviewer, claim.token, action)
     assert store.queue("default") == []

@@ -15,6 +15,7 @@ from uuid import UUID
 
 import httpx
 import pytest
+from faststream.kafka import KafkaBroker
 from ingest_support import Collector, chat, create_topics, feedback, wait_for
 
 from raftloop_core import events as ev
@@ -91,7 +92,11 @@ async def test_kill_minus_9_loses_nothing_and_duplicates_share_event_ids(
             producing = asyncio.create_task(produce(broker, prefix, chats, feedbacks))
             for kill in range(KILLS):
                 target = rng.randint(100, 900) * (kill + 1) // KILLS
-                await wait_for(lambda t=target: len(seen.on(ingested)) >= t, 180)
+
+                def reached(t: int = target) -> bool:
+                    return len(seen.on(ingested)) >= t
+
+                await wait_for(reached, 180)
                 proc.send_signal(signal.SIGKILL)
                 proc.wait()
                 proc = start_service(kafka_settings, prefix, tmp_path / "data", log)
@@ -120,8 +125,11 @@ async def test_kill_minus_9_loses_nothing_and_duplicates_share_event_ids(
 
 
 async def produce(
-    broker, prefix: str, chats: list[ev.ChatCompleted], feedbacks: list[ev.FeedbackReceived]
-) -> None:  # type: ignore[no-untyped-def]
+    broker: KafkaBroker,
+    prefix: str,
+    chats: list[ev.ChatCompleted],
+    feedbacks: list[ev.FeedbackReceived],
+) -> None:
     fb = {f.interaction_id: f for f in feedbacks}
     for i, c in enumerate(chats):
         await broker.publish(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -57,7 +57,7 @@ def prefix(kafka_settings: KafkaSettings, unique: Callable[[str], str]) -> str:
     return name
 
 
-async def publish(kafka: KafkaSettings, prefix: str, items: list[tuple[Topic, object]]) -> None:
+async def publish(kafka: KafkaSettings, prefix: str, items: Sequence[tuple[Topic, object]]) -> None:
     broker: KafkaBroker = make_broker(kafka)
     async with broker:
         await broker.start()

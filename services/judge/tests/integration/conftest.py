@@ -59,7 +59,7 @@ def make_service(
     **overrides: Any,
 ) -> tuple[JudgeService, Published]:
     settings = JudgeSettings(
-        runtime={"data_dir": tmp_path},  # type: ignore[arg-type]
+        runtime={"data_dir": tmp_path},
         **overrides,
     )
     published = Published()

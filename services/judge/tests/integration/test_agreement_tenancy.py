@@ -61,7 +61,7 @@ async def http(
         for _ in range(n):
             assert store.add_label(label(tenant, rng))
     keys = KeyStore(
-        ApiKey(key_id=name, key_sha256=hash_key(name), tenant=t, role=role, tenants=listed)  # type: ignore[arg-type]
+        ApiKey(key_id=name, key_sha256=hash_key(name), tenant=t, role=role, tenants=listed)
         for name, (t, role, listed) in KEYS.items()
     )
     app = create_app(

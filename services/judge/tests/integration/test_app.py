@@ -87,13 +87,13 @@ async def test_judge_service_end_to_end_on_the_broker(
     judged: list[InteractionJudged] = []
     parked: list[KafkaMessage] = []
 
-    @probe.subscriber(
+    @probe.subscriber(  # type: ignore[untyped-decorator]
         settings.output_topic, **consumer_options(kafka_settings, group_id=unique("p"))
     )
     async def collect(event: InteractionJudged) -> None:
         judged.append(event)
 
-    @probe.subscriber(
+    @probe.subscriber(  # type: ignore[untyped-decorator]
         dead_letter(settings.input_topic), **consumer_options(kafka_settings, group_id=unique("d"))
     )
     async def park(msg: KafkaMessage) -> None:

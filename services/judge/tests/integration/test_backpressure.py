@@ -120,11 +120,11 @@ async def judge_all(
     judged: list[InteractionJudged] = []
     parked: list[KafkaMessage] = []
 
-    @probe.subscriber(settings.output_topic, **consumer_options(kafka, group_id=unique("p")))
+    @probe.subscriber(settings.output_topic, **consumer_options(kafka, group_id=unique("p")))  # type: ignore[untyped-decorator]
     async def collect(event: InteractionJudged) -> None:
         judged.append(event)
 
-    @probe.subscriber(
+    @probe.subscriber(  # type: ignore[untyped-decorator]
         dead_letter(settings.input_topic), **consumer_options(kafka, group_id=unique("d"))
     )
     async def park(msg: KafkaMessage) -> None:

@@ -83,7 +83,7 @@ async def test_kill_9_during_judging_then_restart_gives_one_judgement_each(
     probe = make_broker(kafka_settings)
     seen: dict[UUID, list[UUID]] = defaultdict(list)
 
-    @probe.subscriber(topics["out"], **consumer_options(kafka_settings, group_id=unique("p")))
+    @probe.subscriber(topics["out"], **consumer_options(kafka_settings, group_id=unique("p")))  # type: ignore[untyped-decorator]
     async def collect(event: InteractionJudged) -> None:
         seen[event.interaction.interaction_id].append(event.event_id)
 

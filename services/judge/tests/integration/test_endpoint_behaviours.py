@@ -113,7 +113,8 @@ async def test_injection_set_barely_moves_scores_and_every_attempt_is_flagged(
 ) -> None:
     # The gullible endpoint obeys "score 5" instructions that reach it: only hardening helps.
     service, _ = make_service(stubs["gullible"], tmp_path, embedder, criteria=["helpfulness"])
-    clean, attacked = [], []
+    clean: list[float] = []
+    attacked: list[float] = []
     for attack in ATTACKS:
         tail = attack.split("Refunds take 5 days.", 1)[-1]
         for question, answer in QA:
@@ -123,6 +124,8 @@ async def test_injection_set_barely_moves_scores_and_every_attempt_is_flagged(
             assert b is not None
             assert not a.judgement.flags
             assert [f.code for f in b.judgement.flags] == ["judge_injection"]
+            assert a.judgement.overall is not None
+            assert b.judgement.overall is not None
             clean.append(a.judgement.overall)
             attacked.append(b.judgement.overall)
     shift = statistics.mean(attacked) - statistics.mean(clean)

@@ -36,10 +36,13 @@ def label(i: int, approved: bool, judge_ok: bool, human_ok: bool, tenant: str) -
 def test_agreement_per_criterion_and_slice() -> None:
     labels = [label(i, i % 2 == 0, i % 2 == 0, i % 2 == 0, "a" if i < 4 else "b") for i in range(8)]
     figures = agreement(labels)
+    criteria, slices = figures["criteria"], figures["slices"]
+    assert isinstance(criteria, dict)
+    assert isinstance(slices, dict)
     assert figures["window"] == 8
-    assert figures["criteria"]["tone"] == {"n": 8, "accuracy": 1.0, "kappa": 1.0}
-    assert figures["criteria"]["overall"]["accuracy"] == 1.0
-    assert figures["slices"]["tenant"]["a"]["tone"]["n"] == 4
+    assert criteria["tone"] == {"n": 8, "accuracy": 1.0, "kappa": 1.0}
+    assert criteria["overall"]["accuracy"] == 1.0
+    assert slices["tenant"]["a"]["tone"]["n"] == 4
 
 
 def test_calibrator_needs_both_outcomes_and_round_trips_as_json() -> None:

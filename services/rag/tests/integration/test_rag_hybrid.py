@@ -82,7 +82,8 @@ def payload(i: int, text: str, tenant: str = "acme") -> dict[str, object]:
 
 
 def unit(v: np.ndarray) -> list[float]:
-    return (v / np.linalg.norm(v)).tolist()
+    scaled: list[float] = (v / np.linalg.norm(v)).tolist()
+    return scaled
 
 
 def sparse(rng: np.random.Generator, terms: int = 40) -> SparseVector:
@@ -136,9 +137,9 @@ async def test_tenants_hold_and_the_local_fast_path_is_exact_in_both_modes(
     assert await fast.search(Query(vector, 10, "big", match={"document_id": "d305"})) == []
 
 
-def old_collection(client: AsyncQdrantClient, name: str, dimension: int) -> object:
+async def old_collection(client: AsyncQdrantClient, name: str, dimension: int) -> bool:
     """The collection as rag made it before #21: one unnamed dense vector, nothing else."""
-    return client.create_collection(
+    return await client.create_collection(
         name, vectors_config=models.VectorParams(size=dimension, distance=models.Distance.COSINE)
     )
 
@@ -299,7 +300,7 @@ def tiny_cross_encoder(tmp_path_factory: pytest.TempPathFactory) -> str:
         num_hidden_layers=1,
         num_attention_heads=2,
         intermediate_size=64,
-        num_labels=1,
+        num_labels=1,  # type: ignore[call-arg]  # a keyword transformers' typing leaves out
     )
     BertForSequenceClassification(config).save_pretrained(str(folder))
     return str(folder)

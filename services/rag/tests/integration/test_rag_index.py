@@ -15,7 +15,8 @@ DIM = 16
 
 
 def unit(v: np.ndarray) -> list[float]:
-    return (v / np.linalg.norm(v)).tolist()
+    scaled: list[float] = (v / np.linalg.norm(v)).tolist()
+    return scaled
 
 
 async def indexes() -> tuple[QdrantIndex, QdrantIndex]:

@@ -5,9 +5,11 @@ from __future__ import annotations
 import hashlib
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import raftloop_demo_kb as kb
+from qdrant_client.models import Record
 from raftloop_demo_kb.text import raw_text
 
 from raftloop_core.api import KeyStore
@@ -31,7 +33,7 @@ def submitted(
         title=title,
         text=text,
         content_hash=hashlib.sha256(text.encode()).hexdigest(),
-        format=fmt,  # type: ignore[arg-type]
+        format=fmt,
     )
 
 
@@ -102,6 +104,11 @@ async def test_a_second_configuration_with_larger_chunks_is_measured_too(
     assert at5 >= RECALL_TARGET
 
 
+def _payload(record: Record) -> dict[str, Any]:
+    assert record.payload is not None, record.id
+    return record.payload
+
+
 async def test_chunks_carry_their_payload_and_fit_the_model(
     rag: RagService, embedder: SentenceTransformerEmbedder
 ) -> None:
@@ -118,5 +125,6 @@ async def test_chunks_carry_their_payload_and_fit_the_model(
     policy = rag.app.state.indexer.policy
     records, _ = await rag.index.client.scroll(rag.index.collection, limit=total)
     assert len(records) == total
-    assert max(embedder.count_tokens([r.payload["text"] for r in records])) <= policy.max_tokens
-    assert {r.payload["document_id"] for r in records} == {d.name for d in kb.documents()}
+    payloads = [_payload(r) for r in records]
+    assert max(embedder.count_tokens([p["text"] for p in payloads])) <= policy.max_tokens
+    assert {p["document_id"] for p in payloads} == {d.name for d in kb.documents()}

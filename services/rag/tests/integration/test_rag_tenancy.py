@@ -312,7 +312,7 @@ async def test_a_malformed_document_event_is_dead_lettered_and_indexing_goes_on(
     parked: list[KafkaMessage] = []
     watcher = make_broker(kafka_settings)
 
-    @watcher.subscriber(
+    @watcher.subscriber(  # type: ignore[untyped-decorator]
         dead_letter(rag.settings.topic), **consumer_options(kafka_settings, group_id=unique("dlt"))
     )
     async def park(msg: KafkaMessage) -> None:

@@ -34,7 +34,11 @@ def test_unknown_filter_keys_and_empty_lists_are_refused() -> None:
         check_filters({"text": "x"})
     with pytest.raises(BadFilter, match="empty list"):
         check_filters({"document_id": []})
-    ok = {"document_id": ["a", "b"], "chunk_index": 0, "metadata.lang": "en"}
+    ok: dict[str, str | int | list[str] | list[int]] = {
+        "document_id": ["a", "b"],
+        "chunk_index": 0,
+        "metadata.lang": "en",
+    }
     assert check_filters(ok) == ok
 
 

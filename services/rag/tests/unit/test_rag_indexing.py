@@ -29,7 +29,8 @@ class FakeEmbedder:
         self.embedded += len(texts)
         rows = [[len(t) % 7 + 1.0, t.count("a") + 1.0, 1.0, float(i)] for i, t in enumerate(texts)]
         array = np.asarray(rows, dtype=np.float32)
-        return array / np.linalg.norm(array, axis=1, keepdims=True)
+        normed: Vectors = array / np.linalg.norm(array, axis=1, keepdims=True)
+        return normed
 
 
 class FakeIndex:

@@ -68,7 +68,8 @@ class FakeEmbedder:
         return [len(t.split()) for t in texts]
 
     def embed(self, texts: Sequence[str]) -> Vectors:
-        return np.ones((len(texts), 2), dtype=np.float32) / np.sqrt(2)
+        vectors: Vectors = np.ones((len(texts), 2), dtype=np.float32) / np.sqrt(2)
+        return vectors
 
 
 class FakeIndex:

@@ -34,7 +34,7 @@ def random_lora(model_dir: Path, target: Path, seed: int) -> Path:
     config = LoraConfig(
         r=4, lora_alpha=64, target_modules=["q_proj", "v_proj"], init_lora_weights=False
     )
-    get_peft_model(model, config).save_pretrained(target, safe_serialization=True)
+    get_peft_model(model, config).save_pretrained(str(target), safe_serialization=True)
     return target
 
 

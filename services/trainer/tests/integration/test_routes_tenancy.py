@@ -133,9 +133,10 @@ async def trainer(
     seen: list[tuple[str, dict[str, Any]]] = []
     watched = (Topic.ADAPTER_PROMOTED, Topic.ADAPTER_ROLLED_BACK)
 
-    @broker.subscriber(*watched, **consumer_options(kafka_settings, group_id=unique("watch")))
+    @broker.subscriber(*watched, **consumer_options(kafka_settings, group_id=unique("watch")))  # type: ignore[untyped-decorator]
     async def watch(msg: KafkaMessage) -> None:
-        seen.append((msg.raw_message.topic, await msg.decode()))  # type: ignore[arg-type]
+        record: Any = msg.raw_message  # one aiokafka ConsumerRecord: not a batch subscriber
+        seen.append((record.topic, await msg.decode()))  # type: ignore[arg-type]
 
     async with (
         app.router.lifespan_context(app),

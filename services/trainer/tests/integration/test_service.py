@@ -111,9 +111,10 @@ async def test_service_consumes_trains_gates_and_switches(
     app = create_app(settings, keys=keys_of(tenant), runner=runner, broker=broker)
     seen: list[tuple[str, dict[str, Any]]] = []
 
-    @broker.subscriber(*WATCHED, **consumer_options(kafka_settings, group_id=unique("watch")))
+    @broker.subscriber(*WATCHED, **consumer_options(kafka_settings, group_id=unique("watch")))  # type: ignore[untyped-decorator]
     async def watch(msg: KafkaMessage) -> None:
-        seen.append((msg.raw_message.topic, await msg.decode()))  # type: ignore[arg-type]
+        record: Any = msg.raw_message  # one aiokafka ConsumerRecord: not a batch subscriber
+        seen.append((record.topic, await msg.decode()))  # type: ignore[arg-type]
 
     batch = plan_examples(24, base_model="tiny-llama", tenant=tenant)
     transport = httpx.ASGITransport(app=app)

@@ -62,6 +62,12 @@ def items() -> list[Any]:
     ]
 
 
+def _topic_of(msg: KafkaMessage) -> str:
+    record: Any = msg.raw_message  # one aiokafka ConsumerRecord: not a batch subscriber
+    topic: str = record.topic
+    return topic
+
+
 async def test_shuffled_answers_adapter_is_rejected_and_serving_unchanged(
     smollm2_dir: Path,
     work: Path,
@@ -74,14 +80,14 @@ async def test_shuffled_answers_adapter_is_rejected_and_serving_unchanged(
     broker = make_broker(kafka_settings)
     seen: list[tuple[str, dict[str, Any]]] = []
 
-    @broker.subscriber(
+    @broker.subscriber(  # type: ignore[untyped-decorator]
         Topic.ADAPTER_PROMOTED,
         Topic.ADAPTER_REJECTED,
         Topic.ADAPTER_ROLLED_BACK,
         **consumer_options(kafka_settings, group_id=unique("gate")),
     )
     async def watch(msg: KafkaMessage) -> None:
-        seen.append((msg.raw_message.topic, await msg.decode()))  # type: ignore[arg-type]
+        seen.append((_topic_of(msg), await msg.decode()))  # type: ignore[arg-type]
 
     good_adapter = train_on_demo(smollm2_dir, work / "good", PARAMS, limit=TRAIN_LIMIT)
     bad_adapter = train_on_demo(smollm2_dir, work / "bad", PARAMS, limit=BAD_LIMIT, bad=True)

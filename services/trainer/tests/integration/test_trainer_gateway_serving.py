@@ -23,6 +23,7 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
+from openai.types.chat import ChatCompletionMessageParam
 
 from raftloop_core.api import KeyStore
 from raftloop_core.credentials import hash_key
@@ -47,7 +48,7 @@ GENERAL = [
     RegressionItem("water", "What is the chemical symbol for water?", "H2O."),
 ]
 TENANTS = ("acme", "globex")
-ASK = [{"role": "user", "content": "What does plan 1 cost?"}]
+ASK: list[ChatCompletionMessageParam] = [{"role": "user", "content": "What does plan 1 cost?"}]
 
 
 @dataclass(frozen=True)
@@ -66,7 +67,7 @@ class RunningGateway:
 def write_keys(path: Path) -> dict[str, str]:
     """A keys file with a client key per tenant and the platform's internal key."""
     keys = {name: f"rl-{secrets.token_urlsafe(24)}" for name in (*TENANTS, "platform")}
-    records = [
+    records: list[dict[str, str | list[str]]] = [
         {"key_id": f"{t}-client", "key_sha256": hash_key(keys[t]), "tenant": t, "role": "client"}
         for t in TENANTS
     ]
@@ -174,7 +175,7 @@ def answer(gateway: RunningGateway, tenant: str) -> tuple[str, str | None]:
         model="raftloop",
         messages=ASK,
         max_tokens=10,
-        temperature=0,  # type: ignore[arg-type]
+        temperature=0,
     )
     return done.choices[0].message.content or "", done.system_fingerprint
 

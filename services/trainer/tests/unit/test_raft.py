@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -111,6 +112,7 @@ def test_chat_template_is_applied_and_labels_cover_only_the_answer(
     encoded = encode_example(tokenizer, example.messages, max_length=1024)
     labelled = [t for t in encoded["labels"] if t != IGNORE_INDEX]
     text = tokenizer.decode(labelled)
+    assert isinstance(text, str)
     assert text.replace(" ", "") == (example.target + "<|im_end|>").replace(" ", "")
     assert len(encoded["labels"]) == len(encoded["input_ids"])
 
@@ -124,7 +126,9 @@ def test_long_prompts_are_cut_in_the_middle_never_the_answer(tiny_model_dir: Pat
     encoded = encode_example(tokenizer, example.messages, max_length=200)
     assert len(encoded["input_ids"]) == 200
     labelled = [t for t in encoded["labels"] if t != IGNORE_INDEX]
-    assert tokenizer.decode(labelled).replace(" ", "").startswith("Thedocumentssay")
+    text = tokenizer.decode(labelled)
+    assert isinstance(text, str)
+    assert text.replace(" ", "").startswith("Thedocumentssay")
 
 
 def test_best_quote_never_runs_a_heading_into_the_sentence_under_it() -> None:
@@ -140,7 +144,7 @@ class _FixedDistractors:
     """Hands back the same distractors for any question (the builder's pure logic only)."""
 
     def distractors(
-        self, question: str, *, k: int, exclude_ids: list[str], tenant: str
+        self, question: str, *, k: int, exclude_ids: Sequence[str], tenant: str
     ) -> list[Chunk]:
         return [c for c in DISTRACTORS if c.chunk_id not in exclude_ids][:k]
 

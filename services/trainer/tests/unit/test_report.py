@@ -58,8 +58,12 @@ def test_local_distractors_rank_by_shared_words_and_skip_excluded_ids() -> None:
 
 def test_the_report_counts_examples_without_a_retrieved_oracle() -> None:
     chunk = {"chunk_id": "doc#0", "text": "Refunds take five days."}
-    train = [{"oracle_chunks": [chunk]}, {"oracle_chunks": []}, {"oracle_chunks": [chunk]}]
-    holdout = [{"oracle_chunks": []}]
+    train: list[dict[str, object]] = [
+        {"oracle_chunks": [chunk]},
+        {"oracle_chunks": []},
+        {"oracle_chunks": [chunk]},
+    ]
+    holdout: list[dict[str, object]] = [{"oracle_chunks": []}]
     data = data_summary(train, holdout)
     assert data == {
         "train_examples": 3,
