@@ -1,7 +1,9 @@
 """Evaluation: generate answers with the base model or an adapter, score them, compare pairs.
 
 `python -m raftloop_trainer.evaluate --config <run>/eval_config.json` runs in its own process
-(like training) and writes `<output_dir>/scores.json` with every variant's answers and scores.
+(like training) and writes `<output_dir>/scores.json`: the items (hold-out ones with the texts of
+their documents and oracle), and per variant its `outputs`, `scores`, `new_tokens` and
+`finish_reasons` ("stop", or "length" when `max_new_tokens` cut the answer).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -47,6 +49,13 @@ class EvalItem(BaseModel):
     messages: list[dict[str, str]]
     reference: str
     question: str | None = Field(default=None, description="The bare question, for the judge.")
+    documents: list[str] = Field(
+        default_factory=list, description="Texts of the chunks the prompt shows (hold-out)."
+    )
+    oracle: list[str] = Field(
+        default_factory=list,
+        description="Texts of the oracle chunks among them; empty: no oracle was retrieved.",
+    )
 
 
 class Variant(BaseModel):
@@ -102,6 +111,8 @@ def holdout_items(
             messages=e.prompt,
             reference=final_answer(e.target),
             question=(questions or {}).get(e.example_id),
+            documents=list(e.documents),
+            oracle=list(e.oracle),
         )
         for e in examples
     ]
@@ -123,14 +134,41 @@ def regression_items(questions: Sequence[tuple[str, str, str]]) -> list[EvalItem
     ]
 
 
+def generation_lengths(
+    rows: Sequence[Sequence[int]], stop_ids: Collection[int]
+) -> list[tuple[int, str]]:
+    """Per generated row: tokens before its first stop token, and "stop" or "length" (none)."""
+    out: list[tuple[int, str]] = []
+    for row in rows:
+        stop = next((i for i, token in enumerate(row) if token in stop_ids), None)
+        out.append((len(row), "length") if stop is None else (stop, "stop"))
+    return out
+
+
+def stop_token_ids(model: Any, tokenizer: Any) -> set[int]:
+    """The ids that end a generation: the generation config's and the tokenizer's EOS."""
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids = configured if isinstance(configured, list) else [configured]
+    return {int(i) for i in [*ids, tokenizer.eos_token_id] if i is not None}
+
+
 def generate(
     model: Any, tokenizer: Any, items: Sequence[EvalItem], config: EvalConfig
 ) -> list[str]:
     """Greedy answers for every item, in batches with left padding."""
+    return generate_counted(model, tokenizer, items, config)[0]
+
+
+def generate_counted(
+    model: Any, tokenizer: Any, items: Sequence[EvalItem], config: EvalConfig
+) -> tuple[list[str], list[tuple[int, str]]]:
+    """Greedy answers, and each one's generated tokens and finish reason (`generation_lengths`)."""
     import torch
 
     tokenizer.padding_side = "left"
+    stop_ids = stop_token_ids(model, tokenizer)
     outputs: list[str] = []
+    lengths: list[tuple[int, str]] = []
     for start in range(0, len(items), config.batch_size):
         batch = items[start : start + config.batch_size]
         prompts = [render_prompt(tokenizer, item.messages) for item in batch]
@@ -145,7 +183,8 @@ def generate(
             )
         new = out[:, enc["input_ids"].shape[1] :]
         outputs += tokenizer.batch_decode(new, skip_special_tokens=True)
-    return outputs
+        lengths += generation_lengths(new.tolist(), stop_ids)
+    return outputs, lengths
 
 
 def score_outputs(items: Sequence[EvalItem], outputs: Sequence[str]) -> list[dict[str, float]]:
@@ -168,14 +207,19 @@ def run_variant(
         model = PeftModel.from_pretrained(base, str(variant.adapter_dir))
     model.eval()
     started = time.monotonic()
-    outputs = generate(model, tokenizer, config.items, config)
+    outputs, lengths = generate_counted(model, tokenizer, config.items, config)
     log.info(
         "variant evaluated",
         extra={"variant": variant.name, "seconds": round(time.monotonic() - started, 1)},
     )
     if variant.adapter_dir is not None:
         base = model.unload()
-    return {"outputs": outputs, "scores": score_outputs(config.items, outputs)}, base
+    return {
+        "outputs": outputs,
+        "scores": score_outputs(config.items, outputs),
+        "new_tokens": [n for n, _ in lengths],
+        "finish_reasons": [reason for _, reason in lengths],
+    }, base
 
 
 def question_of(item: EvalItem | dict[str, Any]) -> str:
@@ -230,7 +274,11 @@ def evaluate(config: EvalConfig, *, judge_api_key: str | None = None) -> dict[st
     variants: dict[str, Any] = {}
     for variant in config.variants:
         variants[variant.name], base = run_variant(config, variant, tokenizer, base)
-    result: dict[str, Any] = {"items": [i.model_dump() for i in config.items], "variants": variants}
+    result: dict[str, Any] = {
+        "items": [i.model_dump() for i in config.items],
+        "variants": variants,
+        "max_new_tokens": config.max_new_tokens,
+    }
     if config.judge is not None and config.judge_pair is not None:
         result["pairwise"] = run_pairwise(
             config, config.judge, config.judge_pair, variants, tokenizer, base, judge_api_key

@@ -57,12 +57,19 @@ class RaftSource:
 
 @dataclass(frozen=True)
 class RaftExample:
-    """A built example: the chat messages (the last one is the assistant target)."""
+    """A built example: the chat messages (the last one is the assistant target).
+
+    `documents` are the texts of the chunks the prompt shows, in its order, and `oracle` the
+    texts of the oracle chunks among them (empty when dropped or never retrieved): the error
+    analysis checks quotes and numbers against them.
+    """
 
     example_id: str
     messages: tuple[Message, ...]
     oracle_kept: bool
     document_ids: tuple[str, ...]
+    documents: tuple[str, ...] = ()
+    oracle: tuple[str, ...] = ()
 
     @property
     def prompt(self) -> list[Message]:
@@ -156,6 +163,8 @@ def build_example(
         messages=tuple(messages),
         oracle_kept=oracle_kept,
         document_ids=tuple(c.chunk_id for c in documents),
+        documents=tuple(c.text for c in documents),
+        oracle=tuple(c.text for c in source.oracle) if oracle_kept else (),
     )
 
 
