@@ -278,6 +278,11 @@ DocumentEvent: TypeAlias = Annotated[
 ]
 
 
+HOLDOUT_ERRORS_PREFIX = "holdout.errors."
+"""`TrainingRunFinished.metrics` keys `holdout.errors.<mode>`: how many of the candidate's
+hold-out answers showed each failure mode of the trainer's error analysis."""
+
+
 class TrainingRunFinished(Event):
     """A training run ended, successfully or not."""
 

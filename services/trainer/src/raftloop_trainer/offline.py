@@ -18,6 +18,7 @@ from raftloop_core.registry import AdapterRegistry
 from raftloop_trainer.builder import build_set, regression_set, write_examples
 from raftloop_trainer.distractors import LocalDistractorSource
 from raftloop_trainer.domain import GatePolicy, RegressionItem, decide
+from raftloop_trainer.errors import error_analysis
 from raftloop_trainer.evaluate import (
     EvalConfig,
     EvalItem,
@@ -113,7 +114,8 @@ def compare_on_demo(
     """Evaluate two variants on the same items, gate the candidate, write the report.
 
     With `judge`, the candidate is also judged pairwise against the baseline on the hold-out
-    items; otherwise the report says the win rate was not measured (`not_judged` says why).
+    items; otherwise the report says the win rate was not measured (`not_judged` says why). The
+    report's error analysis has a column per variant ("base" for one without an adapter).
     """
     variants = [baseline] if baseline == candidate else [baseline, candidate]
     pair = judge is not None and len(variants) == 2
@@ -139,6 +141,10 @@ def compare_on_demo(
             policy,
             judge_win_rate=pairwise.get("win_rate") if pairwise else None,
         )
+    columns = [
+        ("base" if v.adapter_dir is None else label, v.name)
+        for label, v in zip(("baseline", "candidate"), variants, strict=False)
+    ]
     payload = report_payload(
         title=f"demo KB: {candidate.name} vs {baseline.name}",
         baseline=baseline.name,
@@ -146,6 +152,7 @@ def compare_on_demo(
         diffs=diffs,
         decision=decision,
         pairwise=pairwise,
+        extra={"error_analysis": error_analysis(result, columns)},
     )
     write_report(out, payload)
     return payload

@@ -149,6 +149,39 @@ def _data_lines(data: Mapping[str, Any] | None) -> list[str]:
     ]
 
 
+def error_lines(analysis: Mapping[str, Any] | None) -> list[str]:
+    """The error analysis as a table (modes x variants, counts and shares) and its examples."""
+    if not analysis or not analysis["columns"]:
+        return []
+    columns = analysis["columns"]
+    limit = analysis.get("max_new_tokens")
+    lines = [
+        "",
+        f"## error analysis (hold-out, {analysis['items']} items)",
+        "",
+        "Answers per failure mode (rules: `raftloop_trainer/errors.py`; an answer can show "
+        f"several{f'; the length limit is {limit} new tokens' if limit else ''}).",
+        "",
+        "| failure mode | " + " | ".join(f"{c['label']} `{c['variant']}`" for c in columns) + " |",
+        "|---|" + "---|" * len(columns),
+    ]
+    for mode, label in analysis["modes"].items():
+        cells = [c["modes"][mode] for c in columns]
+        lines.append(
+            f"| {label} | " + " | ".join(f"{e['count']} ({e['share']:.0%})" for e in cells) + " |"
+        )
+    for column in columns:
+        examples = [
+            f"- {analysis['modes'][mode]}, `{ex['item_id']}` ({ex['detail']}): "
+            f"{ex['question']} → {ex['answer']}"
+            for mode, entry in column["modes"].items()
+            for ex in entry["examples"]
+        ]
+        if examples:
+            lines += ["", f"### examples: {column['label']} `{column['variant']}`", "", *examples]
+    return lines
+
+
 def markdown(payload: Mapping[str, Any]) -> str:
     """The report as Markdown tables."""
     lines = [f"# {payload['title']}", ""]
@@ -169,6 +202,7 @@ def markdown(payload: Mapping[str, Any]) -> str:
                 f"{r['diff']:+.4f} | {r['ci_low']:+.4f} .. {r['ci_high']:+.4f} |"
             )
     lines += _pairwise_lines(payload.get("pairwise"))
+    lines += error_lines(payload.get("error_analysis"))
     return "\n".join(lines) + "\n"
 
 

@@ -28,9 +28,11 @@ from raftloop_trainer.builder import (
     sources_from_rows,
     write_examples,
 )
-from raftloop_trainer.domain import dataset_version, decide
+from raftloop_trainer.domain import GateDecision, dataset_version, decide
+from raftloop_trainer.errors import error_analysis, error_counts
 from raftloop_trainer.evaluate import (
     JUDGE_KEY_ENV,
+    SCORES_FILE,
     EvalConfig,
     EvalItem,
     Variant,
@@ -193,7 +195,7 @@ class Runner:
             hyperparameters=_flat_params(self.settings),
         )
         adapter_id = await asyncio.to_thread(self.registry.add, adapter_dir, card)
-        return await self._gate(run_id, tenant, version, snap, job_dir, adapter_id)
+        return await self._gate(run_id, tenant, version, snap, adapter_id)
 
     async def eval_items(self, snap: Any, tenant: str) -> tuple[list[EvalItem], dict[str, Any]]:
         """The hold-out items (oracle always shown) and the tenant's own regression items.
@@ -216,10 +218,8 @@ class Runner:
         summary = regression_summary(len(stored), limit)
         return holdout_items(held, questions) + regression_set(stored, limit), summary
 
-    async def _gate(
-        self, run_id: str, tenant: str, version: str, snap: Any, job_dir: Path, adapter_id: str
-    ) -> dict[str, Any]:
-        run_dir = self.settings.state_dir / "runs" / run_id
+    def _lineup(self, tenant: str, adapter_id: str) -> Lineup:
+        """Serving vs candidate, plus the base model when an adapter serves (`eval_base`)."""
         serving = self.registry.serving(self.settings.alias, tenant).adapter_id
         baseline = Variant(
             name=f"adapter:{serving[:12]}" if serving else "base",
@@ -228,12 +228,23 @@ class Runner:
         candidate = Variant(
             name=f"adapter:{adapter_id[:12]}", adapter_dir=self.registry.get(adapter_id)
         )
-        items, regression = await self.eval_items(snap, tenant)
+        if not serving:
+            return Lineup(baseline, candidate, [("base = serving", baseline.name)])
+        if not self.settings.eval_base:
+            return Lineup(baseline, candidate, [("serving", baseline.name)])
+        base = Variant(name="base")
+        return Lineup(baseline, candidate, [("base", base.name), ("serving", baseline.name)], base)
+
+    async def _evaluate(
+        self, run_dir: Path, items: list[EvalItem], lineup: Lineup
+    ) -> tuple[dict[str, Any], str | None]:
+        """Run the eval job; its `scores.json`, and why the win rate is not measured (if not)."""
         judge, not_judged = self.settings.judge_config()
+        baseline, candidate = lineup.baseline, lineup.candidate
         config = EvalConfig(
             base_model_dir=self.base_model_dir,
             items=items,
-            variants=[baseline, candidate],
+            variants=[baseline, candidate, *([lineup.base] if lineup.base else [])],
             output_dir=run_dir,
             max_new_tokens=self.settings.eval_max_new_tokens,
             device=self.settings.device,
@@ -246,8 +257,17 @@ class Runner:
         await run_job(
             "raftloop_trainer.evaluate", run_dir / "eval_config.json", run_dir / "eval.log", env=key
         )
-        result = json.loads((run_dir / "scores.json").read_text())
-        diffs = compare(result, baseline.name, candidate.name)
+        return json.loads((run_dir / SCORES_FILE).read_text()), not_judged
+
+    async def _gate(
+        self, run_id: str, tenant: str, version: str, snap: Any, adapter_id: str
+    ) -> dict[str, Any]:
+        run_dir = self.settings.state_dir / "runs" / run_id
+        lineup = self._lineup(tenant, adapter_id)
+        baseline, candidate = lineup.baseline.name, lineup.candidate.name
+        items, regression = await self.eval_items(snap, tenant)
+        result, not_judged = await self._evaluate(run_dir, items, lineup)
+        diffs = compare(result, baseline, candidate)
         pairwise = pairwise_summary(result, not_measured=not_judged)
         decision = decide(
             diffs.get("holdout", []),
@@ -255,11 +275,12 @@ class Runner:
             self.settings.gate_policy(),
             judge_win_rate=pairwise.get("win_rate"),
         )
+        errors = error_analysis(result, [*lineup.columns, ("candidate", candidate)])
         metrics = flat_metrics(diffs) | pairwise_metrics(pairwise)
         payload = report_payload(
-            title=f"{run_id}: {candidate.name} vs {baseline.name}",
-            baseline=baseline.name,
-            candidate=candidate.name,
+            title=f"{run_id}: {candidate} vs {baseline}",
+            baseline=baseline,
+            candidate=candidate,
             diffs=diffs,
             decision=decision,
             pairwise=pairwise,
@@ -269,24 +290,10 @@ class Runner:
                 "adapter_id": adapter_id,
                 "data": data_summary(snap.train, snap.holdout),
                 "regression": regression,
+                "error_analysis": errors,
             },
         )
         report = write_report(run_dir, payload)
-        await self.sink.publish(
-            Topic.TRAINING_RUN_FINISHED,
-            TrainingRunFinished(
-                tenant=tenant,
-                run_id=run_id,
-                base_model=self.base_model,
-                dataset_version=version,
-                status="succeeded",
-                adapter_id=adapter_id,
-                train_examples=len(snap.train),
-                holdout_examples=len(snap.holdout),
-                metrics=metrics,
-                report_path=str(report),
-            ),
-        )
         common: dict[str, Any] = {
             "alias": self.settings.alias,
             "base_model": self.base_model,
@@ -295,6 +302,45 @@ class Runner:
             "dataset_version": version,
             "metrics": metrics,
         }
+        finished = metrics | error_counts(errors, "candidate")  # the ops timeline shows these
+        await self._announce(common, snap, adapter_id, decision, report, finished)
+        return {
+            "run_id": run_id,
+            "status": "promoted" if decision.promote else "rejected",
+            "adapter_id": adapter_id,
+            "report": payload,
+        }
+
+    async def _announce(
+        self,
+        common: dict[str, Any],
+        snap: Any,
+        adapter_id: str,
+        decision: GateDecision,
+        report: Path,
+        run_metrics: dict[str, float],
+    ) -> None:
+        """Publish the finished run, promote or reject the candidate, and record the outcome.
+
+        `run_metrics` (the gate's metrics and the candidate's error counts) go with the finished
+        run; the promotion or rejection carries the gate's metrics only.
+        """
+        run_id = common["run_id"]
+        await self.sink.publish(
+            Topic.TRAINING_RUN_FINISHED,
+            TrainingRunFinished(
+                tenant=common["tenant"],
+                run_id=run_id,
+                base_model=self.base_model,
+                dataset_version=common["dataset_version"],
+                status="succeeded",
+                adapter_id=adapter_id,
+                train_examples=len(snap.train),
+                holdout_examples=len(snap.holdout),
+                metrics=run_metrics,
+                report_path=str(report),
+            ),
+        )
         if decision.promote:
             await promotion.promote(
                 self.registry, self.sink, adapter_id, reason="; ".join(decision.reasons), **common
@@ -310,7 +356,20 @@ class Runner:
             decision=json.dumps({"promote": decision.promote, "reasons": decision.reasons}),
         )
         log.info("training run finished", extra={"run_id": run_id, "status": status})
-        return {"run_id": run_id, "status": status, "adapter_id": adapter_id, "report": payload}
+
+
+@dataclass(frozen=True)
+class Lineup:
+    """The variants of a run's evaluation and the error analysis's columns before the candidate.
+
+    `base` is the base model, evaluated besides the serving adapter (None when the base model
+    serves, or `TRAINER_EVAL_BASE` is off).
+    """
+
+    baseline: Variant
+    candidate: Variant
+    columns: list[tuple[str, str]]
+    base: Variant | None = None
 
 
 def _flat_params(settings: TrainerSettings) -> dict[str, float | int | str | bool]:

@@ -101,6 +101,11 @@ class TrainerSettings(HttpLimits):
         "checks; a tenant without any is not checked for forgetting, and its reports say so.",
     )
     eval_max_new_tokens: int = Field(default=80, ge=1, description="Room for quote + answer.")
+    eval_base: bool = Field(
+        default=True,
+        description="When an adapter serves, also answer the hold-out with the base model, so "
+        "that the error analysis shows base, serving and candidate (one more generation pass).",
+    )
 
     judge_url: str | None = Field(
         default=None, description="OpenAI-compatible endpoint (…/v1) of the pairwise judge."
