@@ -13,11 +13,13 @@ from uuid import UUID, uuid5
 from pydantic import BaseModel, ConfigDict, Field
 
 from raftloop_core.events import (
+    HOLDOUT_ERRORS_PREFIX,
     ExampleCurated,
     Feedback,
     InteractionJudged,
     RetrievedChunk,
     ReviewCompleted,
+    TrainingRunFinished,
 )
 
 Action = Literal["approved", "corrected", "rejected", "skipped"]
@@ -251,6 +253,24 @@ def pairwise_kappas(labels: dict[int, dict[str, str]]) -> list[tuple[str, str, i
             kappa = cohen_kappa([by[x] for by in common], [by[y] for by in common])
             out.append((x, y, len(common), kappa))
     return out
+
+
+def training_summary(event: TrainingRunFinished) -> str:
+    """A training run's line on the ops timeline, with its candidate's hold-out error counts.
+
+    The counts are the run's `holdout.errors.<mode>` metrics (the trainer's error analysis);
+    only the modes that occurred are listed, and a run without them (a failed one) has none.
+    """
+    summary = f"run {event.run_id} {event.status}: {event.train_examples} examples"
+    counts = {
+        key.removeprefix(HOLDOUT_ERRORS_PREFIX): int(value)
+        for key, value in event.metrics.items()
+        if key.startswith(HOLDOUT_ERRORS_PREFIX)
+    }
+    if not counts:
+        return summary
+    found = ", ".join(f"{mode} {n}" for mode, n in counts.items() if n) or "none found"
+    return f"{summary}; candidate's hold-out errors: {found}"
 
 
 def accept_label(action: str) -> str:

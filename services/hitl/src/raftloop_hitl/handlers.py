@@ -11,6 +11,7 @@ from raftloop_core import events as ev
 from raftloop_core.faults import crash_point
 from raftloop_core.topics import Topic
 from raftloop_hitl import policies
+from raftloop_hitl.domain import training_summary
 from raftloop_hitl.store import ReviewStore
 
 log = logging.getLogger(__name__)
@@ -75,7 +76,7 @@ class Handlers:
 
     async def on_training_run_finished(self, event: ev.TrainingRunFinished) -> None:
         """Training runs for the ops timeline."""
-        summary = f"run {event.run_id} {event.status}: {event.train_examples} examples"
+        summary = training_summary(event)
         await self._record(event, "training", summary, event.adapter_id, None)
 
     async def on_adapter_promoted(self, event: ev.AdapterPromoted) -> None:
