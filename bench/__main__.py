@@ -80,7 +80,7 @@ def main(argv: list[str]) -> int:
         start = time.perf_counter()
         try:
             figures = module.run()
-        except Exception:
+        except Exception:  # noqa: BLE001  # one benchmark's failure must not stop the others
             traceback.print_exc()
             failed += 1
             continue

@@ -21,6 +21,8 @@ import asyncio
 import json
 import sys
 
+from aiokafka.errors import KafkaError
+
 from raftloop_core.logs import configure_logging
 from raftloop_core.messaging import make_broker
 from raftloop_core.settings import SettingsError
@@ -35,7 +37,7 @@ async def run_once(settings: TrainerSettings, tenant: str, trigger: str) -> int:
     broker = make_broker(settings.kafka, client_id="raftloop-trainer-job")
     try:
         await asyncio.wait_for(broker.start(), timeout=BROKER_TIMEOUT_S)
-    except Exception as exc:
+    except (TimeoutError, KafkaError, OSError) as exc:
         await broker.stop()
         print(
             f"trainer job: no broker at {settings.kafka.bootstrap_servers} "

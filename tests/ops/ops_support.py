@@ -103,7 +103,7 @@ class OpsPlatform:
         self.broker.stop()
 
 
-def service_env(name: str, ports: Mapping[str, int], base: Mapping[str, str]) -> dict[str, str]:
+def service_env(ports: Mapping[str, int], base: Mapping[str, str]) -> dict[str, str]:
     """What `raftloop up` would give this service, on the test's ports."""
     urls = {svc: f"http://127.0.0.1:{port}" for svc, port in ports.items()}
     env = dict(base) | {f"{svc.upper()}_PORT": str(port) for svc, port in ports.items()}
@@ -156,7 +156,7 @@ def start_platform(folder: Path, *, timeout_s: float = 420) -> OpsPlatform:
             with log.open("wb") as out:
                 proc = subprocess.Popen(
                     command,
-                    env=service_env(name, ports, base),
+                    env=service_env(ports, base),
                     cwd=folder,
                     stdout=out,
                     stderr=subprocess.STDOUT,

@@ -157,9 +157,8 @@ def test_one_interaction_can_be_followed_through_every_services_logs(
         assert all(r["ts"] and r["level"] for r in lines)
 
 
-def test_every_services_metrics_parse_and_show_the_traffic(
-    platform: OpsPlatform, traffic: Traffic
-) -> None:
+@pytest.mark.usefixtures("traffic")
+def test_every_services_metrics_parse_and_show_the_traffic(platform: OpsPlatform) -> None:
     metrics = {name: service.metrics() for name, service in platform.services.items()}
     for name, families in metrics.items():
         missing = {"raftloop_http_request_seconds", *BROKER_METRICS} - set(families)
@@ -229,7 +228,8 @@ def test_every_services_metrics_parse_and_show_the_traffic(
     assert {s.labels["decision"] for s in decisions} == {"promoted", "rejected"}
 
 
-def test_readiness_follows_the_broker(platform: OpsPlatform, traffic: Traffic) -> None:
+@pytest.mark.usefixtures("traffic")
+def test_readiness_follows_the_broker(platform: OpsPlatform) -> None:
     # Runs last in this module: it takes the broker away and brings it back on the same port.
     services = platform.services
     for service in services.values():

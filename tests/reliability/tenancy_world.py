@@ -429,7 +429,7 @@ def attack_values(victim: Tenant, text: str, password: str) -> dict[str, object]
 # Per route, values that differ from attack_values().
 ROUTE_VALUES: dict[str, Callable[[Tenant], dict[str, object]]] = {
     # The review page takes the UI's action names.
-    "hitl POST /items/{item_id}/review": lambda v: {"action": "approve"},
+    "hitl POST /items/{item_id}/review": lambda _: {"action": "approve"},
     # Leaving the tenant out would start a real run for the intruder: name the victim only.
     "trainer POST /v1/admin/train": lambda v: {"tenant": v.name},
 }

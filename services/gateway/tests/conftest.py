@@ -34,7 +34,8 @@ def gateway(
 
 @pytest.fixture(scope="session")
 async def gateway_events(
-    kafka_settings: KafkaSettings, gateway: Gateway
+    kafka_settings: KafkaSettings,
+    gateway: Gateway,  # noqa: ARG001  # the gateway (and so its topics) must be up first
 ) -> AsyncIterator[EventLog]:
     """Everything published on the gateway's topics during the session."""
     topics = [Topic.CHAT_COMPLETED, Topic.CHAT_FEEDBACK, Topic.ADAPTER_PROMOTED]

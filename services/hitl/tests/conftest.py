@@ -78,7 +78,7 @@ def _pg_available() -> bool:
 
         with psycopg.connect(PG_ADMIN_URL.replace("+psycopg", ""), connect_timeout=3):
             return True
-    except Exception:
+    except psycopg.Error:
         return False
 
 

@@ -134,11 +134,13 @@ class Service:
         self.proc.wait(timeout=30)  # type: ignore[attr-defined]
 
     def stop(self) -> None:
+        import subprocess
+
         if self.proc is not None and self.proc.poll() is None:  # type: ignore[attr-defined]
             self.proc.terminate()  # type: ignore[attr-defined]
             try:
                 self.proc.wait(timeout=30)  # type: ignore[attr-defined]
-            except Exception:
+            except subprocess.TimeoutExpired:
                 self.kill9()
 
 

@@ -253,6 +253,8 @@ class Demo:
 
     def ask(self, client: Any, question: Any) -> None:
         """One chat client turn: the question, answered by whatever is serving."""
+        from openai import OpenAIError
+
         try:
             done = client.chat.completions.create(
                 model=SERVING_MODEL,
@@ -261,7 +263,7 @@ class Demo:
                 temperature=0,
                 user="demo-client",
             )
-        except Exception as exc:  # the demo reports and goes on; one lost turn is not fatal
+        except OpenAIError as exc:  # the demo reports and goes on; one lost turn is not fatal
             console.print(f"[yellow]chat error:[/] {exc}")
             with self.tally.lock:
                 self.tally.chat_errors += 1
@@ -376,7 +378,7 @@ class Demo:
         def run() -> None:
             try:
                 work()
-            except Exception as exc:  # surfaced in the main thread by play()
+            except Exception as exc:  # noqa: BLE001  # re-raised in the main thread by play()
                 self.failure = exc
 
         return run
@@ -444,6 +446,16 @@ class Demo:
                         f"run {run_id} did not finish in time; `raftloop train --status`"
                     )
                 time.sleep(2)
+
+    def base_model_line(self, question: str, model: str) -> str:
+        """The base model's answer, for the console, or why there is none."""
+        from openai import OpenAIError
+
+        try:
+            before, _ = self.served_answer(question, model)
+        except OpenAIError as exc:  # the base model may not be addressable by that name
+            return f"[dim]base model answer unavailable: {exc}[/]"
+        return f"[dim]base model:[/] {before}"
 
     def served_answer(self, question: str, model: str) -> tuple[str, str]:
         """The gateway's answer and the adapter that gave it ("base" for none)."""
@@ -588,11 +600,7 @@ def run_demo(d: Demo, kb: Any, seed: int) -> None:
     after, _ = d.served_answer(sample.question, SERVING_MODEL)
     console.print(f"\nheld-out question: {sample.question}\nreference: {sample.answer}")
     if base_name:
-        try:
-            before, _ = d.served_answer(sample.question, base_name)
-            console.print(f"[dim]base model:[/] {before}")
-        except Exception as exc:  # the base model may not be addressable by that name
-            console.print(f"[dim]base model answer unavailable: {exc}[/]")
+        console.print(d.base_model_line(sample.question, base_name))
     console.print(f"[green]adapter {adapter[:12]}:[/] {after}")
     console.print(
         f"[bold green]promoted[/] adapter {adapter} is serving at {d.ends.urls['gateway']}/v1"

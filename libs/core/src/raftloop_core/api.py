@@ -122,7 +122,7 @@ def install_error_handlers(app: FastAPI) -> None:
             ApiError(exc.status_code, str(exc.detail), headers=dict(exc.headers or {}))
         )
 
-    async def on_crash(request: Request, exc: Exception) -> JSONResponse:
+    async def on_crash(request: Request, exc: Exception) -> JSONResponse:  # noqa: ARG001  # Starlette's handler signature
         log.exception("unhandled error", extra={"path": request.url.path})
         return error_response(ApiError(500, "internal error; see the service log", code="internal"))
 

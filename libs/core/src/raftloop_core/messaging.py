@@ -277,7 +277,9 @@ async def _poll_paused(consumer: Any, interval_s: float, paused: set[Any]) -> No
             paused |= fresh
         try:
             records = await consumer.getmany(timeout_ms=0)
-        except Exception as exc:  # a coordination error: aiokafka recovers on its own
+        # Whatever the poll raised (a coordination error, most often), aiokafka recovers on its
+        # own; the keepalive must outlive it, or a busy handler loses its partitions.
+        except Exception as exc:  # noqa: BLE001
             log.warning("keepalive poll failed", extra={"error": repr(exc)})
             continue
         # A partition assigned between the pause and the poll: give its records back.

@@ -32,8 +32,8 @@ def make_app() -> FastAPI:
             raise ApiError(404, "no such thing", code="not_found")
         return {"role": caller.role}
 
-    @app.get("/boom")
-    async def boom(caller: Annotated[Caller, Depends(require(store, "client"))]) -> None:
+    @app.get("/boom", dependencies=[Depends(require(store, "client"))])
+    async def boom() -> None:
         raise RuntimeError("secret detail")
 
     return app

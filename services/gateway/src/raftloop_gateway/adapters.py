@@ -44,7 +44,9 @@ class KafkaSender:
                         no_confirm=True,
                     )
                 )
-            except Exception as exc:  # the producer refused before sending: broker gone
+            # The producer refused before sending (the broker is gone): whatever it raised, the
+            # record stays in the spool for the next attempt.
+            except Exception as exc:  # noqa: BLE001
                 log.warning("publish failed", extra={"error": repr(exc)})
                 futures.append(exc)
         waiting = [f for f in futures if isinstance(f, asyncio.Future)]

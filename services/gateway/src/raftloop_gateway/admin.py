@@ -60,24 +60,24 @@ def build_admin_router(service: ChatService, *, admin_key: Any) -> APIRouter:
             adapters=await state.cards(caller.tenant),
         )
 
-    @router.post("/adapters/promote", status_code=410)
-    async def promote(caller: Caller = admin_key) -> None:
+    @router.post("/adapters/promote", status_code=410, dependencies=[admin_key])
+    async def promote() -> None:
         """Moved: POST /v1/adapters/{adapter_id}/promote on the trainer."""
         raise Moved(
             "the gateway no longer switches aliases; promote with POST "
             f"/v1/adapters/{{adapter_id}}/promote on {TRAINER}"
         )
 
-    @router.post("/adapters/rollback", status_code=410)
-    async def rollback(caller: Caller = admin_key) -> None:
+    @router.post("/adapters/rollback", status_code=410, dependencies=[admin_key])
+    async def rollback() -> None:
         """Moved: POST /v1/adapters/rollback on the trainer."""
         raise Moved(
             f"the gateway no longer switches aliases; roll back with POST /v1/adapters/rollback "
             f"on {TRAINER}"
         )
 
-    @router.put("/canary", status_code=410)
-    async def canary(caller: Caller = admin_key) -> None:
+    @router.put("/canary", status_code=410, dependencies=[admin_key])
+    async def canary() -> None:
         """Moved: PUT /v1/adapters/canary on the trainer."""
         raise Moved(
             f"the gateway no longer sets canaries; use PUT /v1/adapters/canary on {TRAINER}"

@@ -69,7 +69,7 @@ async def _connect(broker: KafkaBroker, sender: KafkaSender, settings: GatewaySe
             sender.connected = True
             log.info("broker connected", extra={"servers": settings.kafka.bootstrap_servers})
             return
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001  # retried until the broker answers, whatever failed
             log.warning("broker not reachable; retrying", extra={"error": repr(exc)[:300]})
             with contextlib.suppress(Exception):
                 await broker.stop()
@@ -81,7 +81,7 @@ async def _probe(settings: GatewaySettings) -> bool:
     """The broker answers and every topic exists (a broker that came back empty gets them)."""
     try:
         await asyncio.to_thread(ensure_topics, settings.kafka)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001  # any failure means the broker is not back yet
         log.info("broker still unreachable", extra={"error": repr(exc)[:200]})
         return False
     return True
@@ -138,7 +138,7 @@ def create_app(
     _subscribe(broker, state)
 
     @contextlib.asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:  # noqa: ARG001  # FastAPI's signature
         capture.start()
         connecting = asyncio.create_task(_connect(broker, sender, settings), name="connect")
         # The model loads in the background: /healthz answers at once, chat answers 503 until

@@ -231,7 +231,7 @@ class Engine:
     def _run_control(work: Callable[[], Any], future: Future[Any]) -> None:
         try:
             future.set_result(work())
-        except BaseException as exc:  # handed to the caller's thread
+        except BaseException as exc:  # noqa: BLE001  # handed to the caller's thread
             future.set_exception(exc)
 
     def _drop_cancelled(self) -> None:

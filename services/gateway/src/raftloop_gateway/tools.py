@@ -144,39 +144,45 @@ class _Value:
         """How much of `text` belongs to the value, or None if it has not ended yet."""
         for i, ch in enumerate(text):
             if not self.started:
-                if ch.isspace():
-                    continue
-                self.started = True
-                if ch in "{[":
-                    self.depth = 1
-                elif ch == '"':
-                    self.in_string = True
-                else:
-                    self.scalar = True
-                continue
-            if self.in_string:
-                if self.escaped:
-                    self.escaped = False
-                elif ch == "\\":
-                    self.escaped = True
-                elif ch == '"':
-                    self.in_string = False
-                    if self.depth == 0:
-                        return i + 1
-                continue
-            if self.scalar:
+                self._begin(ch)
+            elif self.scalar:
                 if ch in ",}] \t\r\n":
-                    return i
-                continue
-            if ch == '"':
-                self.in_string = True
-            elif ch in "{[":
-                self.depth += 1
-            elif ch in "}]":
-                self.depth -= 1
-                if self.depth == 0:
-                    return i + 1
+                    return i  # what ends a number or a literal is not part of it
+            elif self._ends_with(ch):
+                return i + 1
         return None
+
+    def _begin(self, ch: str) -> None:
+        """Skip leading space; the first other character says what kind of value this is."""
+        if ch.isspace():
+            return
+        self.started = True
+        if ch in "{[":
+            self.depth = 1
+        elif ch == '"':
+            self.in_string = True
+        else:
+            self.scalar = True
+
+    def _ends_with(self, ch: str) -> bool:
+        """Take one character of a string or a container; whether the value ends with it."""
+        if self.in_string:
+            if self.escaped:
+                self.escaped = False
+            elif ch == "\\":
+                self.escaped = True
+            elif ch == '"':
+                self.in_string = False
+                return self.depth == 0
+            return False
+        if ch == '"':
+            self.in_string = True
+        elif ch in "{[":
+            self.depth += 1
+        elif ch in "}]":
+            self.depth -= 1
+            return self.depth == 0
+        return False
 
 
 class ToolCallReader:
@@ -251,7 +257,9 @@ class ToolCallReader:
         self._calls.append(call)
         return CallStart(len(self._calls) - 1, call.id, name)
 
-    def _start_(self, events: list[ToolEvent]) -> None:
+    # Each `_<state>_` takes the events list: feed() calls the current state's with it.
+
+    def _start_(self, events: list[ToolEvent]) -> None:  # noqa: ARG002
         head = self._buf.lstrip()
         if head.startswith(TOOL_CALL_OPEN):
             self._state = "between"
@@ -262,7 +270,7 @@ class ToolCallReader:
         events.append(self._say(self._buf))
         self._buf = ""
 
-    def _between_(self, events: list[ToolEvent]) -> None:
+    def _between_(self, events: list[ToolEvent]) -> None:  # noqa: ARG002
         head = self._buf.lstrip()
         if head.startswith(TOOL_CALL_OPEN):
             self._buf = head[len(TOOL_CALL_OPEN) :]
@@ -313,7 +321,7 @@ class ToolCallReader:
         self._buf = self._buf[end:]
         self._state = "tail"
 
-    def _tail_(self, events: list[ToolEvent]) -> None:
+    def _tail_(self, events: list[ToolEvent]) -> None:  # noqa: ARG002
         end = self._buf.find(TOOL_CALL_CLOSE)
         if end < 0:
             self._buf = self._buf[-(len(TOOL_CALL_CLOSE) - 1) :]  # could start the closing tag
@@ -326,7 +334,7 @@ class ToolCallReader:
         if self._max_calls is not None and len(self._calls) >= self._max_calls:
             self._state = "done"
 
-    def _done_(self, events: list[ToolEvent]) -> None:
+    def _done_(self, events: list[ToolEvent]) -> None:  # noqa: ARG002
         self._buf = ""
 
 

@@ -82,9 +82,9 @@ def refused(gateway: Gateway, body: dict[str, Any]) -> dict[str, Any]:
     return error
 
 
-@pytest.mark.parametrize(("name", "value", "neutral"), UNSUPPORTED)
+@pytest.mark.parametrize(("name", "value", "_neutral"), UNSUPPORTED)
 def test_each_unsupported_parameter_is_refused_by_name(
-    gateway: Gateway, name: str, value: object, neutral: object
+    gateway: Gateway, name: str, value: object, _neutral: object
 ) -> None:
     client = gateway.client()
     with pytest.raises(openai.BadRequestError) as caught:

@@ -11,23 +11,23 @@ from pydantic import ValidationError
 from raftloop_hitl import domain, policies
 from raftloop_hitl.accounts import AccountError
 from raftloop_hitl.context import Ctx, RowId
-from raftloop_hitl.web import CSRF_FIELD, PageError, Principal, check_csrf, render
+from raftloop_hitl.web import PageError, Principal, render, require_csrf
+
+Csrf = Depends(require_csrf)
 
 
 def admin_router(ctx: Ctx) -> APIRouter:
     """Routes of the admin pages."""
     router = APIRouter(prefix="/admin")
+    _user_pages(router, ctx)
+    _policy_pages(router, ctx)
+    return router
+
+
+def _user_pages(router: APIRouter, ctx: Ctx) -> None:
+    """Users and roles: list, create, update, sign out everywhere."""
     Admin = Annotated[Principal, Depends(ctx.admin_dep())]
     t = ctx.templates
-
-    async def csrf(request: Request) -> None:
-        if "uid" not in request.session and request.url.path != "/login":
-            raise PageError(401, "please sign in")
-        form = await request.form()
-        value = form.get(CSRF_FIELD)
-        check_csrf(request, value if isinstance(value, str) else None)
-
-    Csrf = Depends(csrf)
 
     @router.get("/users", response_class=HTMLResponse)
     def users(request: Request, who: Admin) -> Response:
@@ -84,6 +84,12 @@ def admin_router(ctx: Ctx) -> APIRouter:
             raise PageError(404, f"no user {user_id}")
         return RedirectResponse("/admin/users?m=signed+out+everywhere", status_code=303)
 
+
+def _policy_pages(router: APIRouter, ctx: Ctx) -> None:
+    """Routing thresholds, guidelines, agreement and the audit log."""
+    Admin = Annotated[Principal, Depends(ctx.admin_dep())]
+    t = ctx.templates
+
     @router.get("/routing", response_class=HTMLResponse)
     def routing(request: Request, who: Admin) -> Response:
         with ctx.engine.connect() as conn:
@@ -121,5 +127,3 @@ def admin_router(ctx: Ctx) -> APIRouter:
     def audit(request: Request, who: Admin) -> Response:
         rows = policies.audit_log(ctx.engine, who.tenant)
         return render(request, t, "admin_audit.html", {"user": who, "rows": rows})
-
-    return router

@@ -79,8 +79,14 @@ def item_json(item: ItemView, who: Principal) -> dict[str, Any]:
 def api_router(ctx: Ctx) -> APIRouter:
     """Routes of the review API under /api/v1."""
     router = APIRouter(prefix="/api/v1")
+    _review_api(router, ctx)
+    _routing_api(router, ctx)
+    return router
+
+
+def _review_api(router: APIRouter, ctx: Ctx) -> None:
+    """Claim an item, read it, review it, renew its lease."""
     Caller = Annotated[Principal, Depends(ctx.api_dep())]
-    Admin = Annotated[Principal, Depends(ctx.api_admin_dep())]
 
     @router.post("/claims", response_model=None)
     def claim(who: Caller) -> dict[str, Any] | Response:
@@ -136,6 +142,12 @@ def api_router(ctx: Ctx) -> APIRouter:
             )
         return {"item_id": item_id, "expires_at": expires}
 
+
+def _routing_api(router: APIRouter, ctx: Ctx) -> None:
+    """The tenant's routing policy (replaced by admins) and its queue depth."""
+    Caller = Annotated[Principal, Depends(ctx.api_dep())]
+    Admin = Annotated[Principal, Depends(ctx.api_admin_dep())]
+
     @router.get("/routing")
     def get_routing(who: Caller) -> dict[str, Any]:
         with ctx.engine.connect() as conn:
@@ -158,5 +170,3 @@ def api_router(ctx: Ctx) -> APIRouter:
     def queue(who: Caller) -> dict[str, Any]:
         depth, age = ctx.store.depth(who.tenant).get(who.tenant, (0, 0.0))
         return {"tenant": who.tenant, "open": depth, "oldest_age_s": age}
-
-    return router

@@ -10,33 +10,26 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from raftloop_hitl import policies
 from raftloop_hitl.context import Ctx, RowId
 from raftloop_hitl.store import QueueError
-from raftloop_hitl.web import (
-    CSRF_FIELD,
-    PageError,
-    Principal,
-    check_csrf,
-    render,
-    session_principal,
-)
+from raftloop_hitl.web import PageError, Principal, render, require_csrf, session_principal
 
 ACTIONS = {"approve": "approved", "correct": "corrected", "reject": "rejected", "skip": "skipped"}
+
+
+Csrf = Depends(require_csrf)
 
 
 def ui_router(ctx: Ctx) -> APIRouter:
     """Routes of the reviewer pages."""
     router = APIRouter()
-    user_dep = ctx.user_dep()
-    User = Annotated[Principal, Depends(user_dep)]
+    _sign_in_pages(router, ctx)
+    _queue_pages(router, ctx)
+    _item_pages(router, ctx)
+    _info_pages(router, ctx)
+    return router
+
+
+def _sign_in_pages(router: APIRouter, ctx: Ctx) -> None:
     t = ctx.templates
-
-    async def csrf(request: Request) -> None:
-        if "uid" not in request.session and request.url.path != "/login":
-            raise PageError(401, "please sign in")
-        form = await request.form()
-        value = form.get(CSRF_FIELD)
-        check_csrf(request, value if isinstance(value, str) else None)
-
-    Csrf = Depends(csrf)
 
     @router.get("/login", response_class=HTMLResponse)
     def login_page(request: Request) -> Response:
@@ -76,8 +69,14 @@ def ui_router(ctx: Ctx) -> APIRouter:
         request.session.clear()
         return RedirectResponse("/login", status_code=303)
 
-    @router.get("/")
-    def home(who: User) -> Response:
+
+def _queue_pages(router: APIRouter, ctx: Ctx) -> None:
+    user_dep = ctx.user_dep()
+    User = Annotated[Principal, Depends(user_dep)]
+    t = ctx.templates
+
+    @router.get("/", dependencies=[Depends(user_dep)])
+    def home() -> Response:
         return RedirectResponse("/queue", status_code=303)
 
     @router.get("/queue", response_class=HTMLResponse)
@@ -99,6 +98,11 @@ def ui_router(ctx: Ctx) -> APIRouter:
         if claim is None:
             return RedirectResponse("/queue?m=queue+empty", status_code=303)
         return RedirectResponse(f"/items/{claim.item_id}", status_code=303)
+
+
+def _item_pages(router: APIRouter, ctx: Ctx) -> None:
+    User = Annotated[Principal, Depends(ctx.user_dep())]
+    t = ctx.templates
 
     @router.get("/items/{item_id}", response_class=HTMLResponse)
     def item_page(request: Request, item_id: RowId, who: User) -> Response:
@@ -147,6 +151,11 @@ def ui_router(ctx: Ctx) -> APIRouter:
             return RedirectResponse(f"/queue?m={action}%3B+queue+empty", status_code=303)
         return RedirectResponse(f"/items/{claim.item_id}?m={action}", status_code=303)
 
+
+def _info_pages(router: APIRouter, ctx: Ctx) -> None:
+    User = Annotated[Principal, Depends(ctx.user_dep())]
+    t = ctx.templates
+
     @router.get("/guidelines", response_class=HTMLResponse)
     def guidelines(request: Request, who: User) -> Response:
         versions = policies.guidelines(ctx.engine, who.tenant)
@@ -156,5 +165,3 @@ def ui_router(ctx: Ctx) -> APIRouter:
     def stats(request: Request, who: User) -> Response:
         rows = policies.reviewer_stats(ctx.engine, who.tenant)
         return render(request, t, "stats.html", {"user": who, "rows": rows})
-
-    return router

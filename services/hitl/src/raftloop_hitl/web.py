@@ -80,6 +80,15 @@ def check_csrf(request: Request, presented: str | None) -> None:
         raise PageError(403, "missing or wrong CSRF token; reload the page and try again")
 
 
+async def require_csrf(request: Request) -> None:
+    """Dependency of the pages' form posts: a session (but to sign in) and its CSRF token."""
+    if "uid" not in request.session and request.url.path != "/login":
+        raise PageError(401, "please sign in")
+    form = await request.form()
+    value = form.get(CSRF_FIELD)
+    check_csrf(request, value if isinstance(value, str) else None)
+
+
 def session_principal(request: Request, accounts: Accounts) -> Principal | None:
     """The signed-in user of this request, if any."""
     user_id = request.session.get("uid")

@@ -69,7 +69,8 @@ def test_a_password_is_never_an_argument(app: typer.Typer, data_dir: Path) -> No
     assert not (data_dir / "hitl" / "hitl.sqlite3").exists()
 
 
-def test_no_password_source_is_a_clear_error(app: typer.Typer, data_dir: Path) -> None:
+@pytest.mark.usefixtures("data_dir")
+def test_no_password_source_is_a_clear_error(app: typer.Typer) -> None:
     done = CliRunner().invoke(app, ["hitl", "add-user", "--tenant", "acme", "--username", "a"])
     assert done.exit_code == 2
     assert "--password-stdin or set HITL_USER_PASSWORD" in done.output
@@ -101,7 +102,8 @@ def test_a_weak_password_is_refused_with_one_line(
     assert not (data_dir / "hitl" / "hitl.sqlite3").exists()
 
 
-def test_a_taken_username_or_bad_tenant_is_refused(app: typer.Typer, data_dir: Path) -> None:
+@pytest.mark.usefixtures("data_dir")
+def test_a_taken_username_or_bad_tenant_is_refused(app: typer.Typer) -> None:
     cli = CliRunner()
     args = ["hitl", "add-user", "--tenant", "acme", "--username", "ops", "--password-stdin"]
     assert cli.invoke(app, args, input=STRONG + "\n").exit_code == 0

@@ -118,7 +118,7 @@ def _parse_in_child(sender: Connection, name: str, data: bytes, limits: SandboxL
         reply = exc
     except MemoryError:
         reply = _out_of_memory(name, limits)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001
         # Whatever a parser library throws on input it did not expect is an answer about
         # this document, not a failure of the service: say so, with the library's words.
         reply = DocumentError(f"{name}: cannot be parsed ({type(exc).__name__}: {exc})")

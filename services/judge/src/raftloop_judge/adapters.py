@@ -128,7 +128,7 @@ class SentenceTransformerEmbedder:
                 size += len(texts)
             try:
                 vectors = await asyncio.to_thread(self._encode, [t for ts, _ in batch for t in ts])
-            except Exception as exc:  # every waiting caller gets the failure, none hangs
+            except Exception as exc:  # noqa: BLE001  # every waiting caller gets it, none hangs
                 for _, future in batch:
                     if not future.done():
                         future.set_exception(exc)

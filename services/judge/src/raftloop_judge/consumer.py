@@ -114,7 +114,7 @@ class CuratedBatchConsumer:
             return
         try:
             await self.service.on_curated_many([event for _, event in items])
-        except Exception as exc:  # every failure here is transient: the records decoded
+        except Exception as exc:  # noqa: BLE001  # transient, whatever it is: the records decoded
             await self._retry_or_park([record for record, _ in items], exc)
 
     async def _retry_or_park(self, records: list[Any], exc: Exception) -> None:

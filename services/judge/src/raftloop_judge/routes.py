@@ -42,10 +42,11 @@ class PairwiseResponse(BaseModel):
 def judge_router(keys: KeyStore, service: JudgeService, pairwise: PairwiseJudge) -> APIRouter:
     """Routes for internal callers (and admins)."""
     router = APIRouter(prefix="/v1")
-    Internal = Annotated[Caller, Depends(require(keys, "internal"))]
+    internal = Depends(require(keys, "internal"))
+    Internal = Annotated[Caller, internal]
 
-    @router.post("/pairwise")
-    async def compare(body: PairwiseRequest, caller: Internal) -> PairwiseResponse:
+    @router.post("/pairwise", dependencies=[internal])
+    async def compare(body: PairwiseRequest) -> PairwiseResponse:
         try:
             verdict = await pairwise.compare(
                 body.question,

@@ -190,7 +190,7 @@ def create_app(
     _subscribe(broker, settings, scheduler, metrics)
 
     @contextlib.asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:  # noqa: ARG001  # FastAPI's signature
         interrupted = await asyncio.to_thread(runner.store.interrupt_running)
         if interrupted:
             log.warning("runs interrupted by a restart will resume", extra={"runs": interrupted})

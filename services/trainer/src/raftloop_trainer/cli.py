@@ -54,13 +54,15 @@ def _call(method: str, path: str, body: dict[str, Any] | None = None) -> Any:
 
 @asynccontextmanager
 async def _sink(settings: TrainerSettings) -> AsyncIterator[Any]:
+    from aiokafka.errors import KafkaError
+
     from raftloop_core.messaging import make_broker
     from raftloop_trainer.adapters import KafkaEventSink
 
     broker = make_broker(settings.kafka, client_id="raftloop-cli")
     try:
         await asyncio.wait_for(broker.start(), timeout=15)
-    except Exception as exc:
+    except (TimeoutError, KafkaError, OSError) as exc:
         await broker.stop()
         _fail(
             f"no broker at {settings.kafka.bootstrap_servers} ({type(exc).__name__}); the switch "
@@ -171,7 +173,7 @@ def canary_adapter(
     """Send a share of a tenant's conversations (sticky) to a candidate adapter."""
     from raftloop_trainer import promotion
 
-    async def action(registry: AdapterRegistry, sink: Any, s: TrainerSettings) -> Any:
+    async def action(registry: AdapterRegistry, sink: Any, s: TrainerSettings) -> Any:  # noqa: ARG001  # _switch's callback
         candidate = None if adapter_id == "off" else adapter_id
         return await promotion.set_canary(registry, candidate, share, alias=s.alias, tenant=tenant)
 

@@ -98,7 +98,12 @@ class LocalDistractorSource:
         self._words = [content_words(c.text) for c in self.chunks]
 
     def distractors(
-        self, question: str, *, k: int, exclude_ids: Sequence[str], tenant: str = "default"
+        self,
+        question: str,
+        *,
+        k: int,
+        exclude_ids: Sequence[str],
+        tenant: str = "default",  # noqa: ARG002  # the DistractorSource port's; one corpus here
     ) -> list[Chunk]:
         """The `k` chunks sharing most content words with the question, excluded ids left out."""
         wanted = content_words(question)

@@ -40,7 +40,9 @@ class ProgressCallback(TrainerCallback):
         self.started = time.monotonic()
         self.first_step: int | None = None
 
-    def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any) -> None:
+    # transformers calls each hook with (args, state, control, **kwargs); each reads what it needs.
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any) -> None:  # noqa: ARG002
         """Record step, loss and an eta after every logged step."""
         logs = logs or {}
         if "loss" not in logs:
@@ -63,7 +65,7 @@ class ProgressCallback(TrainerCallback):
         write_json_atomic(self.path, progress)
         log.info("training step", extra=progress)
 
-    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:  # noqa: ARG002
         """Mark the job as trained."""
         current = read_progress(self.path) or {}
         current |= {"state": "trained", "step": state.global_step, "updated_at": time.time()}

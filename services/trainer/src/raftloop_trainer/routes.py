@@ -70,13 +70,16 @@ def _not_found(adapter_id: str, tenant: str) -> ApiError:
 def build_router(settings: TrainerSettings, *, keys: KeyStore, scheduler: "Scheduler") -> APIRouter:
     """Routes under /v1 that need the admin role, each scoped to the caller's tenant."""
     router = APIRouter(prefix="/v1")
-    Admin = Annotated[Caller, Depends(require(keys, "admin"))]
-    runner = scheduler.runner
-    registry = runner.registry
+    _start_route(router, keys, scheduler)
+    _status_route(router, settings, keys, scheduler)
+    _adapter_routes(router, settings, keys, scheduler)
+    _alias_routes(router, settings, keys, scheduler)
+    return router
 
-    def owned(tenant: str) -> list[AdapterCard]:
-        """The registered adapters trained on the tenant's data, oldest first."""
-        return registry.list(tenant)
+
+def _start_route(router: APIRouter, keys: KeyStore, scheduler: "Scheduler") -> None:
+    """Start a run on demand."""
+    Admin = Annotated[Caller, Depends(require(keys, "admin"))]
 
     @router.post("/admin/train", status_code=202)
     async def train(caller: Admin, body: TrainRequest | None = None) -> dict[str, Any]:
@@ -106,6 +109,14 @@ def build_router(settings: TrainerSettings, *, keys: KeyStore, scheduler: "Sched
             raise ApiError(409, outcome.reason, code=outcome.code)
         return {"started": True, "tenant": tenant, "run_id": outcome.run_id}
 
+
+def _status_route(
+    router: APIRouter, settings: TrainerSettings, keys: KeyStore, scheduler: "Scheduler"
+) -> None:
+    """Follow the tenant's runs and its pending examples."""
+    Admin = Annotated[Caller, Depends(require(keys, "admin"))]
+    runner = scheduler.runner
+
     @router.get("/admin/training")
     async def training(caller: Admin) -> dict[str, Any]:
         # `running` is only the caller's tenant's run; `busy` says that some run holds the
@@ -132,6 +143,19 @@ def build_router(settings: TrainerSettings, *, keys: KeyStore, scheduler: "Sched
                 if p.base_model == runner.base_model and p.tenant == caller.tenant
             ],
         }
+
+
+def _adapter_routes(
+    router: APIRouter, settings: TrainerSettings, keys: KeyStore, scheduler: "Scheduler"
+) -> None:
+    """List the tenant's adapters, and promote one of them."""
+    Admin = Annotated[Caller, Depends(require(keys, "admin"))]
+    runner = scheduler.runner
+    registry = runner.registry
+
+    def owned(tenant: str) -> list[AdapterCard]:
+        """The registered adapters trained on the tenant's data, oldest first."""
+        return registry.list(tenant)
 
     @router.get("/adapters")
     async def adapters(caller: Admin) -> dict[str, Any]:
@@ -162,6 +186,15 @@ def build_router(settings: TrainerSettings, *, keys: KeyStore, scheduler: "Sched
         except AdapterRefused as exc:
             raise ApiError(404, str(exc), code="adapter_not_found") from exc
         return state.model_dump(mode="json")
+
+
+def _alias_routes(
+    router: APIRouter, settings: TrainerSettings, keys: KeyStore, scheduler: "Scheduler"
+) -> None:
+    """Roll the tenant's alias back, and set its canary."""
+    Admin = Annotated[Caller, Depends(require(keys, "admin"))]
+    runner = scheduler.runner
+    registry = runner.registry
 
     @router.post("/adapters/rollback")
     async def rollback(caller: Admin, body: SwitchRequest | None = None) -> Any:
@@ -205,8 +238,6 @@ def build_router(settings: TrainerSettings, *, keys: KeyStore, scheduler: "Sched
         except AdapterRefused as exc:
             raise ApiError(404, str(exc), code="adapter_not_found") from exc
         return state.model_dump(mode="json")
-
-    return router
 
 
 # ---------------------------------------------------------------- regression set (issue #19)

@@ -26,7 +26,7 @@ def pg_available() -> bool:
         with sa.create_engine(PG_URL).connect() as conn:
             conn.execute(sa.text("select 1"))
         return True
-    except Exception:
+    except sa.exc.SQLAlchemyError:
         return False
 
 
