@@ -9,7 +9,8 @@ prompt showed. An answer can show several modes. The rules, all on lower-cased w
   a period of 1 to 20 words, at least 3 times for a period under 4 words and twice for a longer
   one, and the stretch covers 40% of the answer's words or more.
 - `quote_missing`: the oracle chunk was shown and the answer quotes nothing.
-- `quote_invented`: a quoted span is in no chunk the prompt showed.
+- `quote_invented`: a quoted span is in no chunk the prompt showed (a quote with one word
+  changed counts: a changed figure is the commonest such change).
 - `quote_off_oracle`: a quoted span is in a distractor chunk but not in the oracle chunk.
 - `number_contradicts`: the final answer (after the last `Answer:`) has a number, a year, a month
   or a weekday that neither the oracle nor the question has, while the oracle has at least one
@@ -46,7 +47,7 @@ from raftloop_trainer.raft import (
 MODES: dict[str, str] = {
     "repetition": "repetition loop",
     "quote_missing": "quote missing",
-    "quote_invented": "quote in no document",
+    "quote_invented": "quote not verbatim in any document",
     "quote_off_oracle": "quote from a distractor",
     "number_contradicts": "number/date not in oracle",
     "refusal_or_empty": "refusal or empty",
@@ -63,7 +64,8 @@ LOOP_MAX_PERIOD = 20
 LOOP_MIN_SHARE = 0.4
 
 _QUOTE = re.compile(
-    f"{re.escape(BEGIN_QUOTE)}(.*?)(?:{re.escape(END_QUOTE)}|{re.escape(ANSWER_MARKER)}|$)",
+    f"{re.escape(BEGIN_QUOTE)}(.*?)"
+    f"(?:{re.escape(END_QUOTE)}|(?={re.escape(BEGIN_QUOTE)})|{re.escape(ANSWER_MARKER)}|$)",
     re.S,
 )
 _DIGITS = re.compile(r"\b\d+(?:[.,:]\d+)*(?:st|nd|rd|th)?")
@@ -159,7 +161,7 @@ def repetition(answer: str) -> Finding | None:
 
 
 def quotes(answer: str) -> list[str]:
-    """The quoted spans of an answer; one left open runs to `Answer:` or the end."""
+    """The quoted spans of an answer; one left open runs to the next quote, `Answer:` or the end."""
     return [q.strip() for q in _QUOTE.findall(answer) if words(q)]
 
 

@@ -98,6 +98,8 @@ def test_a_quote_in_no_document_is_invented_and_one_from_a_distractor_is_off_ora
     assert modes(quoted("support is open monday to friday")) == ["quote_off_oracle"]
     # Case, spacing and punctuation do not matter; a quote cut by the limit still matches.
     assert modes(quoted("refunds are issued   WITHIN five business days")) == []
+    reopened = f"{BEGIN_QUOTE}Refunds go back to the card. {BEGIN_QUOTE} Answer: Five days."
+    assert modes(reopened) == []  # a quote left open ends where the next one begins
     cut = f"The documents say: {BEGIN_QUOTE}Refunds are issued within"
     assert modes(cut, finish_reason="length") == ["cut_by_limit"]
 
