@@ -87,6 +87,13 @@ def test_local_judge_scores_each_holdout_pair_and_adapters_unload(
     else:
         assert summary["reason"]
 
+    # Each answer's generated tokens and why it ended (4 new tokens at most).
+    for answers in result["variants"].values():
+        assert all(0 <= n <= 4 for n in answers["new_tokens"])
+        assert set(answers["finish_reasons"]) <= {"stop", "length"}
+        ended = zip(answers["new_tokens"], answers["finish_reasons"], strict=True)
+        assert all(n == 4 for n, reason in ended if reason == "length")
+
     # The base variant ran after the adapter was removed: same answers as a fresh base model.
     tokenizer, fresh = load_model(tiny_model_dir, "cpu")
     fresh.eval()
@@ -131,6 +138,17 @@ def test_offline_comparison_reports_the_win_rate_or_why_not(
     saved = json.loads((tmp_path / "report" / "report.json").read_text())
     assert saved["pairwise"] == pairwise
     assert "## pairwise judge" in (tmp_path / "report" / "report.md").read_text()
+    # The error analysis: a column per variant over the 4 hold-out items, in JSON and Markdown.
+    errors = saved["error_analysis"]
+    assert [(c["label"], c["variant"]) for c in errors["columns"]] == [
+        ("base", "base"),
+        ("candidate", "cand"),
+    ]
+    assert errors["items"] == 4
+    assert errors["max_new_tokens"] == 4
+    assert (
+        "## error analysis (hold-out, 4 items)" in (tmp_path / "report" / "report.md").read_text()
+    )
     if not pairwise["measured"]:
         # A required criterion that could not be measured rejects the candidate.
         assert not payload["decision"]["promote"]

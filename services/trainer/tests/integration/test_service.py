@@ -81,6 +81,11 @@ def check_report(report: Path) -> None:
     pairwise = payload["pairwise"]
     assert pairwise["judge"].startswith("local:")
     assert pairwise["measured"] or pairwise["reason"]
+    # The error analysis: the base model serves, so two columns, over the hold-out only.
+    errors = payload["error_analysis"]
+    assert [c["label"] for c in errors["columns"]] == ["base = serving", "candidate"]
+    assert errors["items"] == payload["sets"]["holdout"][0]["n"]
+    assert "## error analysis" in (report.parent / "report.md").read_text()
 
 
 @pytest.fixture
