@@ -1,10 +1,12 @@
 """`make test`: the closed loop (tests/e2e) in its own pytest session, alongside everything else.
 
 The rest of the suite keeps about one of two cores busy on average (it waits on brokers, group
-joins and service starts), while the closed loop is SmolLM2 generation and training. Run one
-after the other they took 43 minutes of CI's 45; side by side, the loop uses the core the rest
-leaves idle. The loop's output is kept in `test-artifacts/e2e/pytest.log` and printed when both
-are done; the exit status is the worse of the two.
+joins and service starts), while the closed loop is SmolLM2 generation and training. One after
+the other they took 2,590 s in CI (2026-12-07). Side by side they took 2,523 s: the two contend
+more than that idle core suggests (the loop 1,758 s instead of about 820 s alone, the rest
+2,523 s instead of about 1,800 s), so the saving is small. The loop's output is kept in
+`test-artifacts/e2e/pytest.log` and printed when both are done; the exit status is the worse of
+the two.
 
 With paths or node ids among the arguments (`make test PYTEST_ARGS="libs/core"`), or with
 `TEST_SERIAL=1`, this is plain `pytest` with those arguments.
