@@ -18,6 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench.raw_http import Client
+
 TITLE = "Gateway: added latency and throughput over an upstream stub, capture on vs off"
 STUB_LATENCY_S = 0.010
 RATE = 200
@@ -32,6 +34,7 @@ BODY = {
     "messages": [{"role": "user", "content": "How long do refunds take?"}],
     "max_tokens": 16,
 }
+REQUEST_BODY = json.dumps(BODY).encode()
 ANSWER = {
     "id": "stub",
     "object": "chat.completion",
@@ -137,56 +140,16 @@ def _quantile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-class _Client:
-    """A minimal keep-alive HTTP/1.1 client: the load generator must cost far less than what it
-    measures on a small machine (httpx spends about 1 ms of CPU per request)."""
-
-    def __init__(self, url: str, headers: dict[str, str]) -> None:
-        rest = url.removeprefix("http://")
-        hostport, _, path = rest.partition("/")
-        host, _, port = hostport.partition(":")
-        self.host, self.port = host, int(port)
-        body = json.dumps(BODY).encode()
-        head = [f"POST /{path} HTTP/1.1", f"Host: {hostport}", "Content-Type: application/json"]
-        head += [f"Content-Length: {len(body)}", *(f"{k}: {v}" for k, v in headers.items())]
-        self.request = ("\r\n".join(head) + "\r\n\r\n").encode() + body
-        self.idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
-        self.open: list[asyncio.StreamWriter] = []
-
-    async def post(self) -> int:
-        """Send the request; return the status code."""
-        if self.idle:
-            reader, writer = self.idle.pop()
-        else:
-            reader, writer = await asyncio.open_connection(self.host, self.port)
-            self.open.append(writer)
-        writer.write(self.request)
-        status_line = await reader.readline()
-        length = 0
-        while (line := await reader.readline()) not in (b"\r\n", b""):
-            name, _, value = line.decode("latin-1").partition(":")
-            if name.lower() == "content-length":
-                length = int(value)
-        await reader.readexactly(length)
-        self.idle.append((reader, writer))
-        return int(status_line.split()[1])
-
-    def close(self) -> None:
-        """Close every connection."""
-        for writer in self.open:
-            writer.close()
-
-
 async def _open_loop(url: str, headers: dict[str, str], rate: int) -> tuple[list[float], int]:
     latencies: list[float] = []
     errors = 0
-    client = _Client(url, headers)
+    client = Client(url, headers)
 
     async def one() -> None:
         nonlocal errors
         start = time.perf_counter()
         try:
-            errors += await client.post() != 200
+            errors += await client.post(REQUEST_BODY) != 200
         except (OSError, ValueError, IndexError, asyncio.IncompleteReadError):
             errors += 1
         latencies.append((time.perf_counter() - start) * 1000)
@@ -208,14 +171,14 @@ async def _open_loop(url: str, headers: dict[str, str], rate: int) -> tuple[list
 
 async def _closed_loop(url: str, headers: dict[str, str], seconds: int) -> tuple[int, float, int]:
     done = errors = 0
-    client = _Client(url, headers)
+    client = Client(url, headers)
     stop = time.perf_counter() + seconds
 
     async def worker() -> None:
         nonlocal done, errors
         while time.perf_counter() < stop:
             try:
-                status = await client.post()
+                status = await client.post(REQUEST_BODY)
                 done += status == 200
                 errors += status != 200
             except (OSError, ValueError, IndexError, asyncio.IncompleteReadError):
