@@ -66,7 +66,9 @@ def _newest_run(platform: Platform, admin: str) -> dict[str, Any]:
 
 
 def _keep_run_reports(root: Path) -> None:
-    """The trainer's reports, scores, datasets and logs of a failed loop (not its weights)."""
+    """The trainer's reports, scores, datasets and logs (not its weights): the figures of a
+    passing loop (examples without a retrieved oracle, error analysis) and the evidence of a
+    failing one."""
     for path in [*root.rglob("trainer/runs/*/*"), *root.rglob("trainer/jobs/*/*")]:
         if path.is_file() and path.suffix in {".json", ".jsonl", ".md", ".png", ".log"}:
             kept = ARTIFACTS / path.parent.parent.name / path.parent.name / path.name
@@ -115,6 +117,7 @@ def test_the_loop_trains_gates_and_serves_a_better_adapter(tmp_path: Path) -> No
         assert raw.headers["x-raftloop-adapter"] == run["adapter_id"]
         assert answer.system_fingerprint == run["adapter_id"]
         assert answer.choices[0].message.content
+        _keep_run_reports(tmp_path)
     except BaseException:
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         (ARTIFACTS / "up.log").write_text(platform.output())
