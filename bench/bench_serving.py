@@ -501,7 +501,8 @@ def notes(figures: dict[str, float | int | str]) -> str:
         f"{'met' if ttft8 <= 2 else 'not met'})",
     ]
     return (
-        "Targets: " + "; ".join(verdicts)
+        "Targets: "
+        + "; ".join(verdicts)
         + f". Load average {figures['load_avg_1m_mean']} on average during the run (the "
         "benchmark's own client and gateway included). A first token needs its prompt's "
         f"prefill: {figures['engine_prompt_tokens_mean']} tokens, {ttft1} s alone at c1, compute "
