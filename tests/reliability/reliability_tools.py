@@ -237,7 +237,7 @@ def knobs() -> dict[str, str]:
     long = form() == "long"
     return {
         "form": form(),
-        "RELIABILITY_KILLS": os.environ.get("RELIABILITY_KILLS", "20" if long else "2"),
+        "RELIABILITY_KILLS": os.environ.get("RELIABILITY_KILLS", "20" if long else "1"),
         "RELIABILITY_LOAD_S": os.environ.get("RELIABILITY_LOAD_S", "300" if long else "30"),
         "RELIABILITY_LOAD_RPS": os.environ.get("RELIABILITY_LOAD_RPS", "1"),
     }

@@ -7,6 +7,10 @@ RELIABILITY_KILLS times each, and restarted. Every other kill of each service is
 the broker offset commit, the window that at-least-once delivery must redo without duplicates.
 The others land at random points of the flow. Then the checker compares the interaction ids
 the gateway acknowledged (and the reviews hitl acknowledged) with what every stage holds.
+
+The CI form kills each service once, at its failpoint: that window is what only this test
+covers, while each service's own crash test (ingest, judge, hitl, the trainer) kills it at
+random points. A second round of restarts cost CI about a minute. The long form alternates.
 """
 
 from __future__ import annotations
