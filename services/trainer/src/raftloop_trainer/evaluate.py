@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from raftloop_core.pairwise import PairVerdict
 from raftloop_trainer.encoding import render_prompt
 from raftloop_trainer.judging import (
     EndpointJudgeModel,
@@ -28,7 +29,7 @@ from raftloop_trainer.judging import (
     judge_pairs,
 )
 from raftloop_trainer.metrics import METRICS, PairedDiff, paired_bootstrap, score_all
-from raftloop_trainer.pairwise import PairVerdict, win_rate
+from raftloop_trainer.pairwise import win_rate
 from raftloop_trainer.raft import RaftExample, final_answer
 
 log = logging.getLogger("raftloop_trainer.evaluate")

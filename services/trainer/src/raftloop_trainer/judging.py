@@ -14,17 +14,17 @@ from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from raftloop_trainer.encoding import render_prompt
-from raftloop_trainer.pairwise import (
+from raftloop_core.pairwise import (
     VERDICT_PREFIX,
+    Completion,
     InvalidVerdict,
-    Reply,
-    ReplyToken,
+    TokenTop,
     combine,
     pairwise_messages,
     preference_a,
     preference_from_labels,
 )
+from raftloop_trainer.encoding import render_prompt
 
 log = logging.getLogger("raftloop_trainer.judging")
 
@@ -128,7 +128,7 @@ class EndpointJudgeModel:
                 out.append(str(exc))
         return out
 
-    async def _all(self, chats: Sequence[list[dict[str, str]]]) -> list[Reply | str]:
+    async def _all(self, chats: Sequence[list[dict[str, str]]]) -> list[Completion | str]:
         import openai
 
         client = openai.AsyncOpenAI(
@@ -146,7 +146,7 @@ class EndpointJudgeModel:
                 model = listed[0].id
             limit = asyncio.Semaphore(self.config.concurrency)
 
-            async def one(chat: list[dict[str, str]]) -> Reply | str:
+            async def one(chat: list[dict[str, str]]) -> Completion | str:
                 async with limit:
                     try:
                         response = await client.chat.completions.create(
@@ -164,10 +164,10 @@ class EndpointJudgeModel:
                 choice = response.choices[0]
                 content = choice.logprobs.content if choice.logprobs else None
                 tokens = [
-                    ReplyToken(t.token, {a.token: a.logprob for a in t.top_logprobs or []})
+                    TokenTop(t.token, {a.token: a.logprob for a in t.top_logprobs or []})
                     for t in content or []
                 ]
-                return Reply(choice.message.content or "", tokens or None)
+                return Completion(choice.message.content or "", tokens or None)
 
             return list(await asyncio.gather(*(one(chat) for chat in chats)))
 
