@@ -96,7 +96,7 @@ async def measure(url: str, concurrency: int, embedder: SentenceTransformerEmbed
         return None
 
     store = SqlJudgeStore(settings.database_url())
-    service, _ = build_service(
+    service = build_service(
         settings, endpoint=OpenAIChatEndpoint(client), embedder=embedder, store=store,
         publish=publish,
     )  # fmt: skip

@@ -1,5 +1,5 @@
 # syntax=docker/dockerfile:1
-# judge: LLM rubric and reference evaluators, pairwise judging, calibration.
+# judge: LLM rubric and reference evaluators, calibration.
 # Build from the repository root:
 #   docker build -f deploy/docker/judge.Dockerfile -t raftloop/judge .
 # The judge's model is remote (an OpenAI-compatible endpoint), but its near-duplicate check uses

@@ -414,8 +414,6 @@ def attack_values(victim: Tenant, text: str, password: str) -> dict[str, object]
         "question": QUESTION,
         # the trainer's regression set (issue #19): the intruder's text, so a write shows
         "items": [{"id": "intruder", "question": QUESTION, "answer": text}],
-        "answer_a": "47 days.",
-        "answer_b": "30 days.",
         "text": f"{text}: new guidelines",
         "password": password,
         "role": "admin",

@@ -215,9 +215,6 @@ def test_schema_fuzz_of_every_api_finds_no_server_errors(fleet: Fleet) -> None:
                     else f"Trainer `{ROLLBACK_ROUTE}` was fuzzed: the serving alias was never "
                     "promoted, so every rollback is refused (409)."
                 ),
-                "The judge's pairwise API answers 502 `judge_failed` when its model (here the "
-                "gateway's random tiny Llama) returns no usable verdict: an upstream failure "
-                "reported as such, counted apart.",
                 *(f"Unexpected 5xx: {f}" for f in failures[:20]),
             ],
         )

@@ -11,7 +11,7 @@ queries, its interaction, lease token, adapter and account names. The checks:
 - writes: what the victim sees of its objects with its own keys and session is the same
   afterwards, and never holds the intruder's text (feedback sent early included);
 - serving: no chat of one tenant is answered by the other's adapter;
-- no 5xx (except the judge's 502 when its tiny model gives no verdict).
+- no 5xx.
 
 Routes come from each app's OpenAPI document, so a new route is tried as soon as it exists; a
 route the rules cannot aim fails the test and says to classify it.
@@ -50,8 +50,9 @@ from raftloop_core.topics import Topic
 pytestmark = pytest.mark.integration
 COMMAND = "make reliability  # or: pytest tests/reliability/test_reliability_tenancy.py"
 CALLERS = ("client", "internal", "admin", "reviewer session", "admin session", "platform")
-# The judge's model (the gateway's random tiny Llama) may give no verdict: an upstream failure.
-EXPECTED_5XX = {("judge", "POST", "/v1/pairwise"): 502}
+# None now: the one there was, the judge's pairwise route (502 when its tiny model gave no
+# verdict), is gone; pairwise judging runs inside the trainer's evaluation job (#19).
+EXPECTED_5XX: dict[tuple[str, str, str], int] = {}
 # Where the attempts' events go, in order: each group must catch up before views are compared.
 DRAIN = (
     ("ingest-feedback", Topic.CHAT_FEEDBACK),

@@ -89,19 +89,14 @@ def stub_app(behaviour: str, latency_s: float = 0.0) -> FastAPI:
         if latency_s:
             await asyncio.sleep(latency_s)
         prompt = "\n".join(m["content"] for m in body["messages"])
-        pairwise = "answer A" in prompt
         score = honest_score(prompt)
         if behaviour == "gullible" and OBEY.search(prompt.split("<<DATA", 1)[-1]):
             score = 5
-        text = (
-            '{"winner": "A", "rationale": "A is better."}'
-            if pairwise
-            else f'{{"score": {score}, "rationale": "overlap based"}}'
-        )
+        text = f'{{"score": {score}, "rationale": "overlap based"}}'
         if behaviour == "garbage":
             text = "I think it is pretty good overall, maybe."
         logprobs = None
-        if behaviour in ("logprobs", "gullible") and body.get("logprobs") and not pairwise:
+        if behaviour in ("logprobs", "gullible") and body.get("logprobs"):
             logprobs = _logprobs(text, score, int(body.get("top_logprobs") or 5))
         return {
             "id": "chatcmpl-stub",

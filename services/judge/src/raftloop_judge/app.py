@@ -20,7 +20,7 @@ from raftloop_core.telemetry import dead_letter_policy
 from raftloop_core.topics import Topic
 from raftloop_judge import domain
 from raftloop_judge.consumer import BatchConsumer, CuratedBatchConsumer
-from raftloop_judge.evaluators import CallOptions, LimitedEndpoint, PairwiseJudge, RubricJudge
+from raftloop_judge.evaluators import CallOptions, LimitedEndpoint, RubricJudge
 from raftloop_judge.judge import Judge
 from raftloop_judge.reference import ReferenceEvaluator
 from raftloop_judge.reference_index import ReferenceIndex
@@ -41,8 +41,8 @@ def build_service(
     embedder: domain.Embedder,
     store: domain.JudgeStore,
     publish: object,
-) -> tuple[JudgeService, PairwiseJudge]:
-    """The judge and the pairwise judge sharing one bounded endpoint."""
+) -> JudgeService:
+    """The judge: its evaluators, their bounded endpoint, and the calibration policy."""
     rubrics = load_rubrics(settings.rubrics_dir, settings.criteria)
     version = domain.judge_version(
         settings.version_tag, settings.model or "default", rubrics_digest(rubrics)
@@ -67,8 +67,7 @@ def build_service(
     policy = CalibrationPolicy(
         settings.agreement_window, settings.calibration_min_labels, settings.calibration_refit_every
     )
-    service = JudgeService(judge, store, publish, policy)  # type: ignore[arg-type]
-    return service, PairwiseJudge(limited, options, version)
+    return JudgeService(judge, store, publish, policy)  # type: ignore[arg-type]
 
 
 def create_app(
@@ -79,7 +78,7 @@ def create_app(
     store: domain.JudgeStore,
     keys: KeyStore,
 ) -> FastAPI:
-    """The judge service: consumes ingested interactions and reviews, serves pairwise/agreement."""
+    """The judge service: consumes ingested interactions and reviews, serves agreement figures."""
     registry = CollectorRegistry()
     broker = make_broker(
         settings.kafka,
@@ -95,7 +94,7 @@ def create_app(
         )
         observe_judgement(event, judged, scores)
 
-    service, pairwise = build_service(
+    service = build_service(
         settings, endpoint=endpoint, embedder=embedder, store=store, publish=publish
     )
     policy = dead_letter_policy(broker)
@@ -155,7 +154,7 @@ def create_app(
         keys=keys,
         protect=settings.runtime.ops_protected,
     )
-    app.include_router(judge_router(keys, service, pairwise))
+    app.include_router(judge_router(keys, service))
     return app
 
 

@@ -15,6 +15,7 @@ from typing import Protocol
 from uuid import UUID
 
 from raftloop_core.events import CriterionScore, InteractionJudged
+from raftloop_core.pairwise import Completion
 
 JUDGEMENT_NAMESPACE = uuid.UUID("6c1f5d0e-5b7e-4a53-9d3c-2f4c1c3b7a10")
 SCALE_MIN, SCALE_MAX = 1.0, 5.0
@@ -26,22 +27,6 @@ REFERENCE_PAIRS: dict[str, str] = {
     "ref_agreement": "correctness",
 }
 REFERENCE_CRITERIA = tuple(REFERENCE_PAIRS)
-
-
-@dataclass(frozen=True)
-class TokenTop:
-    """One generated token and the log-probabilities of its top alternatives."""
-
-    token: str
-    top: dict[str, float]
-
-
-@dataclass(frozen=True)
-class Completion:
-    """What an endpoint returned: the text, and per-token logprobs when it gives them."""
-
-    text: str
-    tokens: list[TokenTop] | None = None
 
 
 class ChatEndpoint(Protocol):

@@ -1,4 +1,4 @@
-"""The evaluators: the LLM rubric judge, the pairwise judge, and the reference evaluators."""
+"""The LLM rubric judge and the bounded endpoint that every request to the judge model shares."""
 
 from __future__ import annotations
 
@@ -6,16 +6,16 @@ import asyncio
 import random
 import time
 from dataclasses import dataclass
-from typing import Literal
 
 import openai
 
 from raftloop_core.events import CriterionScore
+from raftloop_core.pairwise import Completion
 from raftloop_judge.backpressure import AdaptiveLimit, EndpointStalled
-from raftloop_judge.domain import ChatEndpoint, Completion
-from raftloop_judge.prompts import nonce_for, pairwise_messages, rubric_messages
+from raftloop_judge.domain import ChatEndpoint
+from raftloop_judge.prompts import nonce_for, rubric_messages
 from raftloop_judge.rubrics import Rubric
-from raftloop_judge.scoring import InvalidOutput, pairwise_preference, rubric_score
+from raftloop_judge.scoring import InvalidOutput, rubric_score
 
 
 class JudgeFailed(Exception):
@@ -140,91 +140,3 @@ class RubricJudge:
             f"{rubric.name}: no valid score after {self.options.attempts} attempts "
             f"(last: {errors[-1] if errors else 'none'})"
         )
-
-
-@dataclass(frozen=True)
-class PairwiseVerdict:
-    """A vs B, judged in both orders; an inconsistent pair is a tie."""
-
-    winner: Literal["a", "b", "tie"]
-    consistent: bool
-    preference_a: float
-    first_order: float
-    second_order: float
-
-
-def combine_orders(first: float, second_swapped: float, margin: float = 0.1) -> PairwiseVerdict:
-    """Combine P(A better) from order (A, B) with P(A better) from the swapped order."""
-
-    def side(p: float) -> str:
-        return "a" if p > 0.5 + margin else "b" if p < 0.5 - margin else "tie"
-
-    one, two = side(first), side(second_swapped)
-    consistent = one == two
-    winner = one if consistent else "tie"
-    return PairwiseVerdict(
-        winner=winner,  # type: ignore[arg-type]
-        consistent=consistent,
-        preference_a=round((first + second_swapped) / 2, 4),
-        first_order=round(first, 4),
-        second_order=round(second_swapped, 4),
-    )
-
-
-class PairwiseJudge:
-    """Which of two answers to one question is better, with position swap against bias."""
-
-    def __init__(self, endpoint: LimitedEndpoint, options: CallOptions, version: str) -> None:
-        self.endpoint = endpoint
-        self.options = options
-        self.version = version
-
-    async def _preference(self, **kwargs: object) -> float:
-        messages = pairwise_messages(**kwargs)  # type: ignore[arg-type]
-        errors: list[str] = []
-        for attempt in range(self.options.attempts):
-            completion = await self.endpoint.ask(messages, self.options, attempt)
-            try:
-                return pairwise_preference(completion)
-            except InvalidOutput as exc:
-                errors.append(str(exc))
-        raise JudgeFailed(
-            f"pairwise: no valid verdict after {self.options.attempts} attempts "
-            f"(last: {errors[-1] if errors else 'none'})"
-        )
-
-    async def compare(
-        self,
-        question: str,
-        answer_a: str,
-        answer_b: str,
-        *,
-        context: list[str] | None = None,
-        criterion: str = "overall quality",
-    ) -> PairwiseVerdict:
-        """Judge A vs B in both orders and combine.
-
-        Raises:
-            JudgeFailed: the model gave no usable verdict in one of the orders.
-        """
-        ctx = context or []
-        nonce = nonce_for(self.version, "pairwise")
-        first, second = await asyncio.gather(
-            self._preference(
-                question=question,
-                first=answer_a,
-                second=answer_b,
-                context=ctx,
-                criterion=criterion,
-                nonce=nonce,
-            ),
-            self._preference(
-                question=question,
-                first=answer_b,
-                second=answer_a,
-                context=ctx,
-                criterion=criterion,
-                nonce=nonce,
-            ),
-        )
-        return combine_orders(first, 1.0 - second)

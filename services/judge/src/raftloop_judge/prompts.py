@@ -62,25 +62,3 @@ def rubric_messages(
         {"role": "system", "content": SYSTEM.format(nonce=nonce)},
         {"role": "user", "content": user},
     ]
-
-
-def pairwise_messages(
-    *, question: str, first: str, second: str, context: list[str], criterion: str, nonce: str
-) -> list[dict[str, str]]:
-    """Chat messages that ask which of two answers is better."""
-    sections = [
-        ("question", question),
-        *_context_sections(context),
-        ("answer A", first),
-        ("answer B", second),
-    ]
-    user = (
-        f"Compare answer A and answer B to the question on {criterion}.\n\n"
-        f"{data_block(nonce, sections)}\n\n"
-        'Reply with only a JSON object: {"winner": "A" or "B" or "tie", '
-        '"rationale": "<one short sentence>"}'
-    )
-    return [
-        {"role": "system", "content": SYSTEM.format(nonce=nonce)},
-        {"role": "user", "content": user},
-    ]

@@ -5,15 +5,14 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
 
-from raftloop_judge.domain import Completion, TokenTop
+from raftloop_core.pairwise import Completion, TokenTop, label_of, label_position
 
 SCORE_TOKENS = {str(i): i for i in range(1, 6)}
-_STRIP = " \t\n\"':,{}"
 _JSON_OBJECT = re.compile(r"\{.*\}", re.DOTALL)
 
 
@@ -27,15 +26,6 @@ class RubricReply(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     score: StrictInt = Field(ge=1, le=5)
-    rationale: str = Field(default="", max_length=1000)
-
-
-class PairwiseReply(BaseModel):
-    """The structured reply the pairwise prompt asks for."""
-
-    model_config = ConfigDict(extra="ignore")
-
-    winner: Literal["A", "B", "tie"]
     rationale: str = Field(default="", max_length=1000)
 
 
@@ -56,26 +46,13 @@ class Distribution:
         return math.sqrt(sum(p * (SCORE_TOKENS[k] - mu) ** 2 for k, p in self.probs.items()))
 
 
-EARLY_TOKENS = 8
 MIN_FIRST_MASS = 0.02
 
 
-def _label_position(tokens: list[TokenTop], labels: set[str], after: str) -> int | None:
-    """Where the label was generated: after `after` (e.g. `"score":`), else early in the reply."""
-    text, first = "", None
-    for i, tok in enumerate(tokens):
-        if tok.token.strip(_STRIP) in labels:
-            if after in text.lower():
-                return i
-            first = i if first is None else first
-        text += tok.token
-    return first if first is not None and first < EARLY_TOKENS else None
-
-
-def _normalise(candidates: dict[str, float], labels: set[str]) -> Distribution | None:
+def _normalise(candidates: Mapping[str, float], labels: set[str]) -> Distribution | None:
     probs: dict[str, float] = {}
     for text, logprob in candidates.items():
-        label = text.strip(_STRIP)
+        label = label_of(text)
         if label in labels:
             probs[label] = probs.get(label, 0.0) + math.exp(logprob)
     mass = sum(probs.values())
@@ -85,7 +62,7 @@ def _normalise(candidates: dict[str, float], labels: set[str]) -> Distribution |
 
 
 def distribution(
-    tokens: list[TokenTop], labels: set[str], after: str, min_first_mass: float = MIN_FIRST_MASS
+    tokens: Sequence[TokenTop], labels: set[str], after: str, min_first_mass: float = MIN_FIRST_MASS
 ) -> Distribution | None:
     """Normalised probabilities of `labels` where the verdict was given, merging variants (' 4').
 
@@ -93,7 +70,7 @@ def distribution(
     is used if the labels carry at least `min_first_mass` there (what the model would have
     answered had it answered at once); otherwise there is no distribution.
     """
-    pos = _label_position(tokens, labels, after)
+    pos = label_position(tokens, labels, after)
     if pos is None:
         if not tokens:
             return None
@@ -148,22 +125,3 @@ def rubric_score(
     except ValidationError as exc:
         raise InvalidOutput(f"reply does not match {{score: 1-5, rationale}}: {exc}") from exc
     return float(reply.score), None, reply.rationale, "parsed"
-
-
-def pairwise_preference(completion: Completion) -> float:
-    """Probability that answer A is better (0.5 for a tie).
-
-    Raises:
-        InvalidOutput: no verdict could be read.
-    """
-    if completion.tokens:
-        dist = distribution(completion.tokens, {"A", "B"}, after="winner")
-        if dist is not None:
-            return dist.probs.get("A", 0.0)
-        if any(t.token.strip(_STRIP).lower() == "tie" for t in completion.tokens):
-            return 0.5
-    try:
-        reply = PairwiseReply.model_validate(parse_json(completion.text))
-    except ValidationError as exc:
-        raise InvalidOutput(f"reply does not match {{winner: A|B|tie}}: {exc}") from exc
-    return {"A": 1.0, "B": 0.0, "tie": 0.5}[reply.winner]

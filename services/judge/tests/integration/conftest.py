@@ -63,7 +63,7 @@ def make_service(
         **overrides,
     )
     published = Published()
-    service, _ = build_service(
+    service = build_service(
         settings,
         endpoint=OpenAIChatEndpoint(openai_client(base_url, key), settings.model),
         embedder=embedder,

@@ -13,7 +13,6 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-import httpx
 import pytest
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
@@ -21,7 +20,6 @@ from faststream.kafka import KafkaMessage
 from openai import AsyncOpenAI
 
 from raftloop_core.api import KeyStore
-from raftloop_core.credentials import ensure_dev_credentials
 from raftloop_core.events import InteractionJudged
 from raftloop_core.messaging import (
     ATTEMPTS_HEADER,
@@ -252,33 +250,3 @@ async def test_429_for_longer_than_the_stall_timeout_is_a_stall() -> None:
         limited = LimitedEndpoint(OpenAIChatEndpoint(client), 2, stall_timeout_s=1.0)
         with pytest.raises(EndpointStalled, match="JUDGE_STALL_TIMEOUT_S"):
             await limited.ask([{"role": "user", "content": "q"}], CallOptions(), 0)
-
-
-async def test_pairwise_route_answers_503_when_the_endpoint_stays_full(
-    kafka_settings: KafkaSettings,
-    unique: Callable[[str], str],
-    tmp_path: Path,
-    embedder: SentenceTransformerEmbedder,
-) -> None:
-    with serve(busy_endpoint(refusals=1_000)) as url:
-        settings = settings_for(kafka_settings, tmp_path, unique, url, stall_s=1.0)
-        app = create_app(
-            settings,
-            endpoint=OpenAIChatEndpoint(judge_client(settings, "test-key")),
-            embedder=embedder,
-            store=SqlJudgeStore(settings.database_url()),
-            keys=KeyStore.for_runtime(settings.runtime, None),
-        )
-        internal = ensure_dev_credentials(settings.runtime).api_keys["internal"]
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://judge") as http:
-            response = await http.post(
-                "/v1/pairwise",
-                json={"question": "How long?", "answer_a": "Five days.", "answer_b": "No idea."},
-                headers={"Authorization": f"Bearer {internal}"},
-            )
-
-    assert response.status_code == 503, response.text
-    error = response.json()["error"]
-    assert error["code"] == "endpoint_unavailable"
-    assert "EndpointStalled" in error["message"]

@@ -12,12 +12,11 @@ import pytest
 from raftloop_core.events import ChatMessage, Interaction, InteractionIngested, RetrievedChunk
 from raftloop_core.testing import sample_events
 from raftloop_core.topics import Topic
-from raftloop_judge.adapters import OpenAIChatEndpoint, SentenceTransformerEmbedder
-from raftloop_judge.evaluators import CallOptions, LimitedEndpoint, PairwiseJudge
+from raftloop_judge.adapters import SentenceTransformerEmbedder
 
 from ..endpoints import _distribution
 from ..unit.test_injection import ATTACKS
-from .conftest import make_service, openai_client
+from .conftest import make_service
 
 pytestmark = pytest.mark.integration
 
@@ -131,14 +130,3 @@ async def test_injection_set_barely_moves_scores_and_every_attempt_is_flagged(
     shift = statistics.mean(attacked) - statistics.mean(clean)
     print(f"injection shift on a gullible endpoint: {shift:+.3f} over {len(attacked)} pairs")  # noqa: T201
     assert abs(shift) <= 0.5
-
-
-async def test_pairwise_runs_both_orders_and_calls_position_bias_a_tie(
-    stubs: dict[str, str],
-) -> None:
-    # The stub always prefers whichever answer is shown first: a pure position bias.
-    endpoint = LimitedEndpoint(OpenAIChatEndpoint(openai_client(stubs["nologprobs"])), 4)
-    judge = PairwiseJudge(endpoint, CallOptions(), "v")
-    verdict = await judge.compare("How long?", "Five days.", "No idea.")
-    assert verdict.winner == "tie"
-    assert not verdict.consistent

@@ -2,9 +2,8 @@ import math
 
 import pytest
 
-from raftloop_judge.domain import Completion, TokenTop
-from raftloop_judge.evaluators import combine_orders
-from raftloop_judge.scoring import InvalidOutput, pairwise_preference, rubric_score
+from raftloop_core.pairwise import Completion, TokenTop
+from raftloop_judge.scoring import InvalidOutput, rubric_score
 
 
 def tokens(*pieces: str, at: int, dist: dict[str, float]) -> list[TokenTop]:
@@ -53,24 +52,6 @@ def test_structured_output_is_parsed_and_validated() -> None:
 def test_invalid_structured_output_is_rejected_not_guessed(text: str) -> None:
     with pytest.raises(InvalidOutput):
         rubric_score(Completion(text))
-
-
-def test_pairwise_reply_parsing() -> None:
-    assert pairwise_preference(Completion('{"winner": "A"}')) == 1.0
-    assert pairwise_preference(Completion('{"winner": "tie"}')) == 0.5
-    toks = tokens('{"', "winner", '":"', "B", at=3, dist={"B": 0.8, "A": 0.2})
-    assert pairwise_preference(Completion("", toks)) == pytest.approx(0.2)
-    with pytest.raises(InvalidOutput):
-        pairwise_preference(Completion('{"winner": "C"}'))
-
-
-def test_pairwise_orders_combine_and_inconsistency_is_a_tie() -> None:
-    assert combine_orders(0.9, 0.8).winner == "a"
-    assert combine_orders(0.1, 0.2).winner == "b"
-    verdict = combine_orders(0.9, 0.1)  # position bias: "first wins" both times
-    assert verdict.winner == "tie"
-    assert not verdict.consistent
-    assert verdict.preference_a == pytest.approx(0.5)
 
 
 def test_a_reply_without_an_early_score_uses_the_first_position_if_it_carries_enough_mass() -> None:
