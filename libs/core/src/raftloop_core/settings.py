@@ -122,11 +122,12 @@ class DatabaseSettings(BaseSettings):
 
     url: str | None = None
 
-    def resolve(self, runtime: RuntimeSettings, name: str) -> str:
-        """The SQLAlchemy URL to use; `name` picks the SQLite file when no URL is configured."""
+    def resolve(self, runtime: RuntimeSettings, service: str) -> str:
+        """The URL to open (`raftloop_core.db.make_engine`): `DATABASE_URL`, else the service's
+        SQLite file, `<data dir>/<service>/<service>.sqlite3`."""
         if self.url:
             return self.url
-        return f"sqlite:///{runtime.path('db', f'{name}.sqlite3').resolve()}"
+        return f"sqlite:///{runtime.path(service, f'{service}.sqlite3').resolve()}"
 
 
 MIN_SECRET_CHARS = 16

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 from uuid import UUID
 
@@ -16,19 +17,17 @@ from sqlalchemy import (
     String,
     Table,
     Text,
-    create_engine,
     delete,
-    event,
     insert,
-    inspect,
     select,
-    text,
     update,
 )
 
+from raftloop_core import db
 from raftloop_core.events import Feedback, Interaction
 from raftloop_ingest.domain import BatchState, PendingFeedback, StoredInteraction
 
+MIGRATIONS = Path(__file__).parent / "migrations"
 metadata = MetaData()
 
 interactions = Table(
@@ -76,34 +75,10 @@ documents = Table(
 
 
 def make_engine(url: str) -> Engine:
-    """A SQLAlchemy engine; SQLite files get WAL so a killed process loses no commit."""
-    engine = create_engine(url, pool_pre_ping=not url.startswith("sqlite"))
-    if engine.dialect.name == "sqlite":
-
-        @event.listens_for(engine, "connect")
-        def _pragmas(conn: Any, _: Any) -> None:
-            cur = conn.cursor()
-            cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute("PRAGMA synchronous=NORMAL")
-            cur.execute("PRAGMA busy_timeout=10000")
-            cur.close()
-
-    metadata.create_all(engine)
-    _add_missing_columns(engine)
+    """Ingest's engine (`raftloop_core.db`), its schema brought up to date."""
+    engine = db.make_engine(url)
+    db.migrate(engine, MIGRATIONS)
     return engine
-
-
-def _add_missing_columns(engine: Engine) -> None:
-    """Nullable columns added since a table was first created (create_all skips old tables)."""
-    have = {c["name"] for c in inspect(engine).get_columns(pending_feedback.name)}
-    if "tenant" in have:
-        return
-    # Replicas may start together on PostgreSQL; SQLite has one writer and no IF NOT EXISTS here.
-    guard = "IF NOT EXISTS " if engine.dialect.name == "postgresql" else ""
-    with engine.begin() as conn:
-        conn.execute(
-            text(f"ALTER TABLE {pending_feedback.name} ADD COLUMN {guard}tenant VARCHAR(64)")
-        )
 
 
 def _now() -> datetime:

@@ -100,7 +100,5 @@ class IngestSettings(HttpLimits):
         )
 
     def database_url(self) -> str:
-        """Where ingest keeps its state: `DATABASE_URL`, else `<data>/ingest/ingest.sqlite3`."""
-        if self.database.url:
-            return self.database.url
-        return f"sqlite:///{self.runtime.path('ingest', 'ingest.sqlite3').resolve()}"
+        """`DATABASE_URL`, else `<data dir>/ingest/ingest.sqlite3`."""
+        return self.database.resolve(self.runtime, "ingest")

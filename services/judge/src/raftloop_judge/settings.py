@@ -87,8 +87,5 @@ class JudgeSettings(HttpLimits):
     database: DatabaseSettings = Field(default_factory=DatabaseSettings)
 
     def database_url(self) -> str:
-        """SQLAlchemy URL of the judge's state: `DATABASE_URL`, else `<data dir>/judge/`."""
-        if self.database.url:
-            return self.database.url
-        path = self.runtime.path("judge", "judge.sqlite3").resolve()
-        return f"sqlite:///{path}"
+        """`DATABASE_URL`, else `<data dir>/judge/judge.sqlite3`."""
+        return self.database.resolve(self.runtime, "judge")

@@ -5,15 +5,18 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 from uuid import UUID
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
+from raftloop_core import db
 from raftloop_core.events import InteractionJudged
 from raftloop_judge.domain import LabelRecord, Reference
 
+MIGRATIONS = Path(__file__).parent / "migrations"
 metadata = sa.MetaData()
 
 processed = sa.Table(
@@ -62,28 +65,16 @@ calibrators = sa.Table(
 )
 
 
-def _sqlite_pragmas(conn: Any, _: Any) -> None:
-    # WAL lets readers run beside the writer; NORMAL sync is durable across process crashes.
-    cursor = conn.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.execute("PRAGMA busy_timeout=5000")
-    cursor.close()
-
-
 def _now() -> datetime:
     return datetime.now(UTC)
 
 
 class SqlJudgeStore:
-    """Implements `JudgeStore` with SQLAlchemy Core (tables are created on first use)."""
+    """Implements `JudgeStore` with SQLAlchemy Core (its schema: Alembic, `migrations/`)."""
 
     def __init__(self, url: str) -> None:
-        self.engine = sa.create_engine(url, pool_pre_ping=True)
-        if self.engine.dialect.name == "sqlite":
-            sa.event.listen(self.engine, "connect", _sqlite_pragmas)
-        metadata.create_all(self.engine)
-        _add_label_tenants(self.engine)
+        self.engine = db.make_engine(url)
+        db.migrate(self.engine, MIGRATIONS)
 
     def close(self) -> None:
         """Release connections."""
@@ -229,17 +220,3 @@ def _reference(row: Any) -> Reference:
     return Reference(
         row.reference_id, row.tenant, row.question, row.answer, json.loads(row.embedding), at
     )
-
-
-def _add_label_tenants(engine: sa.Engine) -> None:
-    """Add the labels' tenant column to a table created before it, filled from the payloads."""
-    if "tenant" in {c["name"] for c in sa.inspect(engine).get_columns(labels.name)}:
-        return
-    # Replicas may start together on PostgreSQL; SQLite has one writer and no IF NOT EXISTS here.
-    guard = "IF NOT EXISTS " if engine.dialect.name == "postgresql" else ""
-    with engine.begin() as conn:
-        conn.execute(sa.text(f"ALTER TABLE {labels.name} ADD COLUMN {guard}tenant VARCHAR(64)"))
-        rows = conn.execute(sa.select(labels.c.id, labels.c.payload)).all()
-        for row in rows:
-            tenant = json.loads(row.payload).get("slices", {}).get("tenant")
-            conn.execute(labels.update().where(labels.c.id == row.id).values(tenant=tenant))
