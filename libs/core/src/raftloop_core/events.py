@@ -242,6 +242,11 @@ class ExampleCurated(Event):
     base_model: str
     adapter_id: AdapterId | None = None
     flags: list[Flag] = Field(default_factory=list)
+    rejected_answer: str | None = Field(
+        default=None,
+        description="For a correction: the model's answer that the reviewer replaced (the "
+        "rejected side of a preference pair whose chosen side is `answer`); None otherwise.",
+    )
 
 
 class DocumentSubmitted(Event):

@@ -150,7 +150,8 @@ def curated_example(
     """The training example an item yields once all its reviews are in, or None.
 
     A majority of reviewers must approve or correct it; the latest such decision supplies the
-    answer and oracle chunks. Flags are carried along so the trainer can see them.
+    answer and oracle chunks. Flags are carried along so the trainer can see them. When that
+    decision is a correction, the served answer it replaced goes along as `rejected_answer`.
     """
     accepted = [d for d in decisions if d.action in ("approved", "corrected")]
     rejected = [d for d in decisions if d.action == "rejected"]
@@ -178,6 +179,8 @@ def curated_example(
         base_model=interaction.base_model,
         adapter_id=interaction.adapter_id,
         flags=[*interaction.flags, *event.judgement.flags],
+        # The trainer pairs the correction (chosen) with what the model said (rejected).
+        rejected_answer=interaction.answer if chosen.action == "corrected" else None,
     )
 
 

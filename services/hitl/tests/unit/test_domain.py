@@ -89,11 +89,20 @@ def test_curated_example_carries_oracle_chunks_flags_and_lineage() -> None:
     assert example.flags == event.interaction.flags
     assert example.judge_version == event.judgement.judge_version
     assert example.question == event.interaction.question
+    assert example.rejected_answer == event.interaction.answer  # what the correction replaced
     again = domain.curated_example(
         event, [decision("corrected", "Five days.", ("doc-2#0",))], revision=1
     )
     assert again is not None
     assert again.event_id == example.event_id  # deterministic: a re-send is recognisable
+
+
+def test_an_approval_carries_no_rejected_answer() -> None:
+    event = judged(p=0.3)
+    example = domain.curated_example(event, [decision("approved")], revision=1)
+    assert example is not None
+    assert example.answer == event.interaction.answer
+    assert example.rejected_answer is None
 
 
 def test_no_example_without_a_majority_of_approvals() -> None:
