@@ -29,6 +29,7 @@ from raftloop_core.telemetry import instrument_broker
 from raftloop_core.topics import Topic
 from raftloop_trainer.adapters import EventSink, RunInProgress
 from raftloop_trainer.domain import BUSY, NotStarted, Started, due_reason
+from raftloop_trainer.preference import pair_refusal
 from raftloop_trainer.routes import build_router, regression_router
 from raftloop_trainer.runner import NothingToTrain, Runner
 from raftloop_trainer.settings import TrainerSettings
@@ -122,6 +123,12 @@ def _subscribe(
         ["outcome"],
         registry=metrics,
     )
+    pairs = Counter(
+        "raftloop_trainer_pairs_total",
+        "Preference pairs of corrected examples, stored or refused (equal answers).",
+        ["outcome"],
+        registry=metrics,
+    )
 
     subscriber = broker.subscriber(
         Topic.EXAMPLE_CURATED, **consumer_options(settings.kafka, group_id="trainer")
@@ -132,6 +139,9 @@ def _subscribe(
         """dataset.example.curated -> the dataset (idempotent on example id and content)."""
         outcome = await asyncio.to_thread(scheduler.runner.store.add, event)
         received.labels(outcome).inc()
+        if outcome == "added" and event.rejected_answer is not None:
+            refused = pair_refusal(event.source, event.answer, event.rejected_answer)
+            pairs.labels("refused" if refused else "stored").inc()
         log.info(
             "curated example received",
             extra={

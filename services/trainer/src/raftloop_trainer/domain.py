@@ -57,6 +57,9 @@ class TriggerPolicy:
     min_holdout_items: int = 0
     """A run waits until the tenant's hold-out can give the gate enough evidence (the service
     sets TRAINER_MIN_HOLDOUT_ITEMS, 20 by default)."""
+    min_pairs: int = 0
+    """A run waits for this many preference pairs (TRAINER_MIN_PAIRS under the `dpo` recipe,
+    which has nothing else to train on)."""
 
 
 @dataclass(frozen=True)
@@ -69,6 +72,8 @@ class PendingData:
     oldest_new_at: datetime | None
     holdout_examples: int = 0
     """Every held-out example the tenant has for the base model (they accumulate across runs)."""
+    pairs: int = 0
+    """Every preference pair the tenant can train on for the base model (held-out ones aside)."""
 
 
 BUSY = (
@@ -105,7 +110,18 @@ def due_reason(pending: PendingData, policy: TriggerPolicy, now: datetime) -> st
         reason = f"new examples waiting longer than {policy.max_age}"
     else:
         return None
-    return None if holdout_shortfall(pending, policy) else reason
+    return None if waiting_for(pending, policy) else reason
+
+
+def waiting_for(pending: PendingData, policy: TriggerPolicy) -> str | None:
+    """Why a due run waits for more data (hold-out items, or pairs for `dpo`), or None."""
+    held = holdout_shortfall(pending, policy)
+    if held or pending.pairs >= policy.min_pairs:
+        return held
+    return (
+        f"the tenant has {pending.pairs} of the {policy.min_pairs} preference pairs the dpo "
+        "recipe needs (TRAINER_MIN_PAIRS); pairs come from corrections in the review UI"
+    )
 
 
 def holdout_shortfall(pending: PendingData, policy: TriggerPolicy) -> str | None:

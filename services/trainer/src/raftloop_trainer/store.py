@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -20,6 +21,17 @@ from raftloop_trainer.domain import (
     is_holdout,
     regression_set_problem,
 )
+from raftloop_trainer.preference import pair_refusal
+from raftloop_trainer.preference_store import (
+    count_pairs,
+    insert_pair,
+    pair_lineage,
+    pair_metadata,
+    record_training,
+    train_pair_rows,
+)
+
+log = logging.getLogger(__name__)
 
 metadata = sa.MetaData()
 
@@ -105,11 +117,15 @@ LINEAGE = (
 
 @dataclass(frozen=True)
 class Snapshot:
-    """The examples of one run, split, and the highest sequence number they include."""
+    """The examples of one run, split, and the highest sequence number they include.
+
+    `pairs` are the preference pairs of the training examples (`preference_store`'s rows).
+    """
 
     train: list[dict[str, Any]]
     holdout: list[dict[str, Any]]
     max_seq: int
+    pairs: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -127,18 +143,22 @@ class DatasetStore:
         self.engine = sa.create_engine(url, future=True)
         self.holdout_fraction = holdout_fraction
         metadata.create_all(self.engine)
+        pair_metadata.create_all(self.engine)
 
     def add(self, event: ExampleCurated) -> AddResult:
-        """Store an example once; redelivery (same id) and duplicates (same content) are skipped."""
+        """Store an example once; redelivery (same id) and duplicates (same content) are skipped.
+
+        A correction's rejected answer is stored with it as a preference pair, unless
+        `preference.pair_refusal` gives a reason not to (logged; the example still counts).
+        """
         key = content_key(event.tenant, event.base_model, event.question, event.answer)
+        split = "holdout" if is_holdout(str(event.example_id), self.holdout_fraction) else "train"
         row = {
             "example_id": str(event.example_id),
             "content_key": key,
             "tenant": event.tenant,
             "base_model": event.base_model,
-            "split": (
-                "holdout" if is_holdout(str(event.example_id), self.holdout_fraction) else "train"
-            ),
+            "split": split,
             "question": event.question,
             "answer": event.answer,
             "messages": json.dumps([m.model_dump() for m in event.messages]),
@@ -164,7 +184,43 @@ class DatasetStore:
                 conn.execute(examples.insert().values(**row))
             except IntegrityError:
                 return "duplicate"  # a concurrent insert of the same example won
+            self._add_pair(conn, event, split)
         return "added"
+
+    @staticmethod
+    def _add_pair(conn: sa.Connection, event: ExampleCurated, split: str) -> None:
+        if event.rejected_answer is None:
+            return
+        refused = pair_refusal(event.source, event.answer, event.rejected_answer)
+        if refused:
+            log.warning(
+                "preference pair refused",
+                extra={
+                    "example_id": str(event.example_id),
+                    "interaction_id": str(event.interaction_id),
+                    "tenant": event.tenant,
+                    "reason": refused,
+                },
+            )
+            return
+        insert_pair(conn, event, split)
+
+    def count_pairs(self, tenant: str, base_model: str) -> int:
+        """How many preference pairs a tenant can train on for a base model."""
+        with self.engine.connect() as conn:
+            return count_pairs(conn, tenant, base_model)
+
+    def pairs(self, tenant: str) -> list[dict[str, Any]]:
+        """A tenant's preference pairs with their lineage and the dataset versions trained in."""
+        with self.engine.connect() as conn:
+            return pair_lineage(conn, tenant)
+
+    def record_pair_training(
+        self, run_id: str, dataset_version: str, example_ids: Sequence[str]
+    ) -> None:
+        """Record that a run's preference stage trained on the pairs of these examples."""
+        with self.engine.begin() as conn:
+            record_training(conn, run_id, dataset_version, example_ids)
 
     def count(self, tenant: str, base_model: str) -> int:
         """How many examples a tenant has for a base model."""
@@ -210,7 +266,10 @@ class DatasetStore:
                     )
                 ).scalar_one()
                 oldest_at = oldest.replace(tzinfo=UTC) if oldest and not oldest.tzinfo else oldest
-                out.append(PendingData(tenant, base_model, int(new), oldest_at, int(held)))
+                trainable_pairs = count_pairs(conn, tenant, base_model)
+                out.append(
+                    PendingData(tenant, base_model, int(new), oldest_at, int(held), trainable_pairs)
+                )
         return out
 
     def snapshot(self, tenant: str, base_model: str) -> Snapshot:
@@ -221,6 +280,7 @@ class DatasetStore:
                 .where(examples.c.tenant == tenant, examples.c.base_model == base_model)
                 .order_by(examples.c.seq)
             ).all()
+            pair_rows = train_pair_rows(conn, tenant, base_model)
         train: list[dict[str, Any]] = []
         holdout: list[dict[str, Any]] = []
         for row in rows:
@@ -228,7 +288,7 @@ class DatasetStore:
             data["messages"] = json.loads(data["messages"])
             data["oracle_chunks"] = json.loads(data["oracle_chunks"])
             (holdout if row.split == "holdout" else train).append(data)
-        return Snapshot(train, holdout, max((r.seq for r in rows), default=0))
+        return Snapshot(train, holdout, max((r.seq for r in rows), default=0), pair_rows)
 
     def start_run(
         self, run_id: str, tenant: str, base_model: str, trigger: str, max_seq: int

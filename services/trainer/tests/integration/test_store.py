@@ -206,3 +206,58 @@ def test_concurrent_replacements_never_mix_two_sets(store: DatasetStore) -> None
         with ThreadPoolExecutor(2) as pool:
             list(pool.map(put, [barrier, barrier], sets))
         assert store.regression_items("acme") in sets
+
+
+def correction(
+    question: str, answer: str, rejected: str, *, tenant: str = "acme"
+) -> ExampleCurated:
+    """A corrected example kept for training (its id is not in the hold-out)."""
+    event = curated(question, answer, tenant=tenant)
+    while is_holdout(str(event.example_id)):
+        event = curated(question, answer, tenant=tenant)
+    return event.model_copy(update={"rejected_answer": rejected})
+
+
+def test_corrections_keep_their_pair_with_lineage_per_tenant(store: DatasetStore) -> None:
+    event = correction("How long do refunds take?", "Five days.", "About a week.")
+    assert store.add(event) == "added"
+    assert store.add(event) == "redelivered"
+    assert store.add(correction("When is support open?", "Mondays.", "Mondays.")) == "added"
+    approved = curated("Where is the reset?", "The account page.").model_copy(
+        update={"source": "approved"}
+    )
+    assert store.add(approved) == "added"
+    other = correction("How long do refunds take?", "Five days.", "Never.", tenant="other")
+    assert store.add(other) == "added"
+    # Three examples count; one pair: the equal one is refused, the approval has none.
+    assert store.count("acme", "tiny") == 3
+    assert store.count_pairs("acme", "tiny") == 1
+    [pending] = [p for p in store.pending() if p.tenant == "acme"]
+    assert pending.pairs == 1
+    snap = store.snapshot("acme", "tiny")
+    [pair] = snap.pairs
+    assert pair == {
+        "example_id": str(event.example_id),
+        "interaction_id": str(event.interaction_id),
+        "review_id": str(event.review_id),
+        "rejected_answer": "About a week.",
+    }
+    version = dataset_version(snap.train + snap.holdout + snap.pairs)
+    store.record_pair_training("run-1", version, [pair["example_id"]])
+    [lineage] = store.pairs("acme")
+    assert lineage["example_id"] == str(event.example_id)
+    assert lineage["trained_in"] == [{"run_id": "run-1", "dataset_version": version}]
+    [theirs] = store.pairs("other")
+    assert theirs["rejected_answer"] == "Never."
+    assert theirs["trained_in"] == []
+
+
+def test_a_held_out_correction_keeps_its_pair_out_of_training(store: DatasetStore) -> None:
+    event = curated("How long do refunds take?", "Five days.")
+    while not is_holdout(str(event.example_id)):
+        event = curated("How long do refunds take?", "Five days.")
+    store.add(event.model_copy(update={"rejected_answer": "About a week."}))
+    assert store.count_pairs("acme", "tiny") == 0
+    assert store.snapshot("acme", "tiny").pairs == []
+    [pair] = store.pairs("acme")
+    assert pair["split"] == "holdout"
