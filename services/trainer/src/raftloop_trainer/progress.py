@@ -32,11 +32,18 @@ def read_progress(path: Path) -> dict[str, Any] | None:
 
 
 class ProgressCallback(TrainerCallback):
-    """Logs each optimisation step and keeps `progress.json` current."""
+    """Logs each optimisation step and keeps `progress.json` current.
 
-    def __init__(self, path: Path, *, resumed_from: str | None = None) -> None:
+    `stage` (e.g. `dpo`) goes into every record when set: a recipe's later stage writes the same
+    file, and the status shows which stage the step belongs to.
+    """
+
+    def __init__(
+        self, path: Path, *, resumed_from: str | None = None, stage: str | None = None
+    ) -> None:
         self.path = path
         self.resumed_from = resumed_from
+        self.stage = stage
         self.started = time.monotonic()
         self.first_step: int | None = None
 
@@ -62,6 +69,8 @@ class ProgressCallback(TrainerCallback):
             "resumed_from": self.resumed_from,
             "updated_at": time.time(),
         }
+        if self.stage:
+            progress["stage"] = self.stage
         write_json_atomic(self.path, progress)
         log.info("training step", extra=progress)
 

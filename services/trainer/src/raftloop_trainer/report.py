@@ -104,6 +104,42 @@ def data_summary(
     }
 
 
+def preference_metrics(stages: Mapping[str, Any] | None) -> dict[str, float]:
+    """`train.dpo.{pairs,skipped,steps,reward_margin}` of a recipe with a preference stage.
+
+    `skipped` is 1.0 when the DPO stage did not run (too few pairs); nothing for `sft`.
+    """
+    if not stages:
+        return {}
+    dpo = stages.get("dpo") or {}
+    out = {
+        "train.dpo.pairs": float(dpo.get("pairs", 0)),
+        "train.dpo.skipped": 0.0 if dpo.get("state") == "done" else 1.0,
+    }
+    if dpo.get("state") == "done":
+        out["train.dpo.steps"] = float(dpo["steps"])
+        if dpo.get("last_reward_margin") is not None:
+            out["train.dpo.reward_margin"] = float(dpo["last_reward_margin"])
+    return out
+
+
+def _preference_lines(stages: Mapping[str, Any] | None) -> list[str]:
+    if not stages:
+        return []
+    dpo = stages.get("dpo") or {}
+    head = f"Recipe `{stages.get('recipe')}`:"
+    if dpo.get("state") == "done":
+        margin = dpo.get("last_reward_margin")
+        shown = "n/a" if margin is None else f"{margin:+.4f}"
+        return [
+            "",
+            f"{head} DPO on {dpo['pairs']} preference pairs from the {dpo['from']} "
+            f"(beta {dpo['beta']}, {dpo['steps']} steps, last reward margin {shown}).",
+        ]
+    why = dpo.get("reason") or "no stage summary was written"
+    return ["", f"{head} **DPO stage skipped**: {why}."]
+
+
 NO_REGRESSION_SET = "no regression set for this tenant: PUT /v1/admin/regression"
 
 
@@ -188,6 +224,7 @@ def markdown(payload: Mapping[str, Any]) -> str:
     lines.append(f"Baseline: `{payload['baseline']}`; candidate: `{payload['candidate']}`.")
     lines += _data_lines(payload.get("data"))
     lines += _regression_lines(payload.get("regression"))
+    lines += _preference_lines(payload.get("preference"))
     decision = payload.get("decision")
     if decision:
         verdict = "PROMOTE" if decision["promote"] else "REJECT"

@@ -27,7 +27,7 @@ from raftloop_trainer.domain import (
     NotStarted,
     RegressionItem,
     duplicate_ids,
-    holdout_shortfall,
+    waiting_for,
 )
 from raftloop_trainer.settings import TrainerSettings
 from raftloop_trainer.store import DatasetStore, RegressionSet
@@ -129,6 +129,7 @@ def _status_route(
             "busy": scheduler.busy,
             "auto_train": settings.auto_train,
             "threshold": threshold,
+            "recipe": settings.recipe,
             "pending": [
                 {
                     "tenant": p.tenant,
@@ -137,7 +138,9 @@ def _status_route(
                     "threshold": threshold,
                     "holdout_examples": p.holdout_examples,
                     "min_holdout_items": policy.min_holdout_items,
-                    "waiting_for": holdout_shortfall(p, policy),
+                    "waiting_for": waiting_for(p, policy),
+                    "pairs": p.pairs,
+                    "min_pairs": settings.min_pairs,
                 }
                 for p in pending
                 if p.base_model == runner.base_model and p.tenant == caller.tenant

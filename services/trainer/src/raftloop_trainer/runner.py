@@ -40,17 +40,19 @@ from raftloop_trainer.evaluate import (
     holdout_items,
     pairwise_summary,
 )
+from raftloop_trainer.preference import build_pairs, write_pairs
 from raftloop_trainer.progress import read_progress, write_json_atomic
 from raftloop_trainer.report import (
     data_summary,
     flat_metrics,
     pairwise_metrics,
+    preference_metrics,
     regression_summary,
     report_payload,
     write_report,
 )
 from raftloop_trainer.settings import TrainerSettings
-from raftloop_trainer.train import ADAPTER_DIR, PROGRESS_FILE, TrainConfig
+from raftloop_trainer.train import ADAPTER_DIR, PROGRESS_FILE, STAGES_FILE, TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +113,14 @@ class Runner:
                 f"no training examples for tenant {tenant!r} and {self.base_model}; "
                 "curate some in the review UI first"
             )
-        version = dataset_version(snap.train + snap.holdout)
+        if self.settings.recipe == "dpo" and len(snap.pairs) < self.settings.min_pairs:
+            raise NothingToTrain(
+                f"TRAINER_RECIPE is dpo and tenant {tenant!r} has {len(snap.pairs)} preference "
+                f"pairs of the {self.settings.min_pairs} it needs (TRAINER_MIN_PAIRS); pairs come "
+                "from corrections in the review UI"
+            )
+        pair_rows = [{"pair_of": p["example_id"], **p} for p in snap.pairs]
+        version = dataset_version(snap.train + snap.holdout + pair_rows)
         run_id = f"run-{uuid.uuid4().hex[:12]}"
         job_dir = self._job_dir(version)
         self.current = {"run_id": run_id, "tenant": tenant, "job_dir": str(job_dir)}
@@ -144,6 +153,9 @@ class Runner:
 
     def _job_dir(self, version: str) -> Path:
         params = self.settings.lora.model_dump_json() + f"{self.settings.p_oracle}"
+        if self.settings.recipe != "sft":  # an sft job keeps the folder it had before recipes
+            params += self.settings.recipe + self.settings.dpo.model_dump_json()
+            params += f"{self.settings.min_pairs}"
         key = hashlib.sha256(params.encode()).hexdigest()[:8]
         return self.settings.state_dir / "jobs" / f"{version[:16]}-{key}"
 
@@ -157,17 +169,57 @@ class Runner:
             snapshot.write_text("".join(json.dumps(r, default=str) + "\n" for r in rows))
         examples = job_dir / "train.jsonl"
         if not examples.exists():
+            sources = sources_from_rows(snap.train)
             built = await asyncio.to_thread(
                 build_set,
-                sources_from_rows(snap.train),
+                sources,
                 self.distractors,
                 k=self.settings.distractors,
                 p_oracle=self.settings.p_oracle,
                 seed=self.settings.lora.seed,
                 tenant=tenant,
             )
+            if self.settings.recipe != "sft":
+                # Pairs share their SFT example's prompt; written first, so that a train.jsonl
+                # on disk means both are there.
+                pairs = build_pairs(built, sources, {p["example_id"]: p for p in snap.pairs})
+                write_pairs(job_dir / "pairs.tmp.jsonl", pairs).rename(job_dir / "pairs.jsonl")
             write_examples(job_dir / "train.tmp.jsonl", built).rename(examples)
         return snapshot, examples
+
+    def _train_config(self, examples: Path, job_dir: Path) -> TrainConfig:
+        preference = self.settings.recipe != "sft"
+        return TrainConfig(
+            base_model_dir=self.base_model_dir,
+            examples_path=examples,
+            output_dir=job_dir,
+            params=self.settings.lora,
+            device=self.settings.device,
+            recipe=self.settings.recipe,
+            pairs_path=job_dir / "pairs.jsonl" if preference else None,
+            dpo=self.settings.dpo,
+            min_pairs=self.settings.min_pairs,
+        )
+
+    async def _preference_stage(
+        self, run_id: str, version: str, job_dir: Path
+    ) -> dict[str, Any] | None:
+        """What the job's preference stage did (None for `sft`); records the pairs it trained."""
+        if self.settings.recipe == "sft":
+            return None
+        stages = read_progress(job_dir / STAGES_FILE)
+        if stages is None:
+            return {"recipe": self.settings.recipe, "dpo": {"state": "unknown"}}
+        dpo = stages.get("dpo") or {}
+        log.info(
+            "preference stage", extra={"run_id": run_id, **{f"dpo_{k}": v for k, v in dpo.items()}}
+        )
+        if dpo.get("state") == "done":
+            pairs_file = job_dir / "pairs.jsonl"
+            text = await asyncio.to_thread(pairs_file.read_text)
+            ids = [json.loads(line)["example_id"] for line in text.splitlines() if line.strip()]
+            await asyncio.to_thread(self.store.record_pair_training, run_id, version, ids)
+        return stages
 
     async def _train_and_gate(
         self, run_id: str, tenant: str, version: str, snap: Any, job_dir: Path
@@ -175,13 +227,7 @@ class Runner:
         _, examples = await self._prepare(snap, job_dir, tenant)
         adapter_dir = job_dir / ADAPTER_DIR
         if not (adapter_dir / "adapter_model.safetensors").exists():
-            config = TrainConfig(
-                base_model_dir=self.base_model_dir,
-                examples_path=examples,
-                output_dir=job_dir,
-                params=self.settings.lora,
-                device=self.settings.device,
-            )
+            config = self._train_config(examples, job_dir)
             (job_dir / "train_config.json").write_text(config.model_dump_json(indent=2))
             await run_job(
                 "raftloop_trainer.train", job_dir / "train_config.json", job_dir / "train.log"
@@ -195,7 +241,8 @@ class Runner:
             hyperparameters=_flat_params(self.settings),
         )
         adapter_id = await asyncio.to_thread(self.registry.add, adapter_dir, card)
-        return await self._gate(run_id, tenant, version, snap, adapter_id)
+        preference = await self._preference_stage(run_id, version, job_dir)
+        return await self._gate(run_id, tenant, version, snap, adapter_id, preference)
 
     async def eval_items(self, snap: Any, tenant: str) -> tuple[list[EvalItem], dict[str, Any]]:
         """The hold-out items (oracle always shown) and the tenant's own regression items.
@@ -260,7 +307,13 @@ class Runner:
         return json.loads((run_dir / SCORES_FILE).read_text()), not_judged
 
     async def _gate(
-        self, run_id: str, tenant: str, version: str, snap: Any, adapter_id: str
+        self,
+        run_id: str,
+        tenant: str,
+        version: str,
+        snap: Any,
+        adapter_id: str,
+        preference: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         run_dir = self.settings.state_dir / "runs" / run_id
         lineup = self._lineup(tenant, adapter_id)
@@ -291,6 +344,7 @@ class Runner:
                 "data": data_summary(snap.train, snap.holdout),
                 "regression": regression,
                 "error_analysis": errors,
+                **({"preference": preference} if preference is not None else {}),
             },
         )
         report = write_report(run_dir, payload)
@@ -303,6 +357,7 @@ class Runner:
             "metrics": metrics,
         }
         finished = metrics | error_counts(errors, "candidate")  # the ops timeline shows these
+        finished |= preference_metrics(preference)
         await self._announce(common, snap, adapter_id, decision, report, finished)
         return {
             "run_id": run_id,
@@ -380,4 +435,8 @@ def _flat_params(settings: TrainerSettings) -> dict[str, float | int | str | boo
     out["target_modules"] = ",".join(params["target_modules"])
     out["p_oracle"] = settings.p_oracle
     out["distractors"] = settings.distractors
+    if settings.recipe != "sft":
+        out["recipe"] = settings.recipe
+        out |= {f"dpo_{k}": v for k, v in settings.dpo.model_dump().items()}
+        out["min_pairs"] = settings.min_pairs
     return out

@@ -17,7 +17,8 @@ from raftloop_trainer.domain import (
     TriggerPolicy,
 )
 from raftloop_trainer.judging import JudgeConfig
-from raftloop_trainer.train import LoraParams
+from raftloop_trainer.preference import Recipe
+from raftloop_trainer.train import DpoParams, LoraParams
 
 CPU_DEFAULT_LORA = LoraParams(
     epochs=3.0,
@@ -69,6 +70,18 @@ class TrainerSettings(HttpLimits):
     p_oracle: float = Field(default=0.8, ge=0.0, le=1.0)
     lora: LoraParams = Field(default_factory=lambda: CPU_DEFAULT_LORA)
     device: str = Field(default="auto", description="auto, cpu or cuda.")
+    recipe: Recipe = Field(
+        default="sft",
+        description="sft: supervised LoRA on curated answers; sft+dpo: then DPO on reviewers' "
+        "correction pairs from the SFT adapter; dpo: DPO only, from the base model.",
+    )
+    min_pairs: int = Field(
+        default=8, ge=1, description="Preference pairs below which the DPO stage is skipped."
+    )
+    dpo: DpoParams = Field(
+        default_factory=DpoParams,
+        description="JSON: beta, learning_rate, epochs, max_steps, batch_size, save_steps.",
+    )
 
     min_new_examples: int = Field(default=50, ge=1, description="New examples that start a run.")
     max_age_hours: float | None = Field(default=24.0, gt=0)
@@ -146,6 +159,7 @@ class TrainerSettings(HttpLimits):
             min_new_examples=self.min_new_examples,
             max_age=age,
             min_holdout_items=self.min_holdout_items,
+            min_pairs=self.min_pairs if self.recipe == "dpo" else 0,
         )
 
     def gate_policy(self) -> GatePolicy:

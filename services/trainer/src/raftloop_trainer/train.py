@@ -4,6 +4,11 @@
 service's consumer stays live. It resumes from the last checkpoint in `<output_dir>/checkpoints`
 when one exists (a killed run starts where it stopped), writes progress (step, loss, eta) to the
 log and to `<output_dir>/progress.json`, and saves the adapter to `<output_dir>/adapter`.
+
+The recipe (`TrainConfig.recipe`) adds a preference stage (`raftloop_trainer.dpo`): `sft+dpo`
+trains SFT into `<output_dir>/sft-adapter`, then DPO on the pairs from there; `dpo` trains DPO
+from the base model. Each stage resumes on its own, and `<output_dir>/stages.json` says what
+each stage did (a DPO stage with fewer than `min_pairs` pairs is skipped, and says why).
 """
 
 from __future__ import annotations
@@ -20,12 +25,15 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from raftloop_trainer.encoding import encode_example, pad_batch
+from raftloop_trainer.preference import Recipe
 
 log = logging.getLogger("raftloop_trainer.train")
 
 ADAPTER_DIR = "adapter"
+SFT_ADAPTER_DIR = "sft-adapter"
 CHECKPOINT_DIR = "checkpoints"
 PROGRESS_FILE = "progress.json"
+STAGES_FILE = "stages.json"
 
 
 class LoraParams(BaseModel):
@@ -53,6 +61,21 @@ class LoraParams(BaseModel):
     save_steps: int = Field(default=10, ge=1)
 
 
+class DpoParams(BaseModel):
+    """The preference (DPO) stage's own hyper-parameters; LoRA shape and length come from LoRA."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    beta: float = Field(default=0.1, gt=0, description="How far DPO may move from the reference.")
+    learning_rate: float = Field(default=2e-4, gt=0)
+    epochs: float = Field(default=2.0, gt=0)
+    max_steps: int = Field(default=-1, description="Overrides epochs when positive.")
+    batch_size: int = Field(default=2, ge=1, description="Pairs per step (two sequences each).")
+    grad_accum: int = Field(default=1, ge=1)
+    warmup_steps: int = Field(default=0, ge=0)
+    save_steps: int = Field(default=10, ge=1)
+
+
 class TrainConfig(BaseModel):
     """Everything one training job needs; written as JSON next to its outputs."""
 
@@ -63,6 +86,12 @@ class TrainConfig(BaseModel):
     output_dir: Path
     params: LoraParams = Field(default_factory=LoraParams)
     device: str = Field(default="auto", description="auto, cpu or cuda.")
+    recipe: Recipe = "sft"
+    pairs_path: Path | None = Field(
+        default=None, description="JSONL of preference pairs (`preference.write_pairs`)."
+    )
+    dpo: DpoParams = Field(default_factory=DpoParams)
+    min_pairs: int = Field(default=1, ge=1, description="Fewer pairs skip the DPO stage.")
 
 
 def load_examples(path: Path) -> list[list[dict[str, str]]]:
@@ -95,15 +124,15 @@ def load_model(base_model_dir: Path, device: str) -> tuple[Any, Any]:
     return tokenizer, model.to(device)
 
 
-def lora_model(model: Any, params: LoraParams) -> Any:
-    """Wrap `model` with fresh LoRA layers."""
-    from peft import LoraConfig, TaskType, get_peft_model
+def lora_config(model: Any, params: LoraParams) -> Any:
+    """The peft `LoraConfig` of `params` for `model` (its top layers only, when asked)."""
+    from peft import LoraConfig, TaskType
 
     layers = None
     if params.top_layers is not None:
         total = int(model.config.num_hidden_layers)
         layers = list(range(max(total - params.top_layers, 0), total))
-    config = LoraConfig(
+    return LoraConfig(
         layers_to_transform=layers,
         r=params.rank,
         lora_alpha=params.alpha,
@@ -111,7 +140,13 @@ def lora_model(model: Any, params: LoraParams) -> Any:
         target_modules=list(params.target_modules),
         task_type=TaskType.CAUSAL_LM,
     )
-    return get_peft_model(model, config)
+
+
+def lora_model(model: Any, params: LoraParams) -> Any:
+    """Wrap `model` with fresh LoRA layers."""
+    from peft import get_peft_model
+
+    return get_peft_model(model, lora_config(model, params))
 
 
 def encoded_dataset(tokenizer: Any, config: TrainConfig) -> list[dict[str, list[int]]]:
@@ -190,7 +225,16 @@ def last_complete_checkpoint(folder: Path) -> str | None:
 
 
 def train(config: TrainConfig) -> Path:
-    """Train a LoRA adapter; resume from the last checkpoint; return the adapter folder."""
+    """Train a LoRA adapter with the config's recipe; return the adapter folder."""
+    if config.recipe == "sft":
+        return train_sft(config, config.output_dir / ADAPTER_DIR)
+    from raftloop_trainer.dpo import run_preference_recipe
+
+    return run_preference_recipe(config)
+
+
+def train_sft(config: TrainConfig, target: Path) -> Path:
+    """The SFT stage: resume from the last checkpoint; save the adapter to `target`."""
     from transformers import Trainer, set_seed
 
     from raftloop_trainer.progress import ProgressCallback, read_progress, write_json_atomic
@@ -215,7 +259,6 @@ def train(config: TrainConfig) -> Path:
         extra={"examples": len(data), "device": device, "resume_from": last or ""},
     )
     output = trainer.train(resume_from_checkpoint=last)
-    target = config.output_dir / ADAPTER_DIR
     model.save_pretrained(target, safe_serialization=True)
     progress_path = config.output_dir / PROGRESS_FILE
     progress = read_progress(progress_path) or {}

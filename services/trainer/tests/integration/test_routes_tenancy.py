@@ -168,8 +168,10 @@ async def test_an_admin_starts_runs_only_for_its_own_tenant(trainer: Trainer) ->
 async def test_training_status_shows_only_the_callers_tenant(trainer: Trainer) -> None:
     trainer.add_run("default", seed=1)
     theirs = trainer.add_run("other", seed=2)
-    for _ in range(3):
+    for _ in range(2):
         assert trainer.runner.store.add(curated("default")) == "added"
+    fixed = {"source": "corrected", "rejected_answer": "Plan 1 is free."}
+    assert trainer.runner.store.add(curated("default").model_copy(update=fixed)) == "added"
     job = trainer.settings.state_dir / "jobs" / "j"
     trainer.runner.current = {"run_id": "run-live", "tenant": "default", "job_dir": str(job)}
 
@@ -186,6 +188,7 @@ async def test_training_status_shows_only_the_callers_tenant(trainer: Trainer) -
     [waiting] = own["pending"]
     assert (waiting["holdout_examples"], waiting["min_holdout_items"]) == (0, 20)
     assert "0 of the 20 items" in waiting["waiting_for"]
+    assert (own["recipe"], waiting["pairs"], waiting["min_pairs"]) == ("sft", 1, 8)
     assert own["busy"] is False  # the scheduler itself started no run
 
 
