@@ -1,19 +1,26 @@
 """Pytest plugin shared by every package's tests: one real broker per session, sample events.
 
 Loaded from the root `conftest.py`. The broker is the embedded Tansu binary on a free port,
-unless `RAFTLOOP_TEST_KAFKA` names an external cluster.
+unless `RAFTLOOP_TEST_KAFKA` names an external cluster. `spawn_service` and `stop_service` are
+the one way tests and benchmarks start a service process, wait for it and stop it (#19).
 """
 
 from __future__ import annotations
 
 import functools
+import http.client
 import importlib
 import json
 import os
+import subprocess
+import sys
+import time
+import urllib.request
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from uuid import uuid4
 
@@ -350,3 +357,115 @@ def assert_doors_held(answers: DoorAnswers, *, prefix: str, param: str) -> None:
     assert "content-length" not in answers.chunked.request.headers
     assert answers.surrogate.json()["error"]["param"] == param
     assert (answers.healthz, answers.readyz) == (200, 200)
+
+
+class ServiceNotReady(RuntimeError):
+    """A spawned service exited, or did not answer its readiness URL in time."""
+
+
+def uvicorn_command(factory: str, port: int, *, access_log: bool = True) -> list[str]:
+    """How `raftloop up` runs a service: `factory` is e.g. `raftloop_hitl.main:build`."""
+    command = [sys.executable, "-m", "uvicorn", "--factory", factory]
+    command += ["--host", "127.0.0.1", "--port", str(port)]
+    return command if access_log else [*command, "--no-access-log"]
+
+
+def log_tail(log: Path, chars: int = 3000) -> str:
+    """The end of a process's log, for a failure message."""
+    try:
+        return log.read_text(errors="replace")[-chars:]
+    except FileNotFoundError:
+        return f"(no log at {log})"
+
+
+# No proxy from the environment: the services a test starts listen on loopback.
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def _answers_200(url: str) -> bool:
+    try:
+        with _DIRECT.open(url, timeout=2) as response:
+            return int(response.status) == 200
+    except (OSError, http.client.HTTPException):  # refused, reset, timed out, an error status
+        return False
+
+
+def wait_ready(
+    proc: subprocess.Popen[bytes],
+    ready_url: str,
+    *,
+    log: Path,
+    timeout_s: float = 120.0,
+    name: str | None = None,
+) -> None:
+    """Poll `ready_url` until it answers 200.
+
+    Raises:
+        ServiceNotReady: the process exited first, or time ran out; with the tail of `log`.
+    """
+    who = name or ready_url
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if proc.poll() is not None:
+            raise ServiceNotReady(
+                f"{who} exited with {proc.returncode} while starting:\n{log_tail(log)}"
+            )
+        if _answers_200(ready_url):
+            return
+        if time.monotonic() > deadline:
+            raise ServiceNotReady(f"{who} not ready after {timeout_s:.0f} s:\n{log_tail(log)}")
+        time.sleep(0.2)
+
+
+def spawn_service(
+    command: Sequence[str],
+    *,
+    env: Mapping[str, str],
+    log: Path,
+    ready_url: str | None = None,
+    timeout_s: float = 120.0,
+    cwd: Path | None = None,
+    name: str | None = None,
+) -> subprocess.Popen[bytes]:
+    """Start a service process, its output appended to `log`, and wait until it is ready.
+
+    `env` is the whole environment (pass `os.environ | {...}` to inherit). With `ready_url` the
+    call returns once that URL answers 200; a process that does not get there is stopped.
+
+    Raises:
+        ServiceNotReady: the process exited or did not get ready in `timeout_s`.
+    """
+    with log.open("ab") as out:
+        proc = subprocess.Popen(
+            list(command),
+            env=dict(env),
+            cwd=cwd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+    if ready_url is not None:
+        try:
+            wait_ready(proc, ready_url, log=log, timeout_s=timeout_s, name=name)
+        except BaseException:
+            stop_service(proc)
+            raise
+    return proc
+
+
+def stop_service(proc: subprocess.Popen[bytes], timeout_s: float = 20.0) -> bool:
+    """SIGTERM and wait for a clean shutdown; SIGKILL when it takes longer than `timeout_s`.
+
+    Returns:
+        Whether it had to be killed.
+    """
+    if proc.poll() is not None:
+        return False
+    proc.terminate()
+    try:
+        proc.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(30)
+        return True
+    return False
