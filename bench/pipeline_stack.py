@@ -18,7 +18,6 @@ import os
 import secrets
 import subprocess
 import sys
-import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +30,7 @@ from raftloop_core.credentials import hash_key
 from raftloop_core.embedded import EmbeddedBroker, free_port
 from raftloop_core.messaging import ensure_topics
 from raftloop_core.settings import KafkaSettings, RuntimeSettings
+from raftloop_core.testing import spawn_service, stop_service, wait_ready
 
 SERVICES = ("ingest", "gateway", "judge", "hitl", "trainer")
 STUB_MODEL = "stub"
@@ -208,22 +208,14 @@ class Stack:
     def stop(self) -> None:
         """Stop the services (newest first), then the stub and the broker."""
         for name, proc in reversed(self.procs.items()):
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(20)
-                except subprocess.TimeoutExpired:
-                    print(f"{name} did not stop in 20 s; killing it", flush=True)
-                    proc.kill()
-                    proc.wait(5)
+            if stop_service(proc, timeout_s=20):
+                print(f"{name} did not stop in 20 s; killed it", flush=True)
         self.broker.stop()
 
 
 def _spawn(stack: Stack, name: str, command: list[str], env: dict[str, str]) -> None:
-    with (stack.folder / f"{name}.log").open("wb") as out:
-        stack.procs[name] = subprocess.Popen(
-            command, env=env, cwd=stack.folder, stdout=out, stderr=subprocess.STDOUT
-        )
+    log = stack.folder / f"{name}.log"
+    stack.procs[name] = spawn_service(command, env=env, log=log, cwd=stack.folder)
 
 
 def _service_env(stack: Stack, base: dict[str, str], ports: dict[str, int]) -> dict[str, str]:
@@ -279,30 +271,12 @@ def start_stack(folder: Path, *, timeout_s: float = 300) -> Stack:
             address = ["--host", "127.0.0.1", "--port", str(ports[name])]
             _spawn(stack, name, [sys.executable, *serve, *address], env)
         for name in SERVICES:
-            _wait_ready(stack, name, timeout_s)
+            url, log = f"{stack.urls[name]}/readyz", stack.folder / f"{name}.log"
+            wait_ready(stack.procs[name], url, log=log, timeout_s=timeout_s, name=name)
     except BaseException:
         stack.stop()
         raise
     return stack
-
-
-def _wait_ready(stack: Stack, name: str, timeout_s: float) -> None:
-    """Wait for `GET /readyz` to answer 200.
-
-    Raises:
-        RuntimeError: the process exited or did not become ready in time (with its log tail).
-    """
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if stack.procs[name].poll() is not None:
-            raise RuntimeError(f"{name} exited while starting:\n{stack.log_tail(name)}")
-        try:
-            if httpx.get(f"{stack.urls[name]}/readyz", timeout=5).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise RuntimeError(f"{name} not ready after {timeout_s:.0f} s:\n{stack.log_tail(name)}")
 
 
 def enable_auto_accept(stack: Stack) -> dict[str, Any]:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
 import uuid
 from pathlib import Path
 
@@ -10,6 +12,7 @@ import httpx
 
 from raftloop_core.messaging import ensure_topics
 from raftloop_core.settings import DatabaseSettings, KafkaSettings, RuntimeSettings
+from raftloop_core.testing import spawn_service, stop_service, uvicorn_command
 from raftloop_core.topics import all_topics
 from raftloop_hitl.settings import HitlSettings
 
@@ -89,59 +92,30 @@ class Service:
         self.settings = settings
         self.port = port or free_port()
         self.log_path = log_path
-        self.proc: object = None
+        self.proc: subprocess.Popen[bytes] | None = None
         self.url = f"http://127.0.0.1:{self.port}"
 
     def start(self, timeout_s: float = 90.0) -> None:
-        import os
-        import subprocess
-        import sys
-        import time
-
-        env = os.environ | env_for(self.settings, self.port)
-        log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                "--factory",
-                "raftloop_hitl.main:build",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-            ],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
+        """Start it and wait until `/readyz` answers 200."""
+        self.proc = spawn_service(
+            uvicorn_command("raftloop_hitl.main:build", self.port),
+            env=os.environ | env_for(self.settings, self.port),
+            log=self.log_path,
+            ready_url=f"{self.url}/readyz",
+            timeout_s=timeout_s,
+            name="hitl",
         )
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, self.log_path.read_text()[-3000:]
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        raise AssertionError(f"hitl did not get ready: {self.log_path.read_text()[-3000:]}")
 
     def kill9(self) -> None:
-        import signal
-
-        self.proc.send_signal(signal.SIGKILL)  # type: ignore[attr-defined]
-        self.proc.wait(timeout=30)  # type: ignore[attr-defined]
+        """SIGKILL: no shutdown hook, no flush."""
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(timeout=30)
 
     def stop(self) -> None:
-        import subprocess
-
-        if self.proc is not None and self.proc.poll() is None:  # type: ignore[attr-defined]
-            self.proc.terminate()  # type: ignore[attr-defined]
-            try:
-                self.proc.wait(timeout=30)  # type: ignore[attr-defined]
-            except subprocess.TimeoutExpired:
-                self.kill9()
+        """SIGTERM, then SIGKILL after 30 s."""
+        if self.proc is not None:
+            stop_service(self.proc, timeout_s=30)
 
 
 def read_topic(

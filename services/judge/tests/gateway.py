@@ -3,19 +3,15 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
-
 from raftloop_core.credentials import ensure_dev_credentials
 from raftloop_core.embedded import free_port
 from raftloop_core.settings import RuntimeSettings
+from raftloop_core.testing import spawn_service, stop_service, uvicorn_command
 
 
 @dataclass(frozen=True)
@@ -44,31 +40,16 @@ def run_gateway(folder: Path, model_dir: Path, bootstrap: str) -> Iterator[Runni
         "GATEWAY_PORT": str(port),
         "GATEWAY_ALIAS_POLL_S": "600",
     }
-    cmd = [sys.executable, "-m", "uvicorn", "--factory", "raftloop_gateway.main:build",
-           "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
-    with log.open("wb") as out:
-        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
+    proc = spawn_service(
+        uvicorn_command("raftloop_gateway.main:build", port),
+        env=env,
+        log=log,
+        ready_url=f"{url}/readyz",
+        timeout_s=300,
+        name="gateway",
+    )
     try:
-        deadline = time.monotonic() + 300
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(
-                    f"gateway exited with {proc.returncode}: {log.read_text()[-2000:]}"
-                )
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"gateway not ready: {log.read_text()[-2000:]}")
-            time.sleep(0.3)
         yield RunningGateway(f"{url}/v1", keys, log)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        stop_service(proc, timeout_s=15)

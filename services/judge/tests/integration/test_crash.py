@@ -7,7 +7,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -15,10 +14,11 @@ from uuid import UUID
 
 import pytest
 
-from raftloop_core.embedded import free_port, wait_for_port
+from raftloop_core.embedded import free_port
 from raftloop_core.events import InteractionJudged
 from raftloop_core.messaging import consumer_options, ensure_topics, make_broker
 from raftloop_core.settings import KafkaSettings
+from raftloop_core.testing import spawn_service, stop_service, uvicorn_command
 from raftloop_core.topics import dead_letter
 
 from ..endpoints import serve, stub_app
@@ -35,21 +35,13 @@ def slow_endpoint() -> Iterator[str]:
 
 
 def start_judge(env: dict[str, str], port: int, log: Path) -> subprocess.Popen[bytes]:
-    cmd = [
-        sys.executable,
-        "-m",
-        "uvicorn",
-        "--factory",
-        "raftloop_judge.main:build",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-    ]
-    with log.open("ab") as out:
-        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
-    wait_for_port("127.0.0.1", port, timeout_s=120, proc=proc)
-    return proc
+    return spawn_service(
+        uvicorn_command("raftloop_judge.main:build", port),
+        env=env,
+        log=log,
+        ready_url=f"http://127.0.0.1:{port}/healthz",
+        name="judge",
+    )
 
 
 async def test_kill_9_during_judging_then_restart_gives_one_judgement_each(
@@ -106,8 +98,7 @@ async def test_kill_9_during_judging_then_restart_gives_one_judgement_each(
             await wait_for(lambda: len(seen) == len(events), timeout_s=180)
             await asyncio.sleep(2.0)
         finally:
-            proc.terminate()
-            proc.wait(timeout=30)
+            stop_service(proc, timeout_s=30)
 
     assert killed_at < len(events), "the kill came too late to test anything"
     assert set(seen) == {e.interaction.interaction_id for e in events}
