@@ -6,7 +6,6 @@ import asyncio
 import json
 import os
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ from raftloop_core.events import AdapterPromoted, AdapterRolledBack, event_key
 from raftloop_core.messaging import consumer_options, make_broker
 from raftloop_core.registry import AliasState
 from raftloop_core.settings import KafkaSettings, RuntimeSettings
+from raftloop_core.testing import spawn_service, stop_service, uvicorn_command
 from raftloop_core.topics import Topic
 
 
@@ -65,13 +65,7 @@ class Gateway:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_service(self.proc, timeout_s=15)
 
 
 def start_gateway(
@@ -104,27 +98,15 @@ def start_gateway(
         }
         | (env or {})
     )
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "--factory", "raftloop_gateway.main:build",
-             "--host", "127.0.0.1", "--port", str(port)],
-            env=full_env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )  # fmt: skip
-    gateway = Gateway(f"http://127.0.0.1:{port}", keys, data_dir, log, proc)
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"gateway exited with {proc.returncode}:\n{gateway.log_tail()}")
-        try:
-            if httpx.get(f"{gateway.url}{ready_path}", timeout=2).status_code == 200:
-                return gateway
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    gateway.stop()
-    raise RuntimeError(f"gateway not ready in {timeout_s}s:\n{gateway.log_tail()}")
+    proc = spawn_service(
+        uvicorn_command("raftloop_gateway.main:build", port),
+        env=full_env,
+        log=log,
+        ready_url=f"http://127.0.0.1:{port}{ready_path}",
+        timeout_s=timeout_s,
+        name="gateway",
+    )
+    return Gateway(f"http://127.0.0.1:{port}", keys, data_dir, log, proc)
 
 
 def interaction_of(completion_id: str) -> str:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import os
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from raftloop_core.embedded import free_port
 from raftloop_core.events import DocumentSubmitted
 from raftloop_core.messaging import ensure_topics, make_broker
 from raftloop_core.settings import KafkaSettings, RuntimeSettings
+from raftloop_core.testing import spawn_service, stop_service, uvicorn_command
 from raftloop_core.topics import Topic
 
 pytestmark = pytest.mark.integration
@@ -61,16 +61,11 @@ def rag(
         "RAG_COLLECTION": unique_module("kb"),
     }
     ensure_dev_credentials(RuntimeSettings(data_dir=rag_folder / "var"))
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "--factory", "raftloop_rag.main:build",
-             "--host", "127.0.0.1", "--port", str(port)],
-            env=env, stdout=out, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+    # Not waited for here: `indexed` waits until it answers a retrieval.
+    proc = spawn_service(uvicorn_command("raftloop_rag.main:build", port), env=env, log=log)
     service = Rag(f"http://127.0.0.1:{port}", proc, log, topic)
     yield service
-    proc.terminate()
-    proc.wait(15)
+    stop_service(proc, timeout_s=15)
 
 
 @pytest.fixture(scope="module")
