@@ -7,13 +7,11 @@ import os
 import random
 import signal
 import subprocess
-import sys
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
 from uuid import UUID
 
-import httpx
 import pytest
 from faststream.kafka import KafkaBroker
 from ingest_support import Collector, chat, create_topics, feedback, wait_for
@@ -22,6 +20,7 @@ from raftloop_core import events as ev
 from raftloop_core.embedded import free_port
 from raftloop_core.messaging import make_broker
 from raftloop_core.settings import KafkaSettings
+from raftloop_core.testing import spawn_service, uvicorn_command, wait_ready
 from raftloop_core.topics import Topic
 
 pytestmark = pytest.mark.integration
@@ -44,28 +43,17 @@ def start_service(
         "RAFTLOOP_LOG_LEVEL": "WARNING",
     }
     env.pop("DATABASE_URL", None)
-    cmd = [sys.executable, "-m", "uvicorn", "--factory", "raftloop_ingest.main:build"]
-    cmd += ["--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
-    with log.open("ab") as out:
-        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
+    cmd = [*uvicorn_command("raftloop_ingest.main:build", port), "--log-level", "warning"]
+    proc = spawn_service(cmd, env=env, log=log)
     proc.port = port  # type: ignore[attr-defined]
     return proc
 
 
-async def wait_healthy(proc: subprocess.Popen[bytes], timeout_s: float = 240.0) -> None:
+async def wait_healthy(proc: subprocess.Popen[bytes], log: Path, timeout_s: float = 240.0) -> None:
     # Generous: with five engineers' tests on two cores, importing the service alone has
     # taken 45 s.
     url = f"http://127.0.0.1:{proc.port}/healthz"  # type: ignore[attr-defined]
-
-    def ok() -> bool:
-        if proc.poll() is not None:
-            raise AssertionError(f"ingest exited with {proc.returncode}")
-        try:
-            return httpx.get(url, timeout=0.5).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    await wait_for(ok, timeout_s)
+    await asyncio.to_thread(wait_ready, proc, url, log=log, timeout_s=timeout_s, name="ingest")
 
 
 async def test_kill_minus_9_loses_nothing_and_duplicates_share_event_ids(
@@ -88,7 +76,7 @@ async def test_kill_minus_9_loses_nothing_and_duplicates_share_event_ids(
     try:
         async with Collector(kafka_settings, [ingested]) as seen, broker:
             await broker.start()
-            await wait_healthy(proc)
+            await wait_healthy(proc, log)
             producing = asyncio.create_task(produce(broker, prefix, chats, feedbacks))
             for kill in range(KILLS):
                 target = rng.randint(100, 900) * (kill + 1) // KILLS
@@ -100,7 +88,7 @@ async def test_kill_minus_9_loses_nothing_and_duplicates_share_event_ids(
                 proc.send_signal(signal.SIGKILL)
                 proc.wait()
                 proc = start_service(kafka_settings, prefix, tmp_path / "data", log)
-                await wait_healthy(proc)
+                await wait_healthy(proc, log)
             await producing
             await wait_for(lambda: complete(seen.ingested(ingested), chats, feedbacks), 300)
             events = seen.ingested(ingested)
