@@ -40,8 +40,10 @@ class LocalBackend:
         resolve: Callable[[str], Path],
         max_batch: int = 16,
         max_adapters: int = 4,
+        dtype: str = "float32",
     ) -> None:
         self.base_model = name
+        self.dtype = dtype
         self.model_path = model_path
         self._resolve = resolve
         self._max_batch = max_batch
@@ -71,7 +73,9 @@ class LocalBackend:
 
         try:
             tokenizer = AutoTokenizer.from_pretrained(self.model_path)
-            model: Any = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=torch.float32)
+            model: Any = AutoModelForCausalLM.from_pretrained(
+                self.model_path, dtype=getattr(torch, self.dtype)
+            )
         except Exception as exc:
             self.load_error = (
                 f"the base model could not be loaded from {self.model_path} ({exc}); fix "
@@ -94,7 +98,7 @@ class LocalBackend:
         )
         engine.start()
         self._engine = engine
-        log.info("base model loaded", extra={"model": self.base_model})
+        log.info("base model loaded", extra={"model": self.base_model, "dtype": self.dtype})
 
     async def start(self) -> None:
         """Load the model on a worker thread."""

@@ -63,6 +63,7 @@ def _backend(settings: GatewaySettings, registry: AdapterRegistry) -> Backend:
         resolve=registry.get,
         max_batch=settings.max_concurrency,
         max_adapters=settings.max_adapters,
+        dtype=settings.model_dtype,
     )
 
 
