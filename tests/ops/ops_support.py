@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -27,7 +26,13 @@ from raftloop_core.credentials import ensure_dev_credentials
 from raftloop_core.embedded import EmbeddedBroker, free_port
 from raftloop_core.messaging import ensure_topics
 from raftloop_core.settings import RuntimeSettings
-from raftloop_core.testing import test_kafka_settings
+from raftloop_core.testing import (
+    spawn_service,
+    stop_service,
+    test_kafka_settings,
+    uvicorn_command,
+    wait_ready,
+)
 
 # Start order: rag before the gateway (retrieval), the gateway before the judge (its endpoint).
 ORDER = ("rag", "ingest", "gateway", "judge", "hitl", "trainer")
@@ -72,13 +77,7 @@ class Service:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_service(self.proc, timeout_s=20)
 
 
 @dataclass
@@ -150,37 +149,16 @@ def start_platform(folder: Path, *, timeout_s: float = 420) -> OpsPlatform:
     try:
         for name in ORDER:
             log = folder / f"{name}.log"
-            command = [sys.executable, "-m", "uvicorn", "--factory",
-                       f"raftloop_{name}.main:build", "--host", "127.0.0.1",
-                       "--port", str(ports[name]), "--no-access-log"]  # fmt: skip
-            with log.open("wb") as out:
-                proc = subprocess.Popen(
-                    command,
-                    env=service_env(ports, base),
-                    cwd=folder,
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                )
+            command = uvicorn_command(f"raftloop_{name}.main:build", ports[name], access_log=False)
+            proc = spawn_service(command, env=service_env(ports, base), log=log, cwd=folder)
             platform.services[name] = Service(name, f"http://127.0.0.1:{ports[name]}", log, proc)
         for service in platform.services.values():
-            wait_until(
-                lambda s=service: _alive(s) and s.ready()[0] == 200,  # type: ignore[misc]
-                timeout_s=timeout_s,
-                what=f"{service.name} ready",
-                detail=lambda s=service: s.tail(),  # type: ignore[misc]
-            )
+            ready = f"{service.url}/readyz"
+            wait_ready(service.proc, ready, log=service.log, timeout_s=timeout_s, name=service.name)
     except BaseException:
         platform.stop()
         raise
     return platform
-
-
-def _alive(service: Service) -> bool:
-    if service.proc.poll() is not None:
-        raise AssertionError(
-            f"{service.name} exited with {service.proc.returncode}:\n{service.tail()}"
-        )
-    return True
 
 
 def wait_until(
