@@ -21,7 +21,7 @@ import logging
 import random
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -51,6 +51,36 @@ SOURCE_OFFSET_HEADER = "x-source-offset"
 ATTEMPTS_HEADER = "x-attempts"
 FAILED_AT_HEADER = "x-failed-at"
 MAX_ERROR_CHARS = 2_000
+
+
+def dead_letter_headers(
+    error: str,
+    error_class: str,
+    *,
+    topic: str,
+    partition: int | None = None,
+    offset: int | None = None,
+    attempts: int = 1,
+    extra: Mapping[str, str] | None = None,
+) -> dict[str, str]:
+    """The headers of a dead-lettered message, the one place they are spelled.
+
+    `error` says what was wrong (never the payload's text), `error_class` is the exception's
+    class name, and the source topic, partition and offset say where the message came from (an
+    event rebuilt from a store has no offset). `extra` adds a service's own headers.
+    """
+    headers = {
+        ERROR_HEADER: error[:MAX_ERROR_CHARS],
+        ERROR_CLASS_HEADER: error_class,
+        SOURCE_TOPIC_HEADER: topic,
+        ATTEMPTS_HEADER: str(attempts),
+        FAILED_AT_HEADER: str(time.time()),
+    }
+    if partition is not None:
+        headers[SOURCE_PARTITION_HEADER] = str(partition)
+    if offset is not None:
+        headers[SOURCE_OFFSET_HEADER] = str(offset)
+    return headers | dict(extra or {})
 
 
 class PoisonMessage(Exception):
@@ -137,15 +167,14 @@ class DeadLetterPolicy:
     ) -> None:
         """Publish the raw message to its dead-letter topic with the error in headers."""
         error = f"{type(exc).__name__}: {exc}"[:MAX_ERROR_CHARS]
-        headers = {
-            ERROR_HEADER: error,
-            ERROR_CLASS_HEADER: type(exc).__name__,
-            SOURCE_TOPIC_HEADER: record.topic,
-            SOURCE_PARTITION_HEADER: str(record.partition),
-            SOURCE_OFFSET_HEADER: str(record.offset),
-            ATTEMPTS_HEADER: str(attempts),
-            FAILED_AT_HEADER: str(time.time()),
-        }
+        headers = dead_letter_headers(
+            error,
+            type(exc).__name__,
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+            attempts=attempts,
+        )
         value = record.value if isinstance(record.value, bytes) else b""
         await self.broker.publish(
             value, topic=dead_letter(record.topic), key=record.key, headers=headers

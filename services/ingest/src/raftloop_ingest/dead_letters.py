@@ -9,22 +9,13 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from typing import Any, TypeVar
 
 from faststream.kafka import KafkaBroker, KafkaMessage
 from pydantic import BaseModel, ValidationError
 
 from raftloop_core.events import Event
-from raftloop_core.messaging import (
-    ATTEMPTS_HEADER,
-    ERROR_CLASS_HEADER,
-    ERROR_HEADER,
-    FAILED_AT_HEADER,
-    SOURCE_OFFSET_HEADER,
-    SOURCE_PARTITION_HEADER,
-    SOURCE_TOPIC_HEADER,
-)
+from raftloop_core.messaging import dead_letter_headers
 from raftloop_core.telemetry import dead_letter_policy
 from raftloop_core.topics import dead_letter
 from raftloop_ingest.domain import Scrubbers, TenantMismatch
@@ -96,16 +87,14 @@ class RedactingDeadLetters:
             value = b""
             note = f"undecodable payload of {len(body)} bytes dropped"
         error = describe(exc)
-        headers = {
-            ERROR_HEADER: error,
-            ERROR_CLASS_HEADER: type(exc).__name__,
-            SOURCE_TOPIC_HEADER: record.topic,
-            SOURCE_PARTITION_HEADER: str(record.partition),
-            SOURCE_OFFSET_HEADER: str(record.offset),
-            ATTEMPTS_HEADER: "1",
-            FAILED_AT_HEADER: str(time.time()),
-            REDACTED_HEADER: note,
-        }
+        headers = dead_letter_headers(
+            error,
+            type(exc).__name__,
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+            extra={REDACTED_HEADER: note},
+        )
         await self._publish(record.topic, record.key, value, headers, exc)
         log.warning(
             "dead-lettered message",
@@ -117,14 +106,12 @@ class RedactingDeadLetters:
 
         Feedback parked in the store is such an event: its redacted stored form is published.
         """
-        headers = {
-            ERROR_HEADER: describe(exc),
-            ERROR_CLASS_HEADER: type(exc).__name__,
-            SOURCE_TOPIC_HEADER: topic,
-            ATTEMPTS_HEADER: "1",
-            FAILED_AT_HEADER: str(time.time()),
-            REDACTED_HEADER: "rebuilt from the redacted copy ingest had parked",
-        }
+        headers = dead_letter_headers(
+            describe(exc),
+            type(exc).__name__,
+            topic=topic,
+            extra={REDACTED_HEADER: "rebuilt from the redacted copy ingest had parked"},
+        )
         await self._publish(topic, key, event.model_dump_json().encode(), headers, exc)
         log.warning("dead-lettered parked event", extra={"topic": topic, "error": describe(exc)})
 
