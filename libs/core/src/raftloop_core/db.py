@@ -14,6 +14,7 @@ Needs the `db` extra of raftloop-core (SQLAlchemy and Alembic).
 from __future__ import annotations
 
 import zlib
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -104,7 +105,9 @@ def migrate(engine: Engine, migrations: Path) -> None:
         command.upgrade(cfg, "head")
 
 
-def run_migrations(metadata: MetaData, *, version_table: str = "alembic_version") -> None:
+def run_migrations(
+    metadata: MetaData | Sequence[MetaData], *, version_table: str = "alembic_version"
+) -> None:
     """The body of a service's `migrations/env.py`.
 
     It runs on the connection `migrate()` passes, or on the config's URL when Alembic's own

@@ -123,8 +123,10 @@ class DatabaseSettings(BaseSettings):
     url: str | None = None
 
     def resolve(self, runtime: RuntimeSettings, service: str) -> str:
-        """The URL to open (`raftloop_core.db.make_engine`): `DATABASE_URL`, else the service's
-        SQLite file, `<data dir>/<service>/<service>.sqlite3`."""
+        """The URL `raftloop_core.db.make_engine` opens for `service`.
+
+        `DATABASE_URL`, else the service's SQLite file, `<data dir>/<service>/<service>.sqlite3`.
+        """
         if self.url:
             return self.url
         return f"sqlite:///{runtime.path(service, f'{service}.sqlite3').resolve()}"

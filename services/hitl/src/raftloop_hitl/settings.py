@@ -62,8 +62,5 @@ class HitlSettings(HttpLimits):
         return f"{self.topic_prefix}{name}"
 
     def database_url(self) -> str:
-        """The SQLAlchemy URL: DATABASE_URL, else SQLite under `<data dir>/hitl/`."""
-        if self.database.url:
-            return self.database.url
-        path = self.runtime.path("hitl", "hitl.sqlite3").resolve()
-        return f"sqlite:///{path}"
+        """`DATABASE_URL`, else `<data dir>/hitl/hitl.sqlite3`."""
+        return self.database.resolve(self.runtime, "hitl")

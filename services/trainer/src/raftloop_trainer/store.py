@@ -7,11 +7,13 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Literal
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
+from raftloop_core import db
 from raftloop_core.events import ExampleCurated
 from raftloop_trainer.domain import (
     HOLDOUT_FRACTION,
@@ -26,13 +28,13 @@ from raftloop_trainer.preference_store import (
     count_pairs,
     insert_pair,
     pair_lineage,
-    pair_metadata,
     record_training,
     train_pair_rows,
 )
 
 log = logging.getLogger(__name__)
 
+MIGRATIONS = Path(__file__).parent / "migrations"
 metadata = sa.MetaData()
 
 examples = sa.Table(
@@ -140,10 +142,9 @@ class DatasetStore:
     """Curated examples with their lineage, and the history of training runs."""
 
     def __init__(self, url: str, holdout_fraction: float = HOLDOUT_FRACTION) -> None:
-        self.engine = sa.create_engine(url, future=True)
+        self.engine = db.make_engine(url)
         self.holdout_fraction = holdout_fraction
-        metadata.create_all(self.engine)
-        pair_metadata.create_all(self.engine)
+        db.migrate(self.engine, MIGRATIONS)
 
     def add(self, event: ExampleCurated) -> AddResult:
         """Store an example once; redelivery (same id) and duplicates (same content) are skipped.
