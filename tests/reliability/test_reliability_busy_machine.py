@@ -9,8 +9,8 @@ completes (a training run and its gate) with nothing dead-lettered anywhere.
 
 It takes two to three times the idle loop's wall time, so `make reliability` runs it
 (RELIABILITY_BUSY_LOOP=1) and `make test` leaves it out; CI's end-to-end test runs the loop
-beside the rest of the suite, a loaded machine too, and keeps its load and dead letters in
-test-artifacts/e2e/loop-figures.json.
+beside the rest of the suite and one busy-loop process (E2E_BUSY_LOOPS=1), requires nothing
+dead-lettered too, and keeps its load in test-artifacts/e2e/loop-figures.json.
 """
 
 from __future__ import annotations
