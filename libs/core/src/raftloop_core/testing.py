@@ -130,6 +130,40 @@ def unique() -> Callable[[str], str]:
     return make
 
 
+TEST_POSTGRES = os.environ.get(
+    "RAFTLOOP_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
+"""The PostgreSQL database the tests use (CI's and a developer's machine run one locally)."""
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def sql_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """An empty database for `raftloop_core.db.make_engine`, once of each kind.
+
+    A SQLite file, or a PostgreSQL schema of its own (dropped afterwards): a store test that
+    takes it runs on both.
+    """
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'test.sqlite3'}"
+        return
+    import sqlalchemy as sa
+
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(TEST_POSTGRES)
+    try:
+        with admin.begin() as conn:
+            conn.execute(sa.text(f"CREATE SCHEMA {schema}"))
+    except sa.exc.OperationalError as exc:
+        pytest.fail(
+            f"PostgreSQL is not reachable at {TEST_POSTGRES} ({exc.orig}); start it or "
+            "set RAFTLOOP_TEST_POSTGRES"
+        )
+    yield f"{TEST_POSTGRES}?options=-csearch_path%3D{schema}"
+    with admin.begin() as conn:
+        conn.execute(sa.text(f"DROP SCHEMA {schema} CASCADE"))
+    admin.dispose()
+
+
 def sample_events() -> dict[Topic, ev.Event]:
     """One realistic event of every type, keyed by its topic."""
     interaction_id = uuid4()

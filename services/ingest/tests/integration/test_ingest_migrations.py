@@ -3,42 +3,20 @@ release before migrations made with `create_all` is upgraded in place with its r
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from pathlib import Path
-
 import pytest
 import sqlalchemy as sa
 
 from raftloop_ingest.adapters import make_engine
 
 pytestmark = pytest.mark.integration
-PG = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def url(
-    request: pytest.FixtureRequest, tmp_path: Path, unique: Callable[[str], str]
-) -> Iterator[str]:
-    """An empty database: a SQLite file, or a PostgreSQL schema of its own."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'ingest.sqlite3'}"
-        return
-    schema = unique("ingest_mig").replace("-", "_")
-    admin = sa.create_engine(PG)
-    with admin.begin() as conn:
-        conn.execute(sa.text(f"CREATE SCHEMA {schema}"))
-    yield f"{PG}?options=-csearch_path%3D{schema}"
-    with admin.begin() as conn:
-        conn.execute(sa.text(f"DROP SCHEMA {schema} CASCADE"))
-    admin.dispose()
 
 
 def _columns(engine: sa.Engine, table: str) -> set[str]:
     return {c["name"] for c in sa.inspect(engine).get_columns(table)}
 
 
-def test_a_new_database_gets_every_table_at_the_newest_revision(url: str) -> None:
-    engine = make_engine(url)
+def test_a_new_database_gets_every_table_at_the_newest_revision(sql_url: str) -> None:
+    engine = make_engine(sql_url)
     try:
         tables = set(sa.inspect(engine).get_table_names())
         assert {"ingest_interactions", "ingest_pending_feedback", "ingest_documents"} <= tables
@@ -48,11 +26,13 @@ def test_a_new_database_gets_every_table_at_the_newest_revision(url: str) -> Non
             assert version.scalar_one() == "0002"
     finally:
         engine.dispose()
-    make_engine(url).dispose()  # a second start has nothing to do
+    make_engine(sql_url).dispose()  # a second start has nothing to do
 
 
-def test_a_database_from_before_migrations_keeps_its_rows_and_gains_the_column(url: str) -> None:
-    old = sa.create_engine(url.replace("postgresql://", "postgresql+psycopg://"))
+def test_a_database_from_before_migrations_keeps_its_rows_and_gains_the_column(
+    sql_url: str,
+) -> None:
+    old = sa.create_engine(sql_url)
     with old.begin() as conn:  # what the release before #17 created, with one waiting feedback
         conn.execute(
             sa.text(
@@ -68,7 +48,7 @@ def test_a_database_from_before_migrations_keeps_its_rows_and_gains_the_column(u
             )
         )
     old.dispose()
-    engine = make_engine(url)
+    engine = make_engine(sql_url)
     try:
         assert "tenant" in _columns(engine, "ingest_pending_feedback")
         assert "ingest_interactions" in sa.inspect(engine).get_table_names()

@@ -4,8 +4,6 @@ a release before migrations made with `create_all` is upgraded in place with its
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -13,29 +11,10 @@ import sqlalchemy as sa
 from raftloop_judge.store import SqlJudgeStore
 
 pytestmark = pytest.mark.integration
-PG = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def url(
-    request: pytest.FixtureRequest, tmp_path: Path, unique: Callable[[str], str]
-) -> Iterator[str]:
-    """An empty database: a SQLite file, or a PostgreSQL schema of its own."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'judge.sqlite3'}"
-        return
-    schema = unique("judge_mig").replace("-", "_")
-    admin = sa.create_engine(PG)
-    with admin.begin() as conn:
-        conn.execute(sa.text(f"CREATE SCHEMA {schema}"))
-    yield f"{PG}?options=-csearch_path%3D{schema}"
-    with admin.begin() as conn:
-        conn.execute(sa.text(f"DROP SCHEMA {schema} CASCADE"))
-    admin.dispose()
-
-
-def test_a_new_database_gets_every_table_at_the_newest_revision(url: str) -> None:
-    store = SqlJudgeStore(url)
+def test_a_new_database_gets_every_table_at_the_newest_revision(sql_url: str) -> None:
+    store = SqlJudgeStore(sql_url)
     try:
         tables = set(sa.inspect(store.engine).get_table_names())
         assert {"judge_processed", "judge_labels", "judge_references"} <= tables
@@ -44,11 +23,11 @@ def test_a_new_database_gets_every_table_at_the_newest_revision(url: str) -> Non
             assert version.scalar_one() == "0002"
     finally:
         store.close()
-    SqlJudgeStore(url).close()  # a second start has nothing to do
+    SqlJudgeStore(sql_url).close()  # a second start has nothing to do
 
 
-def test_labels_from_before_tenants_get_theirs_from_the_payload(url: str) -> None:
-    old = sa.create_engine(url)
+def test_labels_from_before_tenants_get_theirs_from_the_payload(sql_url: str) -> None:
+    old = sa.create_engine(sql_url)
     payload = json.dumps({"slices": {"tenant": "acme"}})
     with old.begin() as conn:  # the labels table of the release before #17, with one label
         conn.execute(
@@ -62,7 +41,7 @@ def test_labels_from_before_tenants_get_theirs_from_the_payload(url: str) -> Non
             {"p": payload},
         )
     old.dispose()
-    store = SqlJudgeStore(url)
+    store = SqlJudgeStore(sql_url)
     try:
         with store.engine.connect() as conn:
             rows = conn.execute(sa.text("SELECT review_id, tenant FROM judge_labels")).all()

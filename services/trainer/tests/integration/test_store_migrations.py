@@ -3,9 +3,7 @@ that a release before migrations made with `create_all` is upgraded in place wit
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -13,25 +11,6 @@ import sqlalchemy as sa
 from raftloop_trainer.store import DatasetStore, metadata, runs
 
 pytestmark = pytest.mark.integration
-PG = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def url(
-    request: pytest.FixtureRequest, tmp_path: Path, unique: Callable[[str], str]
-) -> Iterator[str]:
-    """An empty database: a SQLite file, or a PostgreSQL schema of its own."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'dataset.sqlite3'}"
-        return
-    schema = unique("trainer_mig").replace("-", "_")
-    admin = sa.create_engine(PG)
-    with admin.begin() as conn:
-        conn.execute(sa.text(f"CREATE SCHEMA {schema}"))
-    yield f"{PG}?options=-csearch_path%3D{schema}"
-    with admin.begin() as conn:
-        conn.execute(sa.text(f"DROP SCHEMA {schema} CASCADE"))
-    admin.dispose()
 
 
 def _version(store: DatasetStore) -> str:
@@ -40,19 +19,19 @@ def _version(store: DatasetStore) -> str:
         return str(found.scalar_one())
 
 
-def test_a_new_database_gets_every_table_at_the_newest_revision(url: str) -> None:
-    store = DatasetStore(url)
+def test_a_new_database_gets_every_table_at_the_newest_revision(sql_url: str) -> None:
+    store = DatasetStore(sql_url)
     try:
         tables = set(sa.inspect(store.engine).get_table_names())
         assert {"trainer_examples", "trainer_runs", "trainer_pairs", "trainer_pair_runs"} <= tables
         assert _version(store) == "0002"
     finally:
         store.engine.dispose()
-    DatasetStore(url).engine.dispose()  # a second start has nothing to do
+    DatasetStore(sql_url).engine.dispose()  # a second start has nothing to do
 
 
-def test_a_database_from_before_preference_pairs_keeps_its_runs(url: str) -> None:
-    old = sa.create_engine(url)
+def test_a_database_from_before_preference_pairs_keeps_its_runs(sql_url: str) -> None:
+    old = sa.create_engine(sql_url)
     metadata.create_all(old)  # what the release before pairs (and migrations) created
     with old.begin() as conn:
         conn.execute(
@@ -69,7 +48,7 @@ def test_a_database_from_before_preference_pairs_keeps_its_runs(url: str) -> Non
             )
         )
     old.dispose()
-    store = DatasetStore(url)
+    store = DatasetStore(sql_url)
     try:
         assert "trainer_pairs" in sa.inspect(store.engine).get_table_names()
         assert _version(store) == "0002"
