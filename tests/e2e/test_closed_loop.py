@@ -54,6 +54,22 @@ def _keep_run_reports(root: Path) -> None:
             shutil.copyfile(path, kept)
 
 
+def _keep_loop_figures(
+    seconds: float, load: LoadSampler, offsets: dict[str, int]
+) -> dict[str, int]:
+    """CI runs this loop beside the rest of the suite and a busy loop: keep the load it met and
+    what was dead-lettered (returned)."""
+    letters = dead_lettered(offsets)
+    figures = {
+        "demo_seconds": round(seconds),
+        "busy_loops": BUSY_LOOPS,
+        **load.figures(),
+        "dead_lettered": letters,
+    }
+    (ARTIFACTS / "loop-figures.json").write_text(json.dumps(figures, indent=2))
+    return letters
+
+
 def test_the_loop_trains_gates_and_serves_a_better_adapter(tmp_path: Path) -> None:
     platform = Platform.start(tmp_path, env=LOOP_SETTINGS, timeout_s=900)
     try:
@@ -76,16 +92,7 @@ def test_the_loop_trains_gates_and_serves_a_better_adapter(tmp_path: Path) -> No
         assert (Path(run["report_path"]).parent / "report.png").stat().st_size > 0
 
         offsets = topic_offsets(platform)
-        # CI runs this loop beside the rest of the suite and a busy loop: the load it met is
-        # kept, and nothing may have been dead-lettered.
-        letters = dead_lettered(offsets)
-        figures = {
-            "demo_seconds": round(demo.seconds),
-            "busy_loops": BUSY_LOOPS,
-            **load.figures(),
-            "dead_lettered": letters,
-        }
-        (ARTIFACTS / "loop-figures.json").write_text(json.dumps(figures, indent=2))
+        letters = _keep_loop_figures(demo.seconds, load, offsets)
         assert not letters, f"the loop dead-lettered work: {letters}"  # slowness is not loss
         curated = offsets["dataset.example.curated.v1"]
         assert curated >= run["train_examples"] + run["holdout_examples"]

@@ -188,11 +188,13 @@ class Platform:
     def interrupt(self, timeout_s: float = 60) -> Shutdown:
         """Ctrl-C as a terminal sends it, and measure how the platform stops."""
         before = len(self.log.read_bytes().splitlines())
+        # Who runs is read before the signal: a process that exits while the scan is still
+        # reading every process's environment would otherwise never be seen to go.
+        left = running = {p.pid: _label(p) for p in self.processes()}
         started = time.monotonic()
         os.killpg(self.proc.pid, signal.SIGINT)
         deadline = started + timeout_s
         code: int | None = None
-        left = running = {p.pid: _label(p) for p in self.processes()}
         exited: list[tuple[float, str]] = []
         while time.monotonic() < deadline:
             code = self.proc.poll()
