@@ -28,6 +28,7 @@ from raftloop_trainer.train import (
     load_model,
     lora_config,
     resolve_device,
+    schedule_arguments,
     train_sft,
 )
 
@@ -75,34 +76,16 @@ def pair_texts(
 
 def dpo_arguments(config: TrainConfig, device: str) -> Any:
     """TRL's `DPOConfig` for the stage; prompts are already cut to `max_length` by `pair_texts`."""
-    import torch
     from trl.trainer.dpo_config import DPOConfig
 
-    p = config.dpo
     return DPOConfig(
-        output_dir=str(config.output_dir / DPO_CHECKPOINT_DIR),
-        beta=p.beta,
-        num_train_epochs=p.epochs,
-        max_steps=p.max_steps,
-        per_device_train_batch_size=p.batch_size,
-        gradient_accumulation_steps=p.grad_accum,
-        learning_rate=p.learning_rate,
-        warmup_steps=p.warmup_steps,
-        lr_scheduler_type="linear",
-        logging_steps=1,
-        save_strategy="steps",
-        save_steps=p.save_steps,
-        save_total_limit=2,
-        seed=config.params.seed,
-        data_seed=config.params.seed,
-        report_to=[],
-        use_cpu=device == "cpu",
-        # TRL turns both on by default; the SFT stage uses neither (fp32 on CPU, small models).
-        bf16=device == "cuda" and torch.cuda.is_bf16_supported(),
+        **schedule_arguments(
+            config.dpo, config.output_dir / DPO_CHECKPOINT_DIR, config.params.seed, device
+        ),
+        beta=config.dpo.beta,
+        # TRL turns this on by default; the SFT stage does not use it (small models).
         activation_checkpointing=False,
         max_length=None,
-        dataloader_num_workers=0,
-        disable_tqdm=True,
     )
 
 

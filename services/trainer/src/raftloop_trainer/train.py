@@ -170,33 +170,47 @@ def encoded_dataset(tokenizer: Any, config: TrainConfig) -> list[dict[str, list[
     return encoded
 
 
+def schedule_arguments(
+    p: LoraParams | DpoParams, output_dir: Path, seed: int, device: str
+) -> dict[str, Any]:
+    """What every stage's Trainer arguments share.
+
+    The step schedule, checkpoints every `save_steps` (two kept, for resume), the seed, the
+    device and the quiet defaults.
+    """
+    import torch
+
+    return {
+        "output_dir": str(output_dir),
+        "num_train_epochs": p.epochs,
+        "max_steps": p.max_steps,
+        "per_device_train_batch_size": p.batch_size,
+        "gradient_accumulation_steps": p.grad_accum,
+        "learning_rate": p.learning_rate,
+        "warmup_steps": p.warmup_steps,
+        "lr_scheduler_type": "linear",
+        "logging_steps": 1,
+        "save_strategy": "steps",
+        "save_steps": p.save_steps,
+        "save_total_limit": 2,
+        "seed": seed,
+        "data_seed": seed,
+        "report_to": [],
+        "use_cpu": device == "cpu",
+        "bf16": device == "cuda" and torch.cuda.is_bf16_supported(),
+        "dataloader_num_workers": 0,
+        "disable_tqdm": True,
+    }
+
+
 def training_arguments(config: TrainConfig, device: str) -> Any:
     """The TrainingArguments for this config."""
-    import torch
     from transformers import TrainingArguments
 
     p = config.params
     return TrainingArguments(
-        output_dir=str(config.output_dir / CHECKPOINT_DIR),
-        num_train_epochs=p.epochs,
-        max_steps=p.max_steps,
-        per_device_train_batch_size=p.batch_size,
-        gradient_accumulation_steps=p.grad_accum,
-        learning_rate=p.learning_rate,
-        warmup_steps=p.warmup_steps,
-        lr_scheduler_type="linear",
-        logging_steps=1,
-        save_strategy="steps",
-        save_steps=p.save_steps,
-        save_total_limit=2,
-        seed=p.seed,
-        data_seed=p.seed,
-        report_to=[],
-        use_cpu=device == "cpu",
-        bf16=device == "cuda" and torch.cuda.is_bf16_supported(),
-        dataloader_num_workers=0,
+        **schedule_arguments(p, config.output_dir / CHECKPOINT_DIR, p.seed, device),
         remove_unused_columns=False,
-        disable_tqdm=True,
     )
 
 
