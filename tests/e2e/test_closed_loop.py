@@ -32,7 +32,7 @@ pytestmark = [
     pytest.mark.e2e,
     pytest.mark.slow,
     # About 12 minutes of SmolLM2 on two idle cores (a chat and a judge generation per
-    # interaction, about 60 interactions, then training and the gate). `make test` runs it;
+    # interaction, about 100 interactions, then training and the gate). `make test` runs it;
     # `make e2e` runs it alone; `-m "not e2e"` leaves it out of a quick local run.
     pytest.mark.timeout(5400),
 ]
