@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 from pathlib import Path
 
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from raftloop_core.limits import HttpLimits
@@ -16,6 +16,7 @@ from raftloop_trainer.domain import (
     GatePolicy,
     TriggerPolicy,
 )
+from raftloop_trainer.hpo import HpoParams
 from raftloop_trainer.judging import JudgeConfig
 from raftloop_trainer.preference import Recipe
 from raftloop_trainer.train import DpoParams, LoraParams
@@ -82,6 +83,17 @@ class TrainerSettings(HttpLimits):
         default_factory=DpoParams,
         description="JSON: beta, learning_rate, epochs, max_steps, batch_size, save_steps.",
     )
+    hpo: HpoParams = Field(
+        default_factory=HpoParams,
+        description="JSON: the hyper-parameter search (trials, minutes, split, space); off "
+        "while trials is 0.",
+    )
+    hpo_trials: int | None = Field(
+        default=None, ge=0, description="Overrides TRAINER_HPO's trials (one variable to set)."
+    )
+    hpo_minutes: float | None = Field(
+        default=None, gt=0, description="Overrides TRAINER_HPO's minutes."
+    )
 
     min_new_examples: int = Field(default=50, ge=1, description="New examples that start a run.")
     max_age_hours: float | None = Field(default=24.0, gt=0)
@@ -134,6 +146,18 @@ class TrainerSettings(HttpLimits):
         le=1.0,
         description="Gate on the pairwise win rate (ties count half); off by default.",
     )
+
+    @model_validator(mode="after")
+    def _apply_hpo_overrides(self) -> TrainerSettings:
+        """Fold TRAINER_HPO_TRIALS and TRAINER_HPO_MINUTES into `hpo`, validated like the JSON."""
+        overrides = {
+            k: v
+            for k, v in (("trials", self.hpo_trials), ("minutes", self.hpo_minutes))
+            if v is not None
+        }
+        if overrides:
+            self.hpo = HpoParams.model_validate(self.hpo.model_dump() | overrides)
+        return self
 
     @property
     def state_dir(self) -> Path:

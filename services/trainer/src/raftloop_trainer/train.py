@@ -9,6 +9,9 @@ The recipe (`TrainConfig.recipe`) adds a preference stage (`raftloop_trainer.dpo
 trains SFT into `<output_dir>/sft-adapter`, then DPO on the pairs from there; `dpo` trains DPO
 from the base model. Each stage resumes on its own, and `<output_dir>/stages.json` says what
 each stage did (a DPO stage with fewer than `min_pairs` pairs is skipped, and says why).
+
+With `TrainConfig.hpo` asking for trials, a hyper-parameter search (`raftloop_trainer.hpo`) runs
+first and, when it beats the defaults, leaves a second adapter in `<output_dir>/hpo-adapter`.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from raftloop_trainer.encoding import encode_example, pad_batch
+from raftloop_trainer.hpo import HpoParams
 from raftloop_trainer.preference import Recipe
 
 log = logging.getLogger("raftloop_trainer.train")
@@ -34,6 +38,8 @@ SFT_ADAPTER_DIR = "sft-adapter"
 CHECKPOINT_DIR = "checkpoints"
 PROGRESS_FILE = "progress.json"
 STAGES_FILE = "stages.json"
+HPO_ADAPTER_DIR = "hpo-adapter"
+HPO_RUN_DIR = "hpo-run"
 
 
 class LoraParams(BaseModel):
@@ -92,6 +98,9 @@ class TrainConfig(BaseModel):
     )
     dpo: DpoParams = Field(default_factory=DpoParams)
     min_pairs: int = Field(default=1, ge=1, description="Fewer pairs skip the DPO stage.")
+    hpo: HpoParams | None = Field(
+        default=None, description="A hyper-parameter search before the recipe (`hpo`)."
+    )
 
 
 def load_examples(path: Path) -> list[list[dict[str, str]]]:
@@ -239,12 +248,53 @@ def last_complete_checkpoint(folder: Path) -> str | None:
 
 
 def train(config: TrainConfig) -> Path:
-    """Train a LoRA adapter with the config's recipe; return the adapter folder."""
+    """Train a LoRA adapter with the config's recipe; return the adapter folder.
+
+    With `config.hpo` asking for trials, the search and its tuned adapter come first: the
+    runner takes an `adapter` folder to mean the whole job is done, so it must appear last for
+    a killed search to resume.
+    """
+    if config.hpo is not None and config.hpo.trials > 0:
+        train_tuned(config, config.hpo)
     if config.recipe == "sft":
         return train_sft(config, config.output_dir / ADAPTER_DIR)
     from raftloop_trainer.dpo import run_preference_recipe
 
     return run_preference_recipe(config)
+
+
+def train_tuned(config: TrainConfig, hpo: HpoParams) -> Path | None:
+    """Search, then train SFT with the chosen values on all training examples.
+
+    The tuned adapter goes to `<output_dir>/hpo-adapter` (None when the defaults stay best, or
+    the search was skipped). It trains from its own `hpo-run` folder (checkpoints, progress), so
+    it resumes apart from the recipe's stages; a finished `hpo.json` is not searched again.
+    """
+    from raftloop_trainer.hpo import read_result, search
+
+    result = read_result(config.output_dir)
+    if result is None or result.get("state") not in ("done", "skipped"):
+        result = search(config, hpo).to_json()
+    if not result.get("beats_defaults"):
+        log.info("no tuned adapter", extra={"reason": "the defaults were not beaten"})
+        return None
+    target = config.output_dir / HPO_ADAPTER_DIR
+    if (target / "adapter_model.safetensors").is_file():
+        return target
+    run = config.model_copy(
+        update={
+            "params": LoraParams.model_validate(result["chosen"]),
+            "output_dir": config.output_dir / HPO_RUN_DIR,
+            "hpo": None,
+        }
+    )
+    # Saved aside and moved in whole: an `hpo-adapter` folder is always a complete adapter.
+    partial = target.with_name(f".{HPO_ADAPTER_DIR}")
+    shutil.rmtree(partial, ignore_errors=True)
+    train_sft(run, partial)
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(partial, target)
+    return target
 
 
 def train_sft(config: TrainConfig, target: Path) -> Path:
