@@ -270,3 +270,42 @@ def decide(
         )
         return GateDecision(True, reasons + unchecked)
     return GateDecision(False, reasons + unchecked)
+
+
+@dataclass(frozen=True)
+class CandidateVerdict:
+    """One candidate of a run (a recipe's adapter) and what the gate made of it."""
+
+    label: str
+    gain: float
+    """The primary metric's hold-out gain over what serves (the point estimate)."""
+    decision: GateDecision
+
+
+def choose_candidate(verdicts: Sequence[CandidateVerdict]) -> int:
+    """The index of the candidate a run promotes or rejects: the highest primary gain.
+
+    The choice is made on the point estimate and then gated once, on its own interval, so a run
+    with two candidates does not get two chances to pass by luck. Ties go to the earlier one
+    (the recipe's own adapter comes first).
+
+    Raises:
+        ValueError: no candidates.
+    """
+    if not verdicts:
+        raise ValueError("a run needs at least one candidate to choose from")
+    best = 0
+    for index, verdict in enumerate(verdicts):
+        if verdict.gain > verdicts[best].gain:
+            best = index
+    return best
+
+
+def choice_reason(verdicts: Sequence[CandidateVerdict], chosen: int, metric: str) -> str:
+    """Why the chosen candidate is the one gated, naming every other candidate's gain."""
+    others = ", ".join(f"{v.label} {v.gain:+.4f}" for i, v in enumerate(verdicts) if i != chosen)
+    pick = verdicts[chosen]
+    return (
+        f"candidate {pick.label} chosen: its {metric} gain {pick.gain:+.4f} is the highest "
+        f"of {len(verdicts)} (others: {others})"
+    )

@@ -81,19 +81,19 @@ class EvalConfig(BaseModel):
     batch_size: int = Field(default=8, ge=1)
     device: str = "auto"
     judge: JudgeConfig | None = Field(
-        default=None, description="Judge `judge_pair` pairwise on the hold-out items."
+        default=None, description="Judge `judge_pairs` pairwise on the hold-out items."
     )
-    judge_pair: tuple[str, str] | None = Field(
-        default=None, description="(baseline, candidate) variant names."
+    judge_pairs: list[tuple[str, str]] = Field(
+        default_factory=list,
+        description="(baseline, candidate) variant names; the first is the report's own pair.",
     )
 
     @model_validator(mode="after")
-    def _pair_names_variants(self) -> EvalConfig:
+    def _pairs_name_variants(self) -> EvalConfig:
         names = {v.name for v in self.variants}
-        if self.judge_pair is not None and not set(self.judge_pair) <= names:
-            raise ValueError(
-                f"judge_pair {self.judge_pair} must name two of the variants {sorted(names)}"
-            )
+        for pair in self.judge_pairs:
+            if not set(pair) <= names:
+                raise ValueError(f"judge pair {pair} must name two of the variants {sorted(names)}")
         return self
 
 
@@ -280,10 +280,18 @@ def evaluate(config: EvalConfig, *, judge_api_key: str | None = None) -> dict[st
         "variants": variants,
         "max_new_tokens": config.max_new_tokens,
     }
-    if config.judge is not None and config.judge_pair is not None:
-        result["pairwise"] = run_pairwise(
-            config, config.judge, config.judge_pair, variants, tokenizer, base, judge_api_key
-        )
+    if config.judge is not None:
+        # One judged record per candidate; `pairwise` stays the first pair's, as one-candidate
+        # reports read it.
+        judged = {
+            pair[1]: run_pairwise(
+                config, config.judge, pair, variants, tokenizer, base, judge_api_key
+            )
+            for pair in config.judge_pairs
+        }
+        if judged:
+            result["pairwise"] = judged[config.judge_pairs[0][1]]
+            result["pairwise_by_candidate"] = judged
     config.output_dir.mkdir(parents=True, exist_ok=True)
     (config.output_dir / SCORES_FILE).write_text(json.dumps(result, indent=1))
     return result
@@ -312,14 +320,19 @@ def compare(
     return out
 
 
-def pairwise_summary(result: dict[str, Any], *, not_measured: str | None = None) -> dict[str, Any]:
+def pairwise_summary(
+    result: dict[str, Any], *, not_measured: str | None = None, candidate: str | None = None
+) -> dict[str, Any]:
     """The win rate of the judged pairs in `result`, or why it was not measured.
 
     Args:
         result: an evaluation result (`scores.json`).
         not_measured: the reason when no judge was configured for this evaluation.
+        candidate: whose pairs against the baseline (None: the first judged pair's).
     """
     pairwise = result.get("pairwise")
+    if candidate is not None:
+        pairwise = (result.get("pairwise_by_candidate") or {}).get(candidate)
     if pairwise is None:
         return {"measured": False, "reason": not_measured or "no pairwise judge configured"}
     verdicts = [

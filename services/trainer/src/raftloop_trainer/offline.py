@@ -126,7 +126,7 @@ def compare_on_demo(
         output_dir=out,
         max_new_tokens=max_new_tokens,
         judge=judge if pair else None,
-        judge_pair=(baseline.name, candidate.name) if pair else None,
+        judge_pairs=[(baseline.name, candidate.name)] if pair else [],
     )
     result = evaluate(config, judge_api_key=judge_api_key)
     diffs = compare(result, baseline.name, candidate.name)

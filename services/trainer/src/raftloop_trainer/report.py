@@ -185,6 +185,76 @@ def _data_lines(data: Mapping[str, Any] | None) -> list[str]:
     ]
 
 
+def candidate_lines(
+    rows: Sequence[Mapping[str, Any]] | None, metric: str = "token_f1"
+) -> list[str]:
+    """The run's candidates side by side: hold-out gain with its interval, win rate, verdict.
+
+    Only the chosen one (highest gain) was gated for promotion; the others' verdicts say what
+    the gate would have made of each alone.
+    """
+    if not rows:
+        return []
+    lines = [
+        "",
+        "## candidates (each against what serves, on the same hold-out)",
+        "",
+        f"| candidate | adapter | hold-out {metric} | gain | 95% CI | judge win rate | "
+        "gate alone |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        primary = row["holdout"].get(metric)
+        figures = "n/a | n/a | n/a"
+        if primary:
+            figures = (
+                f"{primary['baseline']:.4f} → {primary['candidate']:.4f} | "
+                f"{primary['diff']:+.4f} | {primary['ci_low']:+.4f} .. {primary['ci_high']:+.4f}"
+            )
+        pairwise = row.get("pairwise") or {}
+        rate = "not measured"
+        if pairwise.get("measured"):
+            rate = (
+                f"{pairwise['win_rate']:.3f} ({pairwise['ci_low']:.3f} .. "
+                f"{pairwise['ci_high']:.3f})"
+            )
+        mark = " **(chosen)**" if row["chosen"] else ""
+        verdict = "passes" if row["passes"] else "fails"
+        lines.append(
+            f"| {row['label']}{mark} | `{row['adapter_id'][:12]}` | {figures} | {rate} | "
+            f"{verdict} |"
+        )
+    return lines
+
+
+def hpo_lines(hpo: Mapping[str, Any] | None) -> list[str]:
+    """The hyper-parameter search: its trials (validation loss, lower is better) and choice."""
+    if not hpo:
+        return []
+    lines = ["", "## hyper-parameter search (validation split of the training examples)", ""]
+    if hpo.get("skipped"):
+        return [*lines, f"Not searched: {hpo['skipped']}."]
+    default, best = hpo.get("default_value"), hpo.get("best_value")
+    if default is not None and best is not None:
+        beats = "beat" if hpo.get("beats_defaults") else "did not beat"
+        lines.append(
+            f"Validation loss: defaults {default:.4f}, best {best:.4f}; the chosen values {beats} "
+            f"the defaults. Train {hpo.get('train_size', '?')}, validation "
+            f"{hpo.get('validation_size', '?')} examples."
+        )
+    lines += ["", "| trial | state | validation loss | seconds | values |", "|---|---|---|---|---|"]
+    for trial in hpo.get("trials", []):
+        value = trial.get("value")
+        shown = "n/a" if value is None else f"{value:.4f}"
+        seconds = trial.get("seconds")
+        values = ", ".join(f"{k}={v}" for k, v in (trial.get("params") or {}).items())
+        lines.append(
+            f"| {trial.get('number')} | {trial.get('state')} | {shown} | "
+            f"{'n/a' if seconds is None else f'{seconds:.0f}'} | {values} |"
+        )
+    return lines
+
+
 def error_lines(analysis: Mapping[str, Any] | None) -> list[str]:
     """The error analysis as a table (modes x variants, counts and shares) and its examples."""
     if not analysis or not analysis["columns"]:
@@ -225,6 +295,8 @@ def markdown(payload: Mapping[str, Any]) -> str:
     lines += _data_lines(payload.get("data"))
     lines += _regression_lines(payload.get("regression"))
     lines += _preference_lines(payload.get("preference"))
+    lines += candidate_lines(payload.get("candidates"))
+    lines += hpo_lines(payload.get("hpo"))
     decision = payload.get("decision")
     if decision:
         verdict = "PROMOTE" if decision["promote"] else "REJECT"

@@ -28,7 +28,14 @@ from raftloop_trainer.builder import (
     sources_from_rows,
     write_examples,
 )
-from raftloop_trainer.domain import GateDecision, dataset_version, decide
+from raftloop_trainer.domain import (
+    CandidateVerdict,
+    GateDecision,
+    choice_reason,
+    choose_candidate,
+    dataset_version,
+    decide,
+)
 from raftloop_trainer.errors import error_analysis, error_counts
 from raftloop_trainer.evaluate import (
     JUDGE_KEY_ENV,
@@ -40,6 +47,8 @@ from raftloop_trainer.evaluate import (
     holdout_items,
     pairwise_summary,
 )
+from raftloop_trainer.hpo import HPO_FILE
+from raftloop_trainer.metrics import PairedDiff
 from raftloop_trainer.preference import build_pairs, write_pairs
 from raftloop_trainer.progress import read_progress, write_json_atomic
 from raftloop_trainer.report import (
@@ -52,7 +61,14 @@ from raftloop_trainer.report import (
     write_report,
 )
 from raftloop_trainer.settings import TrainerSettings
-from raftloop_trainer.train import ADAPTER_DIR, PROGRESS_FILE, STAGES_FILE, TrainConfig
+from raftloop_trainer.train import (
+    ADAPTER_DIR,
+    HPO_ADAPTER_DIR,
+    PROGRESS_FILE,
+    SFT_ADAPTER_DIR,
+    STAGES_FILE,
+    TrainConfig,
+)
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +143,8 @@ class Runner:
         await asyncio.to_thread(
             self.store.start_run, run_id, tenant, self.base_model, trigger, snap.max_seq
         )
-        self.store.update_run(
+        await asyncio.to_thread(
+            self.store.update_run,
             run_id,
             dataset_version=version,
             train_examples=len(snap.train),
@@ -137,7 +154,7 @@ class Runner:
         try:
             return await self._train_and_gate(run_id, tenant, version, snap, job_dir)
         except Exception as exc:
-            self.store.finish_run(run_id, "failed", error=str(exc)[:4000])
+            await asyncio.to_thread(self.store.finish_run, run_id, "failed", error=str(exc)[:4000])
             await self.sink.publish(
                 Topic.TRAINING_RUN_FINISHED,
                 TrainingRunFinished(
@@ -156,6 +173,8 @@ class Runner:
         if self.settings.recipe != "sft":  # an sft job keeps the folder it had before recipes
             params += self.settings.recipe + self.settings.dpo.model_dump_json()
             params += f"{self.settings.min_pairs}"
+        if self.settings.hpo.trials > 0:  # a searched job leaves another candidate
+            params += self.settings.hpo.model_dump_json()
         key = hashlib.sha256(params.encode()).hexdigest()[:8]
         return self.settings.state_dir / "jobs" / f"{version[:16]}-{key}"
 
@@ -163,10 +182,7 @@ class Runner:
         """Write the dataset snapshot and the RAFT files once per job folder (resume-safe)."""
         snapshot = job_dir / "dataset.jsonl"
         if not snapshot.exists():
-            rows = [{**r, "split": "train"} for r in snap.train]
-            rows += [{**r, "split": "holdout"} for r in snap.holdout]
-            snapshot.parent.mkdir(parents=True, exist_ok=True)
-            snapshot.write_text("".join(json.dumps(r, default=str) + "\n" for r in rows))
+            await asyncio.to_thread(_write_snapshot, snapshot, snap)
         examples = job_dir / "train.jsonl"
         if not examples.exists():
             sources = sources_from_rows(snap.train)
@@ -199,6 +215,7 @@ class Runner:
             pairs_path=job_dir / "pairs.jsonl" if preference else None,
             dpo=self.settings.dpo,
             min_pairs=self.settings.min_pairs,
+            hpo=self.settings.hpo if self.settings.hpo.trials > 0 else None,
         )
 
     async def _preference_stage(
@@ -228,21 +245,45 @@ class Runner:
         adapter_dir = job_dir / ADAPTER_DIR
         if not (adapter_dir / "adapter_model.safetensors").exists():
             config = self._train_config(examples, job_dir)
-            (job_dir / "train_config.json").write_text(config.model_dump_json(indent=2))
+            await asyncio.to_thread(
+                (job_dir / "train_config.json").write_text, config.model_dump_json(indent=2)
+            )
             await run_job(
                 "raftloop_trainer.train", job_dir / "train_config.json", job_dir / "train.log"
             )
-        card = AdapterCard(
-            base_model=self.base_model,
-            dataset_version=version,
-            run_id=run_id,
-            tenant=tenant,
-            parent=self.registry.serving(self.settings.alias, tenant).adapter_id,
-            hyperparameters=_flat_params(self.settings),
-        )
-        adapter_id = await asyncio.to_thread(self.registry.add, adapter_dir, card)
+        ctx = RunContext(run_id, tenant, version, snap, job_dir)
         preference = await self._preference_stage(run_id, version, job_dir)
-        return await self._gate(run_id, tenant, version, snap, adapter_id, preference)
+        candidates = await self._register(ctx, preference)
+        return await self._gate(ctx, candidates, preference)
+
+    async def _register(
+        self, ctx: RunContext, preference: dict[str, Any] | None
+    ) -> list[Candidate]:
+        """Add every candidate adapter of the job to the registry (`job_candidates`).
+
+        Two candidates with the same weights (a skipped DPO stage keeps the SFT adapter) are
+        one candidate.
+        """
+        parent = self.registry.serving(self.settings.alias, ctx.tenant).adapter_id
+        hpo = await asyncio.to_thread(read_progress, ctx.job_dir / HPO_FILE)
+        found: list[Candidate] = []
+        for label, folder in job_candidates(ctx.job_dir, self.settings.recipe, preference):
+            params = _flat_params(self.settings) | {"candidate": label}
+            if folder.name == HPO_ADAPTER_DIR and hpo and hpo.get("chosen"):
+                params |= _tuned_params(hpo["chosen"])
+            card = AdapterCard(
+                base_model=self.base_model,
+                dataset_version=ctx.version,
+                run_id=ctx.run_id,
+                tenant=ctx.tenant,
+                parent=parent,
+                hyperparameters=params,
+            )
+            adapter_id = await asyncio.to_thread(self.registry.add, folder, card)
+            if all(c.adapter_id != adapter_id for c in found):
+                variant = Variant(name=f"adapter:{adapter_id[:12]}", adapter_dir=folder)
+                found.append(Candidate(label, adapter_id, variant))
+        return found
 
     async def eval_items(self, snap: Any, tenant: str) -> tuple[list[EvalItem], dict[str, Any]]:
         """The hold-out items (oracle always shown) and the tenant's own regression items.
@@ -265,133 +306,147 @@ class Runner:
         summary = regression_summary(len(stored), limit)
         return holdout_items(held, questions) + regression_set(stored, limit), summary
 
-    def _lineup(self, tenant: str, adapter_id: str) -> Lineup:
-        """Serving vs candidate, plus the base model when an adapter serves (`eval_base`)."""
+    def _lineup(self, tenant: str, candidates: list[Candidate]) -> Lineup:
+        """Serving vs the candidates, plus the base model when an adapter serves (`eval_base`)."""
         serving = self.registry.serving(self.settings.alias, tenant).adapter_id
         baseline = Variant(
             name=f"adapter:{serving[:12]}" if serving else "base",
             adapter_dir=self.registry.get(serving) if serving else None,
         )
-        candidate = Variant(
-            name=f"adapter:{adapter_id[:12]}", adapter_dir=self.registry.get(adapter_id)
-        )
         if not serving:
-            return Lineup(baseline, candidate, [("base = serving", baseline.name)])
+            return Lineup(baseline, candidates, [("base = serving", baseline.name)])
         if not self.settings.eval_base:
-            return Lineup(baseline, candidate, [("serving", baseline.name)])
+            return Lineup(baseline, candidates, [("serving", baseline.name)])
         base = Variant(name="base")
-        return Lineup(baseline, candidate, [("base", base.name), ("serving", baseline.name)], base)
+        return Lineup(baseline, candidates, [("base", base.name), ("serving", baseline.name)], base)
 
     async def _evaluate(
         self, run_dir: Path, items: list[EvalItem], lineup: Lineup
     ) -> tuple[dict[str, Any], str | None]:
         """Run the eval job; its `scores.json`, and why the win rate is not measured (if not)."""
         judge, not_judged = self.settings.judge_config()
-        baseline, candidate = lineup.baseline, lineup.candidate
+        baseline = lineup.baseline
         config = EvalConfig(
             base_model_dir=self.base_model_dir,
             items=items,
-            variants=[baseline, candidate, *([lineup.base] if lineup.base else [])],
+            variants=[baseline, *lineup.variants, *([lineup.base] if lineup.base else [])],
             output_dir=run_dir,
             max_new_tokens=self.settings.eval_max_new_tokens,
             device=self.settings.device,
             judge=judge,
-            judge_pair=(baseline.name, candidate.name) if judge else None,
+            judge_pairs=[(baseline.name, v.name) for v in lineup.variants] if judge else [],
         )
-        write_json_atomic(run_dir / "eval_config.json", json.loads(config.model_dump_json()))
+        await asyncio.to_thread(
+            write_json_atomic, run_dir / "eval_config.json", json.loads(config.model_dump_json())
+        )
         self.current = (self.current or {}) | {"phase": "evaluating"}
         key = {JUDGE_KEY_ENV: self.judge_api_key} if judge and self.judge_api_key else None
         await run_job(
             "raftloop_trainer.evaluate", run_dir / "eval_config.json", run_dir / "eval.log", env=key
         )
-        return json.loads((run_dir / SCORES_FILE).read_text()), not_judged
+        text = await asyncio.to_thread((run_dir / SCORES_FILE).read_text)
+        return json.loads(text), not_judged
 
-    async def _gate(
-        self,
-        run_id: str,
-        tenant: str,
-        version: str,
-        snap: Any,
-        adapter_id: str,
-        preference: dict[str, Any] | None = None,
-    ) -> dict[str, Any]:
-        run_dir = self.settings.state_dir / "runs" / run_id
-        lineup = self._lineup(tenant, adapter_id)
-        baseline, candidate = lineup.baseline.name, lineup.candidate.name
-        items, regression = await self.eval_items(snap, tenant)
-        result, not_judged = await self._evaluate(run_dir, items, lineup)
-        diffs = compare(result, baseline, candidate)
-        pairwise = pairwise_summary(result, not_measured=not_judged)
+    def _judged(
+        self, result: dict[str, Any], baseline: str, candidate: Candidate, not_judged: str | None
+    ) -> Judged:
+        """One candidate against what serves: its paired differences, win rate and verdict."""
+        name = candidate.variant.name
+        diffs = compare(result, baseline, name)
+        pairwise = pairwise_summary(result, not_measured=not_judged, candidate=name)
         decision = decide(
             diffs.get("holdout", []),
             diffs.get("regression", []),
             self.settings.gate_policy(),
             judge_win_rate=pairwise.get("win_rate"),
         )
-        errors = error_analysis(result, [*lineup.columns, ("candidate", candidate)])
-        metrics = flat_metrics(diffs) | pairwise_metrics(pairwise)
+        primary = self.settings.primary_metric
+        gain = next((d.diff for d in diffs.get("holdout", []) if d.metric == primary), 0.0)
+        return Judged(candidate, diffs, pairwise, CandidateVerdict(candidate.label, gain, decision))
+
+    async def _gate(
+        self, ctx: RunContext, candidates: list[Candidate], preference: dict[str, Any] | None
+    ) -> dict[str, Any]:
+        """Evaluate every candidate, gate the one with the highest gain, report and announce."""
+        run_dir = self.settings.state_dir / "runs" / ctx.run_id
+        lineup = self._lineup(ctx.tenant, candidates)
+        baseline = lineup.baseline.name
+        items, regression = await self.eval_items(ctx.snap, ctx.tenant)
+        result, not_judged = await self._evaluate(run_dir, items, lineup)
+        judged = [self._judged(result, baseline, c, not_judged) for c in candidates]
+        verdicts = [j.verdict for j in judged]
+        chosen = judged[choose_candidate(verdicts)]
+        decision = chosen.verdict.decision
+        if len(judged) > 1:
+            reason = choice_reason(verdicts, judged.index(chosen), self.settings.primary_metric)
+            decision = GateDecision(decision.promote, [reason, *decision.reasons])
+        candidate = chosen.candidate.variant.name
+        errors = error_analysis(result, [*lineup.columns, *lineup.candidate_columns(chosen)])
+        metrics = flat_metrics(chosen.diffs) | pairwise_metrics(chosen.pairwise)
+        hpo = await asyncio.to_thread(read_progress, ctx.job_dir / HPO_FILE)
         payload = report_payload(
-            title=f"{run_id}: {candidate} vs {baseline}",
+            title=f"{ctx.run_id}: {candidate} vs {baseline}",
             baseline=baseline,
             candidate=candidate,
-            diffs=diffs,
+            diffs=chosen.diffs,
             decision=decision,
-            pairwise=pairwise,
+            pairwise=chosen.pairwise,
             extra={
-                "run_id": run_id,
-                "dataset_version": version,
-                "adapter_id": adapter_id,
-                "data": data_summary(snap.train, snap.holdout),
+                "run_id": ctx.run_id,
+                "dataset_version": ctx.version,
+                "adapter_id": chosen.candidate.adapter_id,
+                "data": data_summary(ctx.snap.train, ctx.snap.holdout),
                 "regression": regression,
                 "error_analysis": errors,
                 **({"preference": preference} if preference is not None else {}),
+                **({"candidates": candidate_rows(judged, chosen)} if len(judged) > 1 else {}),
+                **({"hpo": hpo} if hpo is not None else {}),
             },
         )
-        report = write_report(run_dir, payload)
-        common: dict[str, Any] = {
-            "alias": self.settings.alias,
-            "base_model": self.base_model,
-            "tenant": tenant,
-            "run_id": run_id,
-            "dataset_version": version,
-            "metrics": metrics,
-        }
+        report = await asyncio.to_thread(write_report, run_dir, payload)
         finished = metrics | error_counts(errors, "candidate")  # the ops timeline shows these
         finished |= preference_metrics(preference)
-        await self._announce(common, snap, adapter_id, decision, report, finished)
+        await self._announce(ctx, chosen.candidate.adapter_id, decision, report, metrics, finished)
         return {
-            "run_id": run_id,
+            "run_id": ctx.run_id,
             "status": "promoted" if decision.promote else "rejected",
-            "adapter_id": adapter_id,
+            "adapter_id": chosen.candidate.adapter_id,
             "report": payload,
         }
 
     async def _announce(
         self,
-        common: dict[str, Any],
-        snap: Any,
+        ctx: RunContext,
         adapter_id: str,
         decision: GateDecision,
         report: Path,
+        metrics: dict[str, float],
         run_metrics: dict[str, float],
     ) -> None:
         """Publish the finished run, promote or reject the candidate, and record the outcome.
 
         `run_metrics` (the gate's metrics and the candidate's error counts) go with the finished
-        run; the promotion or rejection carries the gate's metrics only.
+        run; the promotion or rejection carries the gate's `metrics` only.
         """
-        run_id = common["run_id"]
+        common: dict[str, Any] = {
+            "alias": self.settings.alias,
+            "base_model": self.base_model,
+            "tenant": ctx.tenant,
+            "run_id": ctx.run_id,
+            "dataset_version": ctx.version,
+            "metrics": metrics,
+        }
         await self.sink.publish(
             Topic.TRAINING_RUN_FINISHED,
             TrainingRunFinished(
-                tenant=common["tenant"],
-                run_id=run_id,
+                tenant=ctx.tenant,
+                run_id=ctx.run_id,
                 base_model=self.base_model,
-                dataset_version=common["dataset_version"],
+                dataset_version=ctx.version,
                 status="succeeded",
                 adapter_id=adapter_id,
-                train_examples=len(snap.train),
-                holdout_examples=len(snap.holdout),
+                train_examples=len(ctx.snap.train),
+                holdout_examples=len(ctx.snap.holdout),
                 metrics=run_metrics,
                 report_path=str(report),
             ),
@@ -403,28 +458,120 @@ class Runner:
         else:
             await promotion.reject(self.sink, adapter_id, reasons=decision.reasons, **common)
         status = "promoted" if decision.promote else "rejected"
-        self.store.finish_run(
-            run_id,
+        await asyncio.to_thread(
+            self.store.finish_run,
+            ctx.run_id,
             status,
             adapter_id=adapter_id,
             report_path=str(report),
             decision=json.dumps({"promote": decision.promote, "reasons": decision.reasons}),
         )
-        log.info("training run finished", extra={"run_id": run_id, "status": status})
+        log.info("training run finished", extra={"run_id": ctx.run_id, "status": status})
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """What every step of one run acts on: its id, tenant, dataset snapshot and job folder."""
+
+    run_id: str
+    tenant: str
+    version: str
+    snap: Any
+    job_dir: Path
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One adapter a run produced: which recipe made it, its registry id, its eval variant."""
+
+    label: str
+    adapter_id: str
+    variant: Variant
+
+
+@dataclass(frozen=True)
+class Judged:
+    """A candidate's evaluation against what serves, and the gate's verdict on it alone."""
+
+    candidate: Candidate
+    diffs: dict[str, list[PairedDiff]]
+    pairwise: dict[str, Any]
+    verdict: CandidateVerdict
 
 
 @dataclass(frozen=True)
 class Lineup:
-    """The variants of a run's evaluation and the error analysis's columns before the candidate.
+    """The variants of a run's evaluation and the error analysis's columns before the candidates.
 
     `base` is the base model, evaluated besides the serving adapter (None when the base model
     serves, or `TRAINER_EVAL_BASE` is off).
     """
 
     baseline: Variant
-    candidate: Variant
+    candidates: list[Candidate]
     columns: list[tuple[str, str]]
     base: Variant | None = None
+
+    @property
+    def variants(self) -> list[Variant]:
+        """The candidates' eval variants, in order."""
+        return [c.variant for c in self.candidates]
+
+    def candidate_columns(self, chosen: Judged) -> list[tuple[str, str]]:
+        """Error-analysis columns of the candidates: the chosen one is `candidate`."""
+        return [
+            ("candidate" if c == chosen.candidate else f"candidate ({c.label})", c.variant.name)
+            for c in self.candidates
+        ]
+
+
+def job_candidates(
+    job_dir: Path, recipe: str, preference: dict[str, Any] | None
+) -> list[tuple[str, Path]]:
+    """The adapters a training job left to compare: (label, folder), the recipe's own first.
+
+    `sft+dpo` whose DPO stage ran also leaves its SFT stage's adapter, the SFT-only candidate;
+    a hyper-parameter search that found better values leaves `hpo-adapter` (SFT, tuned).
+    """
+    found = [(recipe, job_dir / ADAPTER_DIR)]
+    dpo_done = ((preference or {}).get("dpo") or {}).get("state") == "done"
+    if recipe == "sft+dpo" and dpo_done and _has_adapter(job_dir / SFT_ADAPTER_DIR):
+        found.append(("sft", job_dir / SFT_ADAPTER_DIR))
+    if _has_adapter(job_dir / HPO_ADAPTER_DIR):
+        found.append(("sft (tuned)", job_dir / HPO_ADAPTER_DIR))
+    return found
+
+
+def _write_snapshot(path: Path, snap: Any) -> None:
+    """The run's examples as JSONL, each with its split."""
+    rows = [{**r, "split": "train"} for r in snap.train]
+    rows += [{**r, "split": "holdout"} for r in snap.holdout]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r, default=str) + "\n" for r in rows))
+
+
+def _has_adapter(folder: Path) -> bool:
+    return (folder / "adapter_model.safetensors").is_file()
+
+
+def candidate_rows(judged: list[Judged], chosen: Judged) -> list[dict[str, Any]]:
+    """The report's table of every candidate: hold-out figures, win rate and verdict."""
+    rows = []
+    for j in judged:
+        holdout = {d.metric: d.as_dict() for d in j.diffs.get("holdout", [])}
+        rows.append(
+            {
+                "label": j.candidate.label,
+                "adapter_id": j.candidate.adapter_id,
+                "variant": j.candidate.variant.name,
+                "chosen": j is chosen,
+                "holdout": holdout,
+                "pairwise": j.pairwise,
+                "passes": j.verdict.decision.promote,
+                "reasons": j.verdict.decision.reasons,
+            }
+        )
+    return rows
 
 
 def _flat_params(settings: TrainerSettings) -> dict[str, float | int | str | bool]:
@@ -440,3 +587,8 @@ def _flat_params(settings: TrainerSettings) -> dict[str, float | int | str | boo
         out |= {f"dpo_{k}": v for k, v in settings.dpo.model_dump().items()}
         out["min_pairs"] = settings.min_pairs
     return out
+
+
+def _tuned_params(chosen: dict[str, Any]) -> dict[str, float | int | str | bool]:
+    """The searched LoRA values of a tuned candidate's card (the search's `chosen`)."""
+    return {k: v for k, v in chosen.items() if isinstance(v, int | float | str | bool)}

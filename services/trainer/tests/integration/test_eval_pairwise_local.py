@@ -62,19 +62,30 @@ def test_local_judge_scores_each_holdout_pair_and_adapters_unload(
     tiny_model_dir: Path, tmp_path: Path
 ) -> None:
     adapter = random_lora(tiny_model_dir, tmp_path / "lora", seed=3)
+    other = random_lora(tiny_model_dir, tmp_path / "lora2", seed=5)
     config = EvalConfig(
         base_model_dir=tiny_model_dir,
         items=items(),
-        variants=[Variant(name="cand", adapter_dir=adapter), Variant(name="base")],
+        variants=[
+            Variant(name="cand", adapter_dir=adapter),
+            Variant(name="cand2", adapter_dir=other),
+            Variant(name="base"),
+        ],
         output_dir=tmp_path / "eval",
         max_new_tokens=4,
         device="cpu",
         judge=JudgeConfig(kind="local"),
-        judge_pair=("base", "cand"),
+        judge_pairs=[("base", "cand"), ("base", "cand2")],
     )
     result = evaluate(config)
     saved = json.loads((tmp_path / "eval" / "scores.json").read_text())
     assert saved["pairwise"] == result["pairwise"]
+    # Every candidate is judged against the baseline; `pairwise` is the first pair's.
+    by_candidate = result["pairwise_by_candidate"]
+    assert sorted(by_candidate) == ["cand", "cand2"]
+    assert by_candidate["cand"] == result["pairwise"]
+    assert pairwise_summary(result, candidate="cand2")["candidate"] == "cand2"
+    assert pairwise_summary(result, candidate="missing")["measured"] is False
     verdicts = result["pairwise"]["verdicts"]
     assert [v["item_id"] for v in verdicts] == ["h0", "h1", "h2", "h3"]  # hold-out only
     for v in verdicts:

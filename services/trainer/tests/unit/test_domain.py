@@ -2,10 +2,16 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import pytest
+
 from raftloop_trainer.domain import (
+    CandidateVerdict,
+    GateDecision,
     GatePolicy,
     PendingData,
     TriggerPolicy,
+    choice_reason,
+    choose_candidate,
     content_key,
     dataset_version,
     decide,
@@ -104,3 +110,27 @@ def test_gate_checks_the_judge_win_rate_when_configured() -> None:
     policy = GatePolicy(min_judge_win_rate=0.5)
     assert not decide([diff("token_f1", 0.3, 0.2)], [], policy, judge_win_rate=0.4).promote
     assert decide([diff("token_f1", 0.3, 0.2)], [], policy, judge_win_rate=0.6).promote
+
+
+def test_the_candidate_with_the_highest_gain_is_gated_even_if_another_passes() -> None:
+    verdicts = [
+        CandidateVerdict("sft+dpo", 0.12, GateDecision(False, ["lower bound -0.01"])),
+        CandidateVerdict("sft", 0.10, GateDecision(True, ["passes"])),
+        CandidateVerdict("sft (tuned)", 0.15, GateDecision(False, ["lower bound -0.02"])),
+    ]
+    # One gate per run: the point estimate picks, then only the pick's interval decides.
+    assert choose_candidate(verdicts) == 2
+    reason = choice_reason(verdicts, 2, "token_f1")
+    assert reason.startswith("candidate sft (tuned) chosen: its token_f1 gain +0.1500")
+    assert "sft+dpo +0.1200" in reason
+    assert "sft +0.1000" in reason
+
+
+def test_a_tie_goes_to_the_recipes_own_adapter_and_no_candidate_is_refused() -> None:
+    tie = [
+        CandidateVerdict("sft+dpo", 0.1, GateDecision(True, [])),
+        CandidateVerdict("sft", 0.1, GateDecision(True, [])),
+    ]
+    assert choose_candidate(tie) == 0
+    with pytest.raises(ValueError, match="at least one candidate"):
+        choose_candidate([])

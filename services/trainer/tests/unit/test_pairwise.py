@@ -109,5 +109,5 @@ def test_eval_config_refuses_a_judge_pair_that_names_no_variant(tmp_path: Path) 
             variants=[Variant(name="base")],
             output_dir=tmp_path,
             judge=JudgeConfig(kind="local"),
-            judge_pair=("base", "missing"),
+            judge_pairs=[("base", "missing")],
         )

@@ -7,8 +7,10 @@ from raftloop_trainer.distractors import LocalDistractorSource, chunk_text
 from raftloop_trainer.domain import GateDecision
 from raftloop_trainer.metrics import PairedDiff
 from raftloop_trainer.report import (
+    candidate_lines,
     data_summary,
     flat_metrics,
+    hpo_lines,
     markdown,
     report_payload,
     write_report,
@@ -76,3 +78,48 @@ def test_the_report_counts_examples_without_a_retrieved_oracle() -> None:
     )
     assert "2 of 4 (50.0%) had no retrieved chunk that answers" in markdown(payload)
     assert data_summary([], [])["without_oracle_share"] == 0.0
+
+
+def test_candidates_table_shows_each_gain_interval_win_rate_and_the_pick() -> None:
+    f1 = {"baseline": 0.18, "candidate": 0.29, "diff": 0.11, "ci_low": -0.01, "ci_high": 0.24}
+    rows = [
+        {
+            "label": "sft+dpo",
+            "adapter_id": "a" * 64,
+            "chosen": True,
+            "holdout": {"token_f1": f1},
+            "pairwise": {"measured": True, "win_rate": 0.6, "ci_low": 0.45, "ci_high": 0.74},
+            "passes": False,
+        },
+        {
+            "label": "sft",
+            "adapter_id": "b" * 64,
+            "chosen": False,
+            "holdout": {},
+            "pairwise": {"measured": False, "reason": "off"},
+            "passes": False,
+        },
+    ]
+    lines = candidate_lines(rows)
+    assert "| sft+dpo **(chosen)** | `aaaaaaaaaaaa` | 0.1800 → 0.2900 | +0.1100 |" in lines[-2]
+    assert "-0.0100 .. +0.2400 | 0.600 (0.450 .. 0.740) | fails |" in lines[-2]
+    assert lines[-1] == "| sft | `bbbbbbbbbbbb` | n/a | n/a | n/a | not measured | fails |"
+    assert candidate_lines(None) == []
+
+
+def test_hpo_section_lists_trials_and_says_whether_the_defaults_were_beaten() -> None:
+    hpo = {
+        "default_value": 2.5,
+        "best_value": 1.25,
+        "beats_defaults": True,
+        "train_size": 40,
+        "validation_size": 10,
+        "trials": [
+            {"number": 0, "state": "COMPLETE", "value": 2.5, "seconds": 31.2, "params": {}},
+            {"number": 1, "state": "PRUNED", "value": None, "seconds": 9.0, "params": {"rank": 8}},
+        ],
+    }
+    md = "\n".join(hpo_lines(hpo))
+    assert "defaults 2.5000, best 1.2500; the chosen values beat the defaults" in md
+    assert "| 1 | PRUNED | n/a | 9 | rank=8 |" in md
+    assert hpo_lines({"skipped": "too few examples"})[-1] == "Not searched: too few examples."
