@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from uuid import uuid4
@@ -18,28 +18,14 @@ from raftloop_judge.store import SqlJudgeStore
 from .test_endpoint_behaviours import ingested
 
 pytestmark = pytest.mark.integration
-PG = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store(
-    request: pytest.FixtureRequest, tmp_path: Path, unique: Callable[[str], str]
-) -> Iterator[SqlJudgeStore]:
-    if request.param == "sqlite":
-        s = SqlJudgeStore(f"sqlite:///{tmp_path / 'judge.sqlite3'}")
-        yield s
-        s.close()
-        return
-    schema = unique("judge").replace("-", "_")
-    admin = sa.create_engine(PG)
-    with admin.begin() as conn:
-        conn.execute(sa.text(f"CREATE SCHEMA {schema}"))
-    s = SqlJudgeStore(f"{PG}?options=-csearch_path%3D{schema}")
+@pytest.fixture
+def store(sql_url: str) -> Iterator[SqlJudgeStore]:
+    """An empty store on SQLite, then on a PostgreSQL schema of its own (`sql_url`)."""
+    s = SqlJudgeStore(sql_url)
     yield s
-    s.close()
-    with admin.begin() as conn:
-        conn.execute(sa.text(f"DROP SCHEMA {schema} CASCADE"))
-    admin.dispose()
+    s.close()  # before `sql_url` drops the schema
 
 
 def test_state_round_trips_and_writes_are_idempotent(store: SqlJudgeStore) -> None:

@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import threading
 import uuid
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-import sqlalchemy as sa
 
 from raftloop_core.events import ChatMessage, ExampleCurated, RetrievedChunk
 from raftloop_trainer.domain import RegressionItem, dataset_version, is_holdout
@@ -18,36 +16,11 @@ from raftloop_trainer.store import DatasetStore, RegressionSet, metadata
 
 pytestmark = pytest.mark.integration
 
-PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
-
-def pg_available() -> bool:
-    try:
-        with sa.create_engine(PG_URL).connect() as conn:
-            conn.execute(sa.text("select 1"))
-        return True
-    except sa.exc.SQLAlchemyError:
-        return False
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[DatasetStore]:
-    if request.param == "sqlite":
-        yield DatasetStore(f"sqlite:///{tmp_path / 'dataset.sqlite3'}")
-        return
-    if not pg_available():
-        pytest.fail("PostgreSQL is not reachable at 127.0.0.1:5432 (database test)")
-    schema = f"trainer_{uuid.uuid4().hex[:10]}"
-    engine = sa.create_engine(PG_URL)
-    with engine.begin() as conn:
-        conn.execute(sa.text(f"create schema {schema}"))
-    url = f"{PG_URL}?options=-csearch_path%3D{schema}"
-    try:
-        yield DatasetStore(url)
-    finally:
-        with engine.begin() as conn:
-            conn.execute(sa.text(f"drop schema {schema} cascade"))
-        engine.dispose()
+@pytest.fixture
+def store(sql_url: str) -> DatasetStore:
+    """An empty store on SQLite, then on a PostgreSQL schema of its own (`sql_url`)."""
+    return DatasetStore(sql_url)
 
 
 def curated(question: str, answer: str, *, tenant: str = "acme") -> ExampleCurated:
