@@ -12,10 +12,8 @@ psycopg) is what the containers get.
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,18 +24,13 @@ from deploy_tools import render_compose, write_test_env
 from prometheus_client.parser import text_string_to_metric_families
 
 from raftloop_core.credentials import hash_key
+from raftloop_core.embedded import free_port
 from raftloop_core.settings import KafkaSettings
-from raftloop_core.testing import missing, require_module
+from raftloop_core.testing import missing, require_module, spawn_service, stop_service
 
 pytestmark = pytest.mark.integration
 
 PG = "postgresql+psycopg://postgres@127.0.0.1:5432"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture
@@ -80,16 +73,17 @@ def test_service_starts_ready_in_production_with_the_compose_environment(
         "PATH": str(Path(sys.executable).parent),
     }
     assert env["RAFTLOOP_MODE"] == "production"
-    port = _free_port()
+    port = free_port()
     command = [sys.executable, "-m", *spec["command"]]
     command[command.index("--port") + 1] = str(port)
     command[command.index("--host") + 1] = "127.0.0.1"
-    log = (tmp_path / "service.log").open("w")
-    proc = subprocess.Popen(command, env=env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT)
+    log = tmp_path / "service.log"
+    base = f"http://127.0.0.1:{port}"
+    proc = spawn_service(
+        command, env=env, log=log, ready_url=f"{base}/readyz", timeout_s=90, cwd=tmp_path
+    )
     try:
-        ready = _wait_ready(f"http://127.0.0.1:{port}", proc, timeout_s=90)
-        assert ready, (tmp_path / "service.log").read_text()[-3000:]
-        url = f"http://127.0.0.1:{port}/metrics"
+        url = f"{base}/metrics"
         assert httpx.get(url, timeout=5).status_code == 401  # production protects /metrics
         auth = {"Authorization": f"Bearer {scraper}"}  # what Prometheus sends
         metrics = httpx.get(url, headers=auth, timeout=5).text
@@ -97,23 +91,7 @@ def test_service_starts_ready_in_production_with_the_compose_environment(
         assert "raftloop_http_request_seconds" in names
         assert not (tmp_path / "data" / "credentials.json").exists()
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-        log.close()
-
-
-def _wait_ready(base: str, proc: subprocess.Popen[bytes], *, timeout_s: float) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            return False
-        try:
-            if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
-                return True
-        except httpx.TransportError:
-            pass
-        time.sleep(0.5)
-    return False
+        stop_service(proc, timeout_s=30)
 
 
 @pytest.mark.parametrize(

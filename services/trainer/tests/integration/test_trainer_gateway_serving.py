@@ -12,7 +12,6 @@ import json
 import os
 import secrets
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -20,7 +19,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import openai
 import pytest
 from openai.types.chat import ChatCompletionMessageParam
@@ -32,6 +30,7 @@ from raftloop_core.events import ChatMessage, ExampleCurated, RetrievedChunk, ev
 from raftloop_core.messaging import ensure_topics, make_broker
 from raftloop_core.registry import AdapterRegistry
 from raftloop_core.settings import KafkaSettings, RuntimeSettings
+from raftloop_core.testing import spawn_service, stop_service, uvicorn_command
 from raftloop_core.topics import Topic
 from raftloop_trainer.adapters import KafkaEventSink
 from raftloop_trainer.app import create_app
@@ -107,30 +106,18 @@ def running_gateway(
         "GATEWAY_ALIAS_POLL_S": "600",
         "GATEWAY_MAX_TOKENS_LIMIT": "64",
     }
-    cmd = [sys.executable, "-m", "uvicorn", "--factory", "raftloop_gateway.main:build",
-           "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
-    with log.open("wb") as out:
-        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
-    gateway = RunningGateway(f"http://127.0.0.1:{port}", keys, data_dir / "registry", log, proc)
+    proc = spawn_service(
+        uvicorn_command("raftloop_gateway.main:build", port),
+        env=env,
+        log=log,
+        ready_url=f"http://127.0.0.1:{port}/readyz",
+        timeout_s=180,
+        name="gateway",
+    )
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            assert proc.poll() is None, f"gateway exited: {log.read_text()[-2000:]}"
-            try:
-                if httpx.get(f"{gateway.url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, f"gateway not ready: {log.read_text()[-2000:]}"
-            time.sleep(0.3)
-        yield gateway
+        yield RunningGateway(f"http://127.0.0.1:{port}", keys, data_dir / "registry", log, proc)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        stop_service(proc, timeout_s=15)
 
 
 def curated(tenant: str, base_model: str) -> list[ExampleCurated]:
