@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -10,6 +12,7 @@ from typing import Any, Protocol
 from raftloop_core.prompting import ANSWER_MARKER, BEGIN_QUOTE, final_answer
 from raftloop_trainer.domain import RegressionItem
 from raftloop_trainer.evaluate import EvalItem, regression_items
+from raftloop_trainer.metrics import normalize_answer
 from raftloop_trainer.raft import (
     Chunk,
     RaftExample,
@@ -60,6 +63,52 @@ def build_set(
         rng = example_rng(seed, source.example_id)
         built.append(build_example(source, distractors, rng=rng, p_oracle=keep))
     return built
+
+
+MIN_RECOVERY_TOKENS = 3
+"""Answers shorter than this (after normalisation) are too generic to find their passage by."""
+
+
+def answer_recall(answer: str, text: str) -> float:
+    """The share of the answer's normalised tokens that `text` holds (each as often)."""
+    wanted = Counter(normalize_answer(answer).split())
+    if not wanted:
+        return 0.0
+    have = Counter(normalize_answer(text).split())
+    return sum(min(n, have[t]) for t, n in wanted.items()) / sum(wanted.values())
+
+
+def recover_oracles(
+    sources: Sequence[RaftSource],
+    search: DistractorSource,
+    *,
+    tenant: str,
+    min_recall: float,
+    k: int = 3,
+) -> tuple[list[RaftSource], int]:
+    """Sources whose retrieval missed the answer, with the passage that holds it where one does.
+
+    The reviewer found no retrieved chunk that answers, yet the knowledge base may hold one that
+    the question's search ranked too low. It is searched by the reviewer's answer instead, and
+    the first of `k` chunks that holds `min_recall` of the answer's tokens becomes the oracle, as
+    RAFT builds contexts with the oracle. Answers of fewer than `MIN_RECOVERY_TOKENS` tokens
+    ("Yes.") are left alone: too many passages hold them. Returns the sources and how many
+    oracles were recovered; the rest stay without one (no document answers them).
+    """
+    out: list[RaftSource] = []
+    recovered = 0
+    for source in sources:
+        if source.oracle or len(normalize_answer(source.answer).split()) < MIN_RECOVERY_TOKENS:
+            out.append(source)
+            continue
+        found = search.distractors(source.answer, k=k, exclude_ids=[], tenant=tenant)
+        match = next((c for c in found if answer_recall(source.answer, c.text) >= min_recall), None)
+        if match is None:
+            out.append(source)
+            continue
+        out.append(dataclasses.replace(source, oracle=(match,)))
+        recovered += 1
+    return out, recovered
 
 
 def oracle_keep_probability(with_oracle: int, total: int, p_oracle: float) -> float:

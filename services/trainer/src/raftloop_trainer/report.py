@@ -177,12 +177,19 @@ def _data_lines(data: Mapping[str, Any] | None) -> list[str]:
     if not data:
         return []
     total = data["train_examples"] + data["holdout_examples"]
-    return [
+    lines = [
         "",
         f"Examples: {data['train_examples']} trained on, {data['holdout_examples']} held out; "
         f"{data['without_oracle']} of {total} ({data['without_oracle_share']:.1%}) had no "
         "retrieved chunk that answers (no oracle).",
     ]
+    if "oracle_recovered_train" in data:
+        lines.append(
+            f"Oracles recovered from the knowledge base by the reviewer's answer: "
+            f"{data['oracle_recovered_train']} in training, "
+            f"{data['oracle_recovered_holdout']} in the hold-out (TRAINER_RECOVER_ORACLES)."
+        )
+    return lines
 
 
 def candidate_lines(

@@ -24,6 +24,7 @@ from raftloop_trainer.adapters import EventSink, RunLock, run_job
 from raftloop_trainer.builder import (
     DistractorSource,
     build_set,
+    recover_oracles,
     regression_set,
     sources_from_rows,
     write_examples,
@@ -51,6 +52,7 @@ from raftloop_trainer.hpo import HPO_FILE
 from raftloop_trainer.metrics import PairedDiff
 from raftloop_trainer.preference import build_pairs, write_pairs
 from raftloop_trainer.progress import read_progress, write_json_atomic
+from raftloop_trainer.raft import RaftSource
 from raftloop_trainer.report import (
     data_summary,
     flat_metrics,
@@ -71,6 +73,9 @@ from raftloop_trainer.train import (
 )
 
 log = logging.getLogger(__name__)
+
+ORACLES_FILE = "oracles.json"
+"""How many training oracles the job's RAFT build recovered (kept for a resumed job's report)."""
 
 
 class NothingToTrain(RuntimeError):
@@ -185,7 +190,10 @@ class Runner:
             await asyncio.to_thread(_write_snapshot, snapshot, snap)
         examples = job_dir / "train.jsonl"
         if not examples.exists():
-            sources = sources_from_rows(snap.train)
+            sources, recovered = await self._recover(sources_from_rows(snap.train), tenant)
+            await asyncio.to_thread(
+                write_json_atomic, job_dir / ORACLES_FILE, {"recovered": recovered}
+            )
             built = await asyncio.to_thread(
                 build_set,
                 sources,
@@ -202,6 +210,20 @@ class Runner:
                 write_pairs(job_dir / "pairs.tmp.jsonl", pairs).rename(job_dir / "pairs.jsonl")
             write_examples(job_dir / "train.tmp.jsonl", built).rename(examples)
         return snapshot, examples
+
+    async def _recover(
+        self, sources: list[RaftSource], tenant: str
+    ) -> tuple[list[RaftSource], int]:
+        """`builder.recover_oracles` when `TRAINER_RECOVER_ORACLES` is on (rag is searched)."""
+        if not self.settings.recover_oracles:
+            return sources, 0
+        return await asyncio.to_thread(
+            recover_oracles,
+            sources,
+            self.distractors,
+            tenant=tenant,
+            min_recall=self.settings.recover_min_recall,
+        )
 
     def _train_config(self, examples: Path, job_dir: Path) -> TrainConfig:
         preference = self.settings.recipe != "sft"
@@ -285,12 +307,15 @@ class Runner:
                 found.append(Candidate(label, adapter_id, variant))
         return found
 
-    async def eval_items(self, snap: Any, tenant: str) -> tuple[list[EvalItem], dict[str, Any]]:
+    async def eval_items(
+        self, snap: Any, tenant: str
+    ) -> tuple[list[EvalItem], dict[str, Any], int]:
         """The hold-out items (oracle always shown) and the tenant's own regression items.
 
-        Also returns the report's `regression` summary: how many were checked, or why none.
+        Also returns the report's `regression` summary (how many were checked, or why none) and
+        how many hold-out oracles were recovered (`builder.recover_oracles`).
         """
-        held_sources = sources_from_rows(snap.holdout)
+        held_sources, recovered = await self._recover(sources_from_rows(snap.holdout), tenant)
         held = await asyncio.to_thread(
             build_set,
             held_sources,
@@ -304,7 +329,7 @@ class Runner:
         stored = await asyncio.to_thread(self.store.regression_items, tenant)
         limit = self.settings.regression_items
         summary = regression_summary(len(stored), limit)
-        return holdout_items(held, questions) + regression_set(stored, limit), summary
+        return holdout_items(held, questions) + regression_set(stored, limit), summary, recovered
 
     def _lineup(self, tenant: str, candidates: list[Candidate]) -> Lineup:
         """Serving vs the candidates, plus the base model when an adapter serves (`eval_base`)."""
@@ -371,7 +396,7 @@ class Runner:
         run_dir = self.settings.state_dir / "runs" / ctx.run_id
         lineup = self._lineup(ctx.tenant, candidates)
         baseline = lineup.baseline.name
-        items, regression = await self.eval_items(ctx.snap, ctx.tenant)
+        items, regression, held_recovered = await self.eval_items(ctx.snap, ctx.tenant)
         result, not_judged = await self._evaluate(run_dir, items, lineup)
         judged = [self._judged(result, baseline, c, not_judged) for c in candidates]
         verdicts = [j.verdict for j in judged]
@@ -384,6 +409,16 @@ class Runner:
         errors = error_analysis(result, [*lineup.columns, *lineup.candidate_columns(chosen)])
         metrics = flat_metrics(chosen.diffs) | pairwise_metrics(chosen.pairwise)
         hpo = await asyncio.to_thread(read_progress, ctx.job_dir / HPO_FILE)
+        oracles = await asyncio.to_thread(read_progress, ctx.job_dir / ORACLES_FILE)
+        data = data_summary(ctx.snap.train, ctx.snap.holdout) | {
+            "oracle_recovered_train": int((oracles or {}).get("recovered", 0)),
+            "oracle_recovered_holdout": held_recovered,
+        }
+        oracles = await asyncio.to_thread(read_progress, ctx.job_dir / ORACLES_FILE)
+        data = data_summary(ctx.snap.train, ctx.snap.holdout) | {
+            "oracle_recovered_train": int((oracles or {}).get("recovered", 0)),
+            "oracle_recovered_holdout": held_recovered,
+        }
         payload = report_payload(
             title=f"{ctx.run_id}: {candidate} vs {baseline}",
             baseline=baseline,
@@ -395,7 +430,7 @@ class Runner:
                 "run_id": ctx.run_id,
                 "dataset_version": ctx.version,
                 "adapter_id": chosen.candidate.adapter_id,
-                "data": data_summary(ctx.snap.train, ctx.snap.holdout),
+                "data": data,
                 "regression": regression,
                 "error_analysis": errors,
                 **({"preference": preference} if preference is not None else {}),

@@ -69,6 +69,17 @@ class TrainerSettings(HttpLimits):
     rag_api_key: SecretStr | None = Field(default=None, description="An internal-role key.")
     distractors: int = Field(default=1, ge=0, le=8, description="Distractor chunks per example.")
     p_oracle: float = Field(default=0.8, ge=0.0, le=1.0)
+    recover_oracles: bool = Field(
+        default=True,
+        description="Search the knowledge base by the reviewer's answer for examples whose "
+        "retrieval missed it, and use the passage that holds it as the oracle.",
+    )
+    recover_min_recall: float = Field(
+        default=0.8,
+        gt=0.0,
+        le=1.0,
+        description="Share of the answer's tokens a passage must hold to be its recovered oracle.",
+    )
     lora: LoraParams = Field(default_factory=lambda: CPU_DEFAULT_LORA)
     device: str = Field(default="auto", description="auto, cpu or cuda.")
     recipe: Recipe = Field(

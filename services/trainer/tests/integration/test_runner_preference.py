@@ -161,12 +161,18 @@ async def test_a_searched_run_gates_the_tuned_adapter_against_the_defaults(
     events = plan_examples(24, base_model=BASE, tenant="acme")
     # Ids are random: enough training examples for a validation split whatever the hold-out.
     assert sum(not is_holdout(str(e.example_id), 0.3) for e in events) >= 10
-    for event in events:
+    # One example whose retrieval missed: its answer is in the knowledge base (the fixed chunk).
+    missed = events[0].model_copy(
+        update={"answer": "Backups run every night at two.", "oracle_chunks": []}
+    )
+    for event in [missed, *events[1:]]:
         store.add(event)
 
     result = await runner.run("acme", "test")
 
     report = result["report"]
+    data = report["data"]
+    assert data["oracle_recovered_train"] + data["oracle_recovered_holdout"] == 1, data
     assert report["hpo"]["beats_defaults"] is True, report["hpo"]
     assert [t["state"] for t in report["hpo"]["trials"]] == ["COMPLETE", "COMPLETE"]
     rows = report["candidates"]

@@ -79,7 +79,7 @@ async def test_a_run_checks_its_own_tenants_items_capped_by_the_setting(runner: 
     snap = runner.store.snapshot("acme", BASE)
     assert snap.holdout  # half are held out: the hold-out items come first
 
-    got, summary = await runner.eval_items(snap, "acme")
+    got, summary, _ = await runner.eval_items(snap, "acme")
 
     held = [i for i in got if i.set == "holdout"]
     general = [i for i in got if i.set == "regression"]
@@ -95,7 +95,7 @@ async def test_a_tenant_without_a_set_is_reported_as_not_checked(runner: Runner)
     for event in plan_examples(6, base_model=BASE, tenant="acme"):
         runner.store.add(event)
 
-    got, summary = await runner.eval_items(runner.store.snapshot("acme", BASE), "acme")
+    got, summary, _ = await runner.eval_items(runner.store.snapshot("acme", BASE), "acme")
 
     assert [i for i in got if i.set == "regression"] == []  # never another tenant's, nor the demo's
     assert summary["items"] == 0
