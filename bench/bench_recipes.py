@@ -148,8 +148,8 @@ def _figures(report: dict[str, Any], filled: dict[str, int], seconds: float) -> 
     figures["chosen"] = next((r["label"] for r in rows if r["chosen"]), "sft+dpo")
     figures["gate"] = "promote" if report["decision"]["promote"] else "reject"
     hpo = report.get("hpo") or {}
-    if hpo.get("skipped"):
-        figures["hpo"] = f"skipped: {hpo['skipped']}"
+    if hpo.get("skipped_reason"):
+        figures["hpo"] = f"skipped: {hpo['skipped_reason']}"
     elif hpo:
         figures |= {
             "hpo_trials": len(hpo["trials"]),

@@ -239,27 +239,32 @@ def hpo_lines(hpo: Mapping[str, Any] | None) -> list[str]:
     if not hpo:
         return []
     lines = ["", "## hyper-parameter search (validation split of the training examples)", ""]
-    if hpo.get("skipped"):
-        return [*lines, f"Not searched: {hpo['skipped']}."]
+    if hpo.get("skipped_reason"):
+        return [*lines, f"Not searched: {hpo['skipped_reason']}."]
     default, best = hpo.get("default_value"), hpo.get("best_value")
     if default is not None and best is not None:
         beats = "beat" if hpo.get("beats_defaults") else "did not beat"
         lines.append(
             f"Validation loss: defaults {default:.4f}, best {best:.4f}; the chosen values {beats} "
-            f"the defaults. Train {hpo.get('train_size', '?')}, validation "
-            f"{hpo.get('validation_size', '?')} examples."
+            f"the defaults. Train {hpo.get('train_examples', '?')}, validation "
+            f"{hpo.get('validation_examples', '?')} examples."
         )
     lines += ["", "| trial | state | validation loss | seconds | values |", "|---|---|---|---|---|"]
     for trial in hpo.get("trials", []):
         value = trial.get("value")
         shown = "n/a" if value is None else f"{value:.4f}"
         seconds = trial.get("seconds")
-        values = ", ".join(f"{k}={v}" for k, v in (trial.get("params") or {}).items())
+        values = ", ".join(f"{k}={_short(v)}" for k, v in (trial.get("params") or {}).items())
         lines.append(
             f"| {trial.get('number')} | {trial.get('state')} | {shown} | "
             f"{'n/a' if seconds is None else f'{seconds:.0f}'} | {values} |"
         )
     return lines
+
+
+def _short(value: Any) -> Any:
+    """A searched float with 4 significant digits (a learning rate's 17 are noise)."""
+    return f"{value:.4g}" if isinstance(value, float) else value
 
 
 def error_lines(analysis: Mapping[str, Any] | None) -> list[str]:

@@ -112,14 +112,22 @@ def test_hpo_section_lists_trials_and_says_whether_the_defaults_were_beaten() ->
         "default_value": 2.5,
         "best_value": 1.25,
         "beats_defaults": True,
-        "train_size": 40,
-        "validation_size": 10,
+        "train_examples": 40,
+        "validation_examples": 10,
         "trials": [
             {"number": 0, "state": "COMPLETE", "value": 2.5, "seconds": 31.2, "params": {}},
-            {"number": 1, "state": "PRUNED", "value": None, "seconds": 9.0, "params": {"rank": 8}},
+            {
+                "number": 1,
+                "state": "PRUNED",
+                "value": None,
+                "seconds": 9.0,
+                "params": {"rank": 8, "learning_rate": 0.0003304463634024569},
+            },
         ],
     }
     md = "\n".join(hpo_lines(hpo))
     assert "defaults 2.5000, best 1.2500; the chosen values beat the defaults" in md
-    assert "| 1 | PRUNED | n/a | 9 | rank=8 |" in md
-    assert hpo_lines({"skipped": "too few examples"})[-1] == "Not searched: too few examples."
+    assert "| 1 | PRUNED | n/a | 9 | rank=8, learning_rate=0.0003304 |" in md
+    assert "Train 40, validation 10 examples." in md
+    skipped = hpo_lines({"skipped_reason": "too few examples"})
+    assert skipped[-1] == "Not searched: too few examples."
