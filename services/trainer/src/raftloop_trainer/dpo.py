@@ -83,10 +83,18 @@ def dpo_arguments(config: TrainConfig, device: str) -> Any:
             config.dpo, config.output_dir / DPO_CHECKPOINT_DIR, config.params.seed, device
         ),
         beta=config.dpo.beta,
+        **_loss(config.dpo.sft_weight),
         # TRL turns this on by default; the SFT stage does not use it (small models).
         activation_checkpointing=False,
         max_length=None,
     )
+
+
+def _loss(sft_weight: float) -> dict[str, Any]:
+    """TRL's loss settings: sigmoid DPO, plus NLL on the chosen answers when weighted."""
+    if sft_weight == 0:
+        return {}
+    return {"loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, sft_weight]}
 
 
 def train_dpo(

@@ -73,6 +73,13 @@ class DpoParams(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     beta: float = Field(default=0.1, gt=0, description="How far DPO may move from the reference.")
+    sft_weight: float = Field(
+        default=1.0,
+        ge=0,
+        description="Weight of an NLL term on the chosen answers beside the DPO loss (TRL's "
+        "loss_type ['sigmoid', 'sft'], as RPO does): it keeps the chosen answers likely while "
+        "the rejected ones are pushed down; 0 is plain sigmoid DPO.",
+    )
     learning_rate: float = Field(default=2e-4, gt=0)
     epochs: float = Field(default=2.0, gt=0)
     max_steps: int = Field(default=-1, description="Overrides epochs when positive.")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 from dataclasses import replace
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
@@ -15,6 +16,7 @@ from raftloop_trainer.preference import build_pairs, pair_refusal
 from raftloop_trainer.raft import Chunk, RaftExample, RaftSource, build_example
 from raftloop_trainer.report import markdown, preference_metrics
 from raftloop_trainer.settings import TrainerSettings
+from raftloop_trainer.train import DpoParams, TrainConfig
 
 ORACLE = Chunk("refunds#0", "Refunds are issued within five business days. Fees are kept.")
 SOURCE = RaftSource(
@@ -132,3 +134,22 @@ def test_under_the_dpo_recipe_a_due_run_waits_for_enough_pairs() -> None:
     # The other recipes train on examples alone and never wait for pairs.
     sft = TrainerSettings(min_pairs=3, min_new_examples=1, min_holdout_items=1).trigger_policy()
     assert due_reason(pending, sft, now) is not None
+
+
+def test_a_weighted_sft_term_joins_the_dpo_loss(tmp_path: Path) -> None:
+    from raftloop_trainer.dpo import dpo_arguments
+
+    def config(weight: float) -> TrainConfig:
+        return TrainConfig(
+            base_model_dir=tmp_path,
+            examples_path=tmp_path / "train.jsonl",
+            output_dir=tmp_path,
+            dpo=DpoParams(sft_weight=weight),
+        )
+
+    mixed = dpo_arguments(config(0.5), "cpu")
+    assert (mixed.loss_type, mixed.loss_weights) == (["sigmoid", "sft"], [1.0, 0.5])
+    plain = dpo_arguments(config(0.0), "cpu")
+    assert (plain.loss_type, plain.loss_weights) == (["sigmoid"], None)
+    with pytest.raises(ValidationError):
+        DpoParams(sft_weight=-1.0)
