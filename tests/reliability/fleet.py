@@ -92,13 +92,24 @@ class Service:
             if self.proc.poll() is not None:
                 tail = self.log.read_text(errors="replace")[-4000:]
                 raise AssertionError(f"{self.name} exited with {self.proc.returncode}:\n{tail}")
-            try:
-                if httpx.get(self.url + self.ready_path, timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
+            if self._answers():
+                return
             time.sleep(0.3)
         raise AssertionError(f"{self.name} not ready in {timeout_s:.0f} s")
+
+    def _answers(self) -> bool:
+        """Its readiness path answers 200, and `/healthz` names this service.
+
+        Another process on its port (a port handed out twice) would answer the readiness path
+        while this one failed to bind and exited.
+        """
+        try:
+            if httpx.get(self.url + self.ready_path, timeout=2).status_code != 200:
+                return False
+            health = httpx.get(self.url + "/healthz", timeout=2).json()
+        except (httpx.HTTPError, ValueError):
+            return False
+        return isinstance(health, dict) and health.get("service") == self.name
 
     def kill9(self) -> None:
         """SIGKILL: no shutdown hook, no offset commit, no flush."""
