@@ -275,11 +275,12 @@ class Runner:
             )
         ctx = RunContext(run_id, tenant, version, snap, job_dir)
         preference = await self._preference_stage(run_id, version, job_dir)
-        candidates = await self._register(ctx, preference)
-        return await self._gate(ctx, candidates, preference)
+        hpo = await asyncio.to_thread(read_progress, job_dir / HPO_FILE)
+        candidates = await self._register(ctx, preference, hpo)
+        return await self._gate(ctx, candidates, preference, hpo)
 
     async def _register(
-        self, ctx: RunContext, preference: dict[str, Any] | None
+        self, ctx: RunContext, preference: dict[str, Any] | None, hpo: dict[str, Any] | None
     ) -> list[Candidate]:
         """Add every candidate adapter of the job to the registry (`job_candidates`).
 
@@ -287,7 +288,6 @@ class Runner:
         one candidate.
         """
         parent = self.registry.serving(self.settings.alias, ctx.tenant).adapter_id
-        hpo = await asyncio.to_thread(read_progress, ctx.job_dir / HPO_FILE)
         found: list[Candidate] = []
         for label, folder in job_candidates(ctx.job_dir, self.settings.recipe, preference):
             params = _flat_params(self.settings) | {"candidate": label}
@@ -390,7 +390,11 @@ class Runner:
         return Judged(candidate, diffs, pairwise, CandidateVerdict(candidate.label, gain, decision))
 
     async def _gate(
-        self, ctx: RunContext, candidates: list[Candidate], preference: dict[str, Any] | None
+        self,
+        ctx: RunContext,
+        candidates: list[Candidate],
+        preference: dict[str, Any] | None,
+        hpo: dict[str, Any] | None,
     ) -> dict[str, Any]:
         """Evaluate every candidate, gate the one with the highest gain, report and announce."""
         run_dir = self.settings.state_dir / "runs" / ctx.run_id
@@ -408,17 +412,8 @@ class Runner:
         candidate = chosen.candidate.variant.name
         errors = error_analysis(result, [*lineup.columns, *lineup.candidate_columns(chosen)])
         metrics = flat_metrics(chosen.diffs) | pairwise_metrics(chosen.pairwise)
-        hpo = await asyncio.to_thread(read_progress, ctx.job_dir / HPO_FILE)
-        oracles = await asyncio.to_thread(read_progress, ctx.job_dir / ORACLES_FILE)
-        data = data_summary(ctx.snap.train, ctx.snap.holdout) | {
-            "oracle_recovered_train": int((oracles or {}).get("recovered", 0)),
-            "oracle_recovered_holdout": held_recovered,
-        }
-        oracles = await asyncio.to_thread(read_progress, ctx.job_dir / ORACLES_FILE)
-        data = data_summary(ctx.snap.train, ctx.snap.holdout) | {
-            "oracle_recovered_train": int((oracles or {}).get("recovered", 0)),
-            "oracle_recovered_holdout": held_recovered,
-        }
+        data = await _data(ctx, held_recovered)
+        data = await _data(ctx, held_recovered)
         payload = report_payload(
             title=f"{ctx.run_id}: {candidate} vs {baseline}",
             baseline=baseline,
@@ -627,3 +622,12 @@ def _flat_params(settings: TrainerSettings) -> dict[str, float | int | str | boo
 def _tuned_params(chosen: dict[str, Any]) -> dict[str, float | int | str | bool]:
     """The searched LoRA values of a tuned candidate's card (the search's `chosen`)."""
     return {k: v for k, v in chosen.items() if isinstance(v, int | float | str | bool)}
+
+
+async def _data(ctx: RunContext, held_recovered: int) -> dict[str, Any]:
+    """The report's `data`: the examples, those without an oracle, and the oracles recovered."""
+    oracles = await asyncio.to_thread(read_progress, ctx.job_dir / ORACLES_FILE)
+    return data_summary(ctx.snap.train, ctx.snap.holdout) | {
+        "oracle_recovered_train": int((oracles or {}).get("recovered", 0)),
+        "oracle_recovered_holdout": held_recovered,
+    }
